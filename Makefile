@@ -1,0 +1,30 @@
+# One command each on a fresh machine: `make demo` (set-up + demo run), `make test` (set-up + tests).
+PY ?= python3.11
+VENV := .venv
+BIN := $(VENV)/bin
+CORES ?= 2
+
+.PHONY: setup demo test dryrun plan clean
+
+$(BIN)/.installed: requirements.txt pyproject.toml
+	$(PY) -m venv $(VENV)
+	# Exact pins: pip takes these two from the local wheel cache; looser specs download GBs.
+	$(BIN)/pip install -q torch==2.14.1 torchvision==0.29.1
+	$(BIN)/pip install -q -r requirements.txt
+	$(BIN)/pip install -q --no-deps -e .
+	touch $@
+
+setup: $(BIN)/.installed
+
+demo: setup
+	PATH=$(CURDIR)/$(BIN):$$PATH $(BIN)/snakemake --profile profiles/local --cores $(CORES)
+	@echo "Open results/report.html"
+
+test: setup
+	PATH=$(CURDIR)/$(BIN):$$PATH $(BIN)/python -m pytest -q
+
+dryrun: setup
+	PATH=$(CURDIR)/$(BIN):$$PATH $(BIN)/snakemake -n --configfile config/config.yaml
+
+clean:
+	rm -rf results .snakemake

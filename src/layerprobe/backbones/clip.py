@@ -1,0 +1,73 @@
+"""open_clip ViT image towers: per-block patch tokens and CLS from one forward.
+
+layer_00 = tokens entering block 1 (after patch embedding, positional embedding and ln_pre);
+layer_i = output of residual block i, before ln_post. Hooks capture them; a hook on the deepest
+requested block stops the forward (StopForward), so later blocks never run.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import open_clip
+import torch
+
+from ..layers import layer_key, parse_key
+from .base import Backbone, StopForward
+
+
+class OpenClipBackbone(Backbone):
+    has_cls = True
+
+    def __init__(self, name: str, arch: str, pretrained: str, device: str = "cpu") -> None:
+        # Same call for "openai" and for a local weights file (demo/tests).
+        model = open_clip.create_model(arch, pretrained=pretrained, device=device)
+        self.visual = model.visual.eval()
+        self.name, self.device = name, torch.device(device)
+        self.blocks = self.visual.transformer.resblocks
+        self.image_size = _side(self.visual.image_size)
+        self.grid = _side(self.visual.grid_size)
+        self.width = self.visual.transformer.width
+        mean = getattr(self.visual, "image_mean", None) or open_clip.OPENAI_DATASET_MEAN
+        std = getattr(self.visual, "image_std", None) or open_clip.OPENAI_DATASET_STD
+        self.mean = torch.tensor(mean, device=self.device).view(1, 3, 1, 1)
+        self.std = torch.tensor(std, device=self.device).view(1, 3, 1, 1)
+
+    def dims(self) -> dict[str, int]:
+        return {layer_key(i): self.width for i in range(len(self.blocks) + 1)}
+
+    def normalize(self, images: torch.Tensor) -> torch.Tensor:
+        x = images.to(self.device).permute(0, 3, 1, 2).float() / 255.0
+        return (x - self.mean) / self.std
+
+    @torch.inference_mode()
+    def extract(self, images: torch.Tensor, prompts: list[str] | None,
+                keys: list[str]) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor]]:
+        self.check_keys(keys)
+        wanted = {parse_key(k)[1] for k in keys}
+        captured: dict[int, torch.Tensor] = {}
+        deepest = max(wanted)
+
+        def keep(index: int, x: torch.Tensor) -> None:
+            if index in wanted:
+                captured[index] = x if x.shape[0] == images.shape[0] else x.transpose(0, 1)  # NLD or LND
+            if index == deepest:
+                raise StopForward
+
+        hooks = [self.blocks[0].register_forward_pre_hook(lambda m, args: keep(0, args[0]))]
+        for i, block in enumerate(self.blocks, start=1):
+            hooks.append(block.register_forward_hook(lambda m, args, out, i=i: keep(i, out)))
+        try:
+            self.visual(self.normalize(images))
+        except StopForward:
+            pass
+        finally:
+            for hook in hooks:
+                hook.remove()
+        tokens = {layer_key(i): captured[i][:, 1:].float().cpu() for i in sorted(wanted)}
+        cls = {layer_key(i): captured[i][:, 0].float().cpu() for i in sorted(wanted)}
+        return tokens, cls
+
+
+def _side(size: Any) -> int:
+    return int(size[0]) if isinstance(size, (tuple, list)) else int(size)

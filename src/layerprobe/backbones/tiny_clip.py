@@ -1,0 +1,53 @@
+"""A tiny random-weight open_clip ViT, registered as an open_clip model config and saved to a
+file, so the demo and tests load it with `pretrained=<file>` exactly like `pretrained="openai"`."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import open_clip
+import torch
+
+
+def config_path(weights: str | Path) -> Path:
+    """The open_clip model-config JSON stored beside the weights file."""
+    weights = Path(weights)
+    return weights.with_name(weights.stem + ".config")
+
+
+def model_config(tiny: dict[str, Any]) -> dict[str, Any]:
+    return {
+        "embed_dim": 32,
+        "quick_gelu": True,
+        "vision_cfg": {"image_size": tiny["image_size"], "layers": tiny["layers"], "width": tiny["width"],
+                       "head_width": tiny["width"] // tiny["heads"], "patch_size": tiny["patch_size"]},
+        "text_cfg": {"context_length": 16, "vocab_size": 64, "width": 32, "heads": 2, "layers": 1},
+    }
+
+
+def register(arch: str, weights: str | Path) -> None:
+    """Make `arch` known to open_clip from the JSON beside the weights (name = arch)."""
+    path = config_path(weights) / f"{arch}.json"
+    if not path.is_file():
+        raise FileNotFoundError(f"{path}: tiny model config missing (was the build_tiny_model rule run?)")
+    open_clip.add_model_config(path)
+
+
+def build(arch: str, weights: str | Path, tiny: dict[str, Any]) -> Path:
+    """Random weights (seeded) saved as a state dict; `mixing` scales each block's residual
+    branches so that deeper layers differ more from the input than a plain random init would."""
+    weights = Path(weights)
+    cfg_dir = config_path(weights)
+    cfg_dir.mkdir(parents=True, exist_ok=True)
+    (cfg_dir / f"{arch}.json").write_text(json.dumps(model_config(tiny), indent=2))
+    open_clip.add_model_config(cfg_dir / f"{arch}.json")
+    torch.manual_seed(tiny["seed"])
+    model = open_clip.create_model(arch, pretrained=None)
+    with torch.no_grad():
+        for block in model.visual.transformer.resblocks:
+            block.mlp.c_proj.weight.mul_(1.0 + tiny["mixing"])
+            block.attn.out_proj.weight.mul_(1.0 + tiny["mixing"])
+    torch.save(model.state_dict(), weights)
+    return weights

@@ -1,0 +1,184 @@
+"""Load and validate the experiment config: JSON schema (with defaults) + semantic checks.
+
+Every error names the offending config key, so a wrong config fails at DAG build.
+"""
+
+from __future__ import annotations
+
+import copy
+import string
+from importlib import resources
+from pathlib import Path
+from typing import Any
+
+import jsonschema
+import yaml
+
+from .specs import model_spec, requested_keys
+
+SPLITS = ("training", "validation")
+
+
+class ConfigError(ValueError):
+    """A config problem; the message starts with the key path."""
+
+
+def placeholders(text: str) -> set[str]:
+    """Names of `{...}` fields in a prompt template."""
+    return {field for _, field, _, _ in string.Formatter().parse(text) if field is not None}
+
+
+def _schema() -> dict[str, Any]:
+    text = resources.files("layerprobe").joinpath("schemas/config.schema.yaml").read_text()
+    return yaml.safe_load(text)
+
+
+def _with_defaults(validator_class: type) -> type:
+    """A validator that fills `default` values before validating nested properties."""
+    validate_properties = validator_class.VALIDATORS["properties"]
+
+    def set_defaults(validator, properties, instance, schema):  # noqa: ANN001 - jsonschema API
+        if isinstance(instance, dict):
+            for key, sub in properties.items():
+                if "default" in sub and key not in instance:
+                    instance[key] = copy.deepcopy(sub["default"])
+        yield from validate_properties(validator, properties, instance, schema)
+
+    return jsonschema.validators.extend(validator_class, {"properties": set_defaults})
+
+
+def _key_path(error: jsonschema.ValidationError) -> str:
+    path = ""
+    for part in error.absolute_path:
+        path += f"[{part}]" if isinstance(part, int) else (f".{part}" if path else str(part))
+    return path or "<top level>"
+
+
+def _format(error: jsonschema.ValidationError) -> str:
+    if error.validator == "additionalProperties":
+        extra = sorted(set(error.instance) - set(error.schema.get("properties", {})))
+        where = _key_path(error)
+        keys = ", ".join(f"{where}.{k}" if where != "<top level>" else k for k in extra)
+        return f"unknown config key {keys}"
+    if error.validator == "required":
+        missing = error.message.split("'")[1]
+        where = _key_path(error)
+        return f"config key {where + '.' if where != '<top level>' else ''}{missing}: required but missing"
+    return f"config key {_key_path(error)}: {error.message}"
+
+
+def validate(raw: dict[str, Any]) -> dict[str, Any]:
+    """Return a validated copy with defaults filled in; raise ConfigError naming the key."""
+    config = copy.deepcopy(raw or {})
+    schema = _schema()
+    validator = _with_defaults(jsonschema.Draft202012Validator)(schema)
+    errors = sorted(validator.iter_errors(config), key=lambda e: list(e.absolute_path))
+    if errors:
+        raise ConfigError("\n".join(_format(e) for e in errors))
+    # Defaults inside $ref'd model entries are not reached by the properties hook order; refill.
+    for model in config["models"].values():
+        _fill_model_defaults(model, schema)
+    _check_models(config)
+    return config
+
+
+def _fill_model_defaults(model: dict[str, Any], schema: dict[str, Any]) -> None:
+    for key, sub in schema["$defs"]["model"]["properties"].items():
+        if "default" in sub and key not in model:
+            model[key] = copy.deepcopy(sub["default"])
+    if "tiny" in model:
+        for key, sub in schema["$defs"]["tiny"]["properties"].items():
+            model["tiny"].setdefault(key, sub["default"])
+
+
+def _check_models(config: dict[str, Any]) -> None:
+    for name, model in config["models"].items():
+        where = f"models.{name}"
+        if model["kind"] == "open_clip":
+            _check_open_clip(where, model)
+        else:
+            _check_llava(where, model, config["dataset"].get("class_names"))
+        try:
+            spec = model_spec(name, model)
+        except KeyError as err:
+            raise ConfigError(str(err.args[0])) from None
+        for key in ("layers", "vision_layers"):
+            depth = spec.depth if key == "layers" else spec.vision_depth
+            too_deep = [i for i in model.get(key, []) if i > depth]
+            if too_deep:
+                raise ConfigError(f"config key {where}.{key}: layer(s) {too_deep} beyond the model's depth {depth} "
+                                  f"(0 = embeddings, {depth} = last block)")
+        if not requested_keys(model):
+            raise ConfigError(f"config key {where}.layers: no layers requested")
+
+
+def _check_open_clip(where: str, model: dict[str, Any]) -> None:
+    for key in ("arch", "pretrained"):
+        if key not in model:
+            raise ConfigError(f"config key {where}.{key}: required for kind open_clip")
+    for key in ("hub_id", "prompts"):
+        if key in model:
+            raise ConfigError(f"config key {where}.{key}: only for kind llava")
+    if model["vision_layers"] or model["projector"]:
+        raise ConfigError(f"config key {where}.vision_layers/projector: only for kind llava (use layers)")
+    if model["pretrained"] == "openai" and "quickgelu" not in model["arch"]:
+        # OpenAI weights were trained with QuickGELU; open_clip would silently use GELU.
+        raise ConfigError(f"config key {where}.arch: OpenAI weights need the -quickgelu variant "
+                          f"(use {model['arch']}-quickgelu)")
+
+
+def _check_llava(where: str, model: dict[str, Any], class_names: str | None) -> None:
+    if "hub_id" not in model:
+        raise ConfigError(f"config key {where}.hub_id: required for kind llava")
+    if "prompts" not in model:
+        raise ConfigError(f"config key {where}.prompts: required for kind llava")
+    if model["concat_cls"]:
+        raise ConfigError(f"config key {where}.concat_cls: LLaVA image tokens have no CLS token")
+    fmt = model["prompt_format"]
+    for token in ("<image>", "{prompt}"):
+        if token not in fmt:
+            raise ConfigError(f"config key {where}.prompt_format: must contain {token}")
+    ids = [p["id"] for p in model["prompts"]]
+    dupes = sorted({i for i in ids if ids.count(i) > 1})
+    if dupes:
+        raise ConfigError(f"config key {where}.prompts: prompt id(s) {dupes} used more than once")
+    if "none" in ids:
+        raise ConfigError(f"config key {where}.prompts: 'none' is reserved for prompt-free models")
+    for i, prompt in enumerate(model["prompts"]):
+        key = f"{where}.prompts[{i}].text"
+        unknown = placeholders(prompt["text"]) - {"category"}
+        if unknown:
+            raise ConfigError(f"config key {key}: unknown placeholder(s) {sorted(unknown)}; only {{category}} is filled")
+        if "category" in placeholders(prompt["text"]) and not class_names:
+            raise ConfigError(f"config key {key}: {{category}} needs class names but dataset.class_names is null")
+    if len(ids) > 1 and fmt.index("<image>") < fmt.index("{prompt}"):
+        # Causal attention: image tokens placed before the prompt cannot see it, so every
+        # prompt would give byte-identical image-token states (and duplicate stores).
+        raise ConfigError(f"config key {where}.prompt_format: the image comes before the prompt, so image-token "
+                          f"states cannot depend on it; {len(ids)} prompts would give identical features. "
+                          "Put {prompt} before <image> to condition on the prompt, or keep one prompt.")
+
+
+def load(path: str | Path) -> dict[str, Any]:
+    path = Path(path)
+    try:
+        raw = yaml.safe_load(path.read_text())
+    except yaml.YAMLError as err:
+        raise ConfigError(f"{path}: not valid YAML: {err}") from None
+    return validate(raw)
+
+
+def prompt_ids(model: dict[str, Any]) -> list[str]:
+    """Store names per model: 'none' for CLIP, prompt ids for LLaVA."""
+    return [p["id"] for p in model["prompts"]] if model["kind"] == "llava" else ["none"]
+
+
+def prompt_text(model: dict[str, Any], prompt_id: str) -> str | None:
+    for prompt in model.get("prompts", []):
+        if prompt["id"] == prompt_id:
+            return prompt["text"]
+    return None
+
+
+def resolutions(config: dict[str, Any]) -> list[int]:
+    return sorted({model_spec(n, m).image_size for n, m in config["models"].items()})

@@ -1,0 +1,243 @@
+"""Linear segmentation probe on frozen patch tokens, resumable at any batch.
+
+Head: optional BatchNorm, then a 1x1 linear map to 150 classes (DINOv2's linear protocol);
+logits are bilinearly upsampled to the label size; cross-entropy ignores 255; AdamW.
+A checkpoint (head, optimizer, RNG, running metrics, epoch rows) is written atomically every
+epoch, every `checkpoint_every_batches` batches and on SIGTERM/SIGUSR1, to a path that is not a
+declared Snakemake output, so a restarted job continues exactly where it stopped.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import logging
+import os
+import signal
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from .ade20k import CLASS_NAMES, IGNORE, NUM_CLASSES
+from .loader import ChunkShuffleLoader
+from .metrics import SegmentationMeter
+from .progress import progress
+
+log = logging.getLogger("layerprobe.probe")
+CSV_COLUMNS = ["epoch", "loss", "train_miou", "train_acc", "test_miou", "test_acc"]
+
+
+class LinearHead(nn.Module):
+    def __init__(self, dim: int, grid: int, num_classes: int = NUM_CLASSES, batchnorm: bool = True) -> None:
+        super().__init__()
+        self.grid = grid
+        self.norm = nn.BatchNorm1d(dim) if batchnorm else nn.Identity()
+        self.linear = nn.Linear(dim, num_classes)
+
+    def forward(self, tokens: torch.Tensor, out_size: int) -> torch.Tensor:
+        """tokens (B, T, D) -> logits (B, C, out_size, out_size)."""
+        b, t, d = tokens.shape
+        x = self.norm(tokens.reshape(b * t, d))
+        logits = self.linear(x).reshape(b, self.grid, self.grid, -1).permute(0, 3, 1, 2)
+        return F.interpolate(logits, size=(out_size, out_size), mode="bilinear", align_corners=False)
+
+
+@dataclass
+class ProbeSettings:
+    epochs: int
+    lr: float
+    weight_decay: float
+    batch_size: int
+    seed: int
+    batchnorm: bool
+    concat_cls: bool
+    ram_budget_bytes: int
+    device: str = "cpu"
+    checkpoint_every_batches: int = 200
+
+
+class Interrupted(Exception):
+    """SIGTERM/SIGUSR1 arrived; the checkpoint is saved and the job should exit for a retry."""
+
+
+class _SignalFlag:
+    def __init__(self) -> None:
+        self.signum: int | None = None
+        self.previous: dict[int, Any] = {}
+
+    def __enter__(self) -> "_SignalFlag":
+        for sig in (signal.SIGTERM, signal.SIGUSR1):
+            self.previous[sig] = signal.signal(sig, self._set)
+        return self
+
+    def _set(self, signum: int, frame: Any) -> None:
+        self.signum = signum
+
+    def __exit__(self, *exc: Any) -> None:
+        for sig, handler in self.previous.items():
+            signal.signal(sig, handler)
+
+
+def _inputs(feats: torch.Tensor, cls: torch.Tensor | None, concat_cls: bool) -> torch.Tensor:
+    feats = feats.float()
+    if concat_cls:
+        feats = torch.cat([feats, cls.float()[:, None, :].expand(-1, feats.shape[1], -1)], dim=-1)
+    return feats
+
+
+def _save_atomic(obj: Any, path: Path) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(".tmp")
+    torch.save(obj, tmp)
+    os.replace(tmp, path)
+
+
+class ProbeTrainer:
+    def __init__(self, group: Any, key: str, settings: ProbeSettings, checkpoint: Path) -> None:
+        self.s, self.key, self.checkpoint = settings, key, Path(checkpoint)
+        self.device = torch.device(settings.device)
+        self.train_loader = self._loader(group, "training", shuffle=True)
+        self.test_loader = self._loader(group, "validation", shuffle=False)
+        dims = group.attrs["dims"][key] * (2 if settings.concat_cls else 1)
+        torch.manual_seed(settings.seed)
+        self.head = LinearHead(dims, group.attrs["grid"], batchnorm=settings.batchnorm).to(self.device)
+        self.opt = torch.optim.AdamW(self.head.parameters(), lr=settings.lr, weight_decay=settings.weight_decay)
+        self.label_size = group["training/labels"].shape[-1]
+        self.rows: list[dict[str, float]] = []
+        self.epoch, self.batch = 0, 0  # next batch to run
+        self.loss_sum, self.loss_count = 0.0, 0
+        self.train_meter = SegmentationMeter()
+
+    def _loader(self, group: Any, split: str, shuffle: bool) -> ChunkShuffleLoader:
+        cls = group[f"{split}/{self.key}_cls"] if self.s.concat_cls else None
+        return ChunkShuffleLoader(group[f"{split}/{self.key}"], group[f"{split}/labels"], cls=cls,
+                                  batch_size=self.s.batch_size, ram_budget_bytes=self.s.ram_budget_bytes,
+                                  seed=self.s.seed, shuffle=shuffle, device=self.s.device)
+
+    # --- checkpointing -------------------------------------------------------------------------
+    def state(self) -> dict[str, Any]:
+        return {"head": self.head.state_dict(), "opt": self.opt.state_dict(), "rows": self.rows,
+                "epoch": self.epoch, "batch": self.batch, "loss_sum": self.loss_sum,
+                "loss_count": self.loss_count, "train_meter": self.train_meter.state(),
+                "rng": torch.get_rng_state()}
+
+    def save(self) -> None:
+        _save_atomic(self.state(), self.checkpoint)
+
+    def resume(self) -> bool:
+        if not self.checkpoint.is_file():
+            return False
+        state = torch.load(self.checkpoint, map_location=self.device, weights_only=False)
+        self.head.load_state_dict(state["head"])
+        self.opt.load_state_dict(state["opt"])
+        self.rows, self.epoch, self.batch = state["rows"], state["epoch"], state["batch"]
+        self.loss_sum, self.loss_count = state["loss_sum"], state["loss_count"]
+        self.train_meter.load(state["train_meter"])
+        torch.set_rng_state(state["rng"])
+        log.info("resumed from %s at epoch %d batch %d", self.checkpoint, self.epoch + 1, self.batch)
+        return True
+
+    # --- training ------------------------------------------------------------------------------
+    def fit(self, csv_path: Path) -> list[dict[str, float]]:
+        with _SignalFlag() as flag:
+            while self.epoch < self.s.epochs:
+                self._train_epoch(flag)
+                row = self._finish_epoch()
+                log.info("Epoch %03d | loss %.4f | train mIoU %.4f acc %.4f | test mIoU %.4f acc %.4f",
+                         row["epoch"], row["loss"], row["train_miou"], row["train_acc"], row["test_miou"],
+                         row["test_acc"])
+                _write_csv(csv_path, self.rows)
+                self.save()
+        return self.rows
+
+    def _train_epoch(self, flag: _SignalFlag) -> None:
+        self.head.train()
+        self.train_loader.set_epoch(self.epoch)
+        batches = self.train_loader.iterate(skip=self.batch)
+        desc = f"epoch {self.epoch + 1}/{self.s.epochs}"
+        for feats, cls, labels, _ in progress(batches, desc=desc, total=len(self.train_loader) - self.batch, unit="batch"):
+            labels = labels.to(self.device).long()
+            logits = self.head(_inputs(feats, cls, self.s.concat_cls), self.label_size)
+            loss = F.cross_entropy(logits, labels, ignore_index=IGNORE)
+            self.opt.zero_grad(set_to_none=True)
+            loss.backward()
+            self.opt.step()
+            self.loss_sum += float(loss) * len(labels)
+            self.loss_count += len(labels)
+            self.train_meter.update(logits.detach().argmax(1), labels)
+            self.batch += 1
+            if flag.signum is not None or self.batch % self.s.checkpoint_every_batches == 0:
+                self.save()
+                if flag.signum is not None:
+                    raise Interrupted(f"signal {flag.signum}: checkpoint saved at epoch {self.epoch + 1} "
+                                      f"batch {self.batch}")
+
+    def _finish_epoch(self) -> dict[str, float]:
+        test = self.evaluate()
+        row = {"epoch": self.epoch + 1, "loss": self.loss_sum / max(self.loss_count, 1),
+               "train_miou": self.train_meter.miou(), "train_acc": self.train_meter.accuracy(),
+               "test_miou": test.miou(), "test_acc": test.accuracy()}
+        self.rows.append(row)
+        self.epoch, self.batch = self.epoch + 1, 0
+        self.loss_sum, self.loss_count, self.train_meter = 0.0, 0, SegmentationMeter()
+        self.last_test = test
+        return row
+
+    @torch.inference_mode()
+    def evaluate(self, keep_rows: set[int] | None = None) -> SegmentationMeter:
+        """Validation metrics; optionally keeps predictions for some store rows."""
+        self.head.eval()
+        meter, self.kept = SegmentationMeter(), {}
+        for feats, cls, labels, rows in self.test_loader.iterate():
+            pred = self.head(_inputs(feats, cls, self.s.concat_cls), self.label_size).argmax(1)
+            meter.update(pred, labels)
+            for i, row in enumerate(rows.tolist()):
+                if keep_rows and row in keep_rows:
+                    self.kept[row] = pred[i].to(torch.uint8).cpu().numpy()
+        return meter
+
+
+def _write_csv(path: Path, rows: list[dict[str, float]]) -> None:
+    tmp = path.with_suffix(".tmp")
+    with tmp.open("w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=CSV_COLUMNS)
+        writer.writeheader()
+        for row in rows:
+            writer.writerow({k: (row[k] if k == "epoch" else f"{row[k]:.6f}") for k in CSV_COLUMNS})
+    os.replace(tmp, path)
+
+
+def train_probe(store_path: str | Path, key: str, settings: ProbeSettings, out_dir: str | Path,
+                checkpoint: str | Path, qualitative_images: int = 4) -> dict[str, Any]:
+    """Train (or resume) one probe; write epochs.csv, metrics.json and predictions.npz."""
+    from .store import open_store
+
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    group = open_store(store_path)
+    trainer = ProbeTrainer(group, key, settings, Path(checkpoint))
+    trainer.resume()
+    start = time.perf_counter()
+    rows = trainer.fit(out_dir / "epochs.csv")
+    ids = group.attrs["validation_image_ids"]
+    chosen = sorted(ids)[:qualitative_images]
+    keep = {ids.index(i) for i in chosen}
+    final = trainer.evaluate(keep_rows=keep)
+    preds = np.stack([trainer.kept[ids.index(i)] for i in chosen]) if chosen else np.zeros((0, 1, 1), np.uint8)
+    np.savez_compressed(out_dir / "predictions.npz", ids=np.array(chosen), pred=preds)
+    best = max(rows, key=lambda r: r["test_miou"])
+    iou = final.per_class_iou()
+    metrics = {"model": group.attrs["model"], "prompt": group.attrs["prompt_id"], "layer": key,
+               "miou": final.miou(), "acc": final.accuracy(), "best_epoch": int(best["epoch"]),
+               "best_test_miou": best["test_miou"], "epochs": len(rows),
+               "per_class_iou": [None if np.isnan(v) else float(v) for v in iou],
+               "class_names": list(CLASS_NAMES), "loader_mode": trainer.train_loader.mode,
+               "train_seconds_this_run": time.perf_counter() - start}
+    (out_dir / "metrics.json").write_text(json.dumps(metrics, indent=2))
+    return metrics

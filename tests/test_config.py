@@ -1,0 +1,74 @@
+"""Config validation: defaults filled, and every error names the offending key."""
+
+import copy
+
+import pytest
+import yaml
+
+from layerprobe import config as lp_config
+from tests.conftest import ROOT
+
+BASE = yaml.safe_load((ROOT / "config/demo.yaml").read_text())
+
+
+def _bad(mutate):
+    raw = copy.deepcopy(BASE)
+    mutate(raw)
+    with pytest.raises(lp_config.ConfigError) as err:
+        lp_config.validate(raw)
+    return str(err.value)
+
+
+def test_real_and_demo_configs_validate_with_defaults():
+    demo = lp_config.validate(BASE)
+    assert demo["probe"]["weight_decay"] == 0.0001 and demo["store"]["shuffle_seed"] == 0
+    real = lp_config.load(ROOT / "config/config.yaml")
+    assert real["models"]["llava15_7b"]["layers"] == [1, 2, 4, 8, 12, 16, 20, 24, 28, 31, 32]
+    assert real["models"]["clip_b16"]["arch"].endswith("quickgelu")
+
+
+def test_unknown_key_is_named():
+    assert "probe.epoch" in _bad(lambda c: c["probe"].update(epoch=3))
+    assert "models.tiny_vit.layer" in _bad(lambda c: c["models"]["tiny_vit"].update(layer=[1]))
+
+
+def test_negative_layer_is_named():
+    assert "models.tiny_vit.layers[1]" in _bad(lambda c: c["models"]["tiny_vit"].update(layers=[0, -1]))
+
+
+def test_layer_beyond_depth_is_named():
+    msg = _bad(lambda c: c["models"]["tiny_vit"].update(layers=[5]))
+    assert "models.tiny_vit.layers" in msg and "depth 4" in msg
+
+
+def test_unknown_model_is_named():
+    def mutate(c):
+        m = c["models"]["tiny_vit"]
+        del m["tiny"]
+        m["arch"] = "ViT-Q-99"
+    assert "models.tiny_vit.arch" in _bad(mutate)
+
+
+def test_openai_weights_need_quickgelu():
+    def mutate(c):
+        m = c["models"]["tiny_vit"]
+        del m["tiny"]
+        m.update(arch="ViT-B-16", pretrained="openai")
+    assert "quickgelu" in _bad(mutate)
+
+
+def test_prompt_errors_are_named():
+    prompts = lambda c: c["models"]["tiny_llava"]["prompts"]  # noqa: E731
+    assert "prompts[1].text" in _bad(lambda c: prompts(c)[1].update(text="Find the {object}"))
+    assert "used more than once" in _bad(lambda c: prompts(c)[1].update(id="describe"))
+    msg = _bad(lambda c: c["dataset"].update(class_names=None))
+    assert "dataset.class_names" in msg and "prompts[1].text" in msg
+
+
+def test_several_prompts_with_image_first_format_is_an_error():
+    msg = _bad(lambda c: c["models"]["tiny_llava"].update(prompt_format="USER: <image>\n{prompt} ASSISTANT:"))
+    assert "models.tiny_llava.prompt_format" in msg and "identical" in msg
+
+
+def test_missing_dataset_root_is_named():
+    assert "dataset.root" in _bad(lambda c: c["dataset"].pop("root"))

@@ -1,0 +1,38 @@
+import numpy as np
+import pytest
+
+from layerprobe.metrics import mean_iou
+
+I = 255
+
+
+def test_hand_computed_with_ignore_and_absent_class():
+    # 3 classes declared; class 2 appears nowhere (neither label nor prediction) -> excluded.
+    label = np.array([[0, 0, 1, I]])
+    pred = np.array([[0, 1, 1, 0]])  # the ignored pixel's prediction must not count
+    miou, acc, iou = mean_iou([pred], [label], num_classes=3)
+    # class 0: I=1, U=2 -> 0.5 ; class 1: I=1, U=2 -> 0.5 ; class 2: NaN
+    assert iou[0] == pytest.approx(0.5) and iou[1] == pytest.approx(0.5) and np.isnan(iou[2])
+    assert miou == pytest.approx(0.5)
+    assert acc == pytest.approx(2 / 3)
+
+
+def test_sums_over_dataset_not_mean_of_images():
+    labels = [np.array([[0, 0, 0, 0]]), np.array([[1, 1, 1, 1]])]
+    preds = [np.array([[0, 0, 0, 1]]), np.array([[1, 1, 1, 1]])]
+    miou, acc, iou = mean_iou(preds, labels, num_classes=2)
+    # dataset sums: class0 I=3 U=4 ; class1 I=4 U=5
+    assert iou.tolist() == pytest.approx([0.75, 0.8])
+    assert miou == pytest.approx(0.775)
+    # the per-image mean would differ: image1 (0.75 + 0)/2, image2 (nan, 0.8 -> 0.8)
+    per_image = np.mean([np.nanmean([0.75, 0.0]), 0.8])
+    assert miou != pytest.approx(per_image)
+    assert acc == pytest.approx(7 / 8)
+
+
+def test_predicted_but_absent_class_counts_as_zero():
+    label = np.array([[0, 0]])
+    pred = np.array([[0, 1]])
+    miou, _, iou = mean_iou([pred], [label], num_classes=3)
+    assert iou[1] == 0.0 and np.isnan(iou[2])
+    assert miou == pytest.approx((0.5 + 0.0) / 2)

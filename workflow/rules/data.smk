@@ -1,0 +1,39 @@
+# Stage 1: the dataset (synthetic for the demo) preprocessed once per model input resolution.
+
+
+rule synthetic_dataset:
+    output:
+        "results/dataset/synthetic.json",
+    params:
+        root=DATASET["root"],
+        synthetic=DATASET["synthetic"],
+    log:
+        "results/logs/synthetic_dataset.log",
+    benchmark:
+        "results/benchmarks/synthetic_dataset/synthetic_dataset.tsv"
+    resources:
+        mem_mb=mem_mb("synthetic_dataset"),
+        runtime=runtime("synthetic_dataset"),
+    script:
+        "../scripts/synthetic_dataset.py"
+
+
+rule preprocess:
+    input:
+        dataset_marker,
+    output:
+        "results/data/{res}px.json",
+    params:
+        root=DATASET["root"],
+        max_images=DATASET["max_images"],
+        chunk_images=CFG["store"]["chunk_images"],
+        store="results/data/{res}px.zarr",
+    log:
+        "results/logs/preprocess/{res}px.log",
+    benchmark:
+        "results/benchmarks/preprocess/{res}px.tsv"
+    resources:
+        mem_mb=mem_mb("preprocess"),
+        runtime=runtime("preprocess"),
+    script:
+        "../scripts/preprocess.py"

@@ -1,0 +1,20 @@
+"""Rule build_tiny_model: a random tiny model saved where the config's path points (demo/tests)."""
+import json
+from pathlib import Path
+
+from layerprobe.backbones import tiny_clip
+from layerprobe.logs import redirect_output
+
+with redirect_output(snakemake.log[0]):
+    model = snakemake.params.model
+    tiny = model["tiny"]
+    if model["kind"] == "open_clip":
+        path = tiny_clip.build(model["arch"], model["pretrained"], tiny)
+    else:
+        from layerprobe.backbones.tiny_llava import build_tiny_llava
+
+        path = build_tiny_llava(Path(model["hub_id"]), image_size=tiny["image_size"], patch_size=tiny["patch_size"],
+                                vision_width=tiny["width"], vision_layers=tiny["layers"],
+                                text_width=tiny["text_width"], text_layers=tiny["text_layers"], heads=tiny["heads"],
+                                seed=tiny["seed"])
+    Path(snakemake.output[0]).write_text(json.dumps({"path": str(path), **tiny}, indent=2))
