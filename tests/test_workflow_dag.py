@@ -1,0 +1,70 @@
+"""DAG-build behaviour: the real config dry-runs without data or weights; bad input fails early."""
+
+from pathlib import Path
+
+import pytest
+import yaml
+
+from tests.conftest import ROOT, copy_repo, snakemake
+
+
+@pytest.fixture(scope="module")
+def workdir(tmp_path_factory) -> Path:
+    return copy_repo(tmp_path_factory.mktemp("dag"))
+
+
+def test_real_config_dry_run_lists_full_dag(workdir):
+    out = snakemake(workdir, "-n", "--configfile", "config/config.yaml").stdout
+    real = yaml.safe_load((ROOT / "config/config.yaml").read_text())
+    for name in ("clip_b16", "clip_l14", "clip_l14_336"):
+        for layer in real["models"][name]["layers"]:
+            assert f"results/probes/{name}/none/layer_{layer:02d}/metrics.json" in out
+    for prompt in ("describe", "describe_category", "imagine_category"):
+        assert f"results/features/llava15_7b_prompted/{prompt}.manifest.json" in out
+        assert f"results/probes/llava15_7b_prompted/{prompt}/layer_32/metrics.json" in out
+    for layer in (1, 2, 4, 8, 12, 16, 20, 24, 28, 31, 32):
+        assert f"results/probes/llava15_7b/describe/layer_{layer:02d}/metrics.json" in out
+    assert "results/report.html" in out
+    assert "wildcards: model=llava15_7b, prompt=describe, part=3" in out  # parts: 4
+
+
+def _write_config(workdir: Path, mutate) -> str:
+    cfg = yaml.safe_load((ROOT / "config/demo.yaml").read_text())
+    mutate(cfg)
+    path = workdir / "bad.yaml"
+    path.write_text(yaml.safe_dump(cfg))
+    return str(path)
+
+
+@pytest.mark.parametrize("mutate, expected", [
+    (lambda c: c["probe"].update(epochz=3), "unknown config key probe.epochz"),
+    (lambda c: c["models"]["tiny_vit"].update(layers=[-1]), "models.tiny_vit.layers[0]"),
+    (lambda c: c["models"]["tiny_vit"].update(layers=[9]), "beyond the model's depth"),
+    (lambda c: c["models"]["tiny_llava"]["prompts"][0].update(text="{colour} things"), "unknown placeholder"),
+])
+def test_bad_config_fails_at_dag_build_naming_the_key(workdir, mutate, expected):
+    proc = snakemake(workdir, "-n", "--configfile", _write_config(workdir, mutate), check=False)
+    assert proc.returncode != 0
+    assert expected in proc.stdout + proc.stderr
+
+
+def test_missing_dataset_fails_before_any_job(workdir, tmp_path):
+    def mutate(c):
+        c["dataset"] = {"root": str(tmp_path / "nowhere" / "ADEChallengeData2016")}
+    proc = snakemake(workdir, "--cores", "1", "--configfile", _write_config(workdir, mutate), check=False)
+    text = proc.stdout + proc.stderr
+    assert proc.returncode != 0 and "dataset.root" in text and "nowhere" in text
+    assert "rule preprocess" not in text  # nothing was scheduled
+
+
+def test_empty_split_fails_at_dag_build(workdir, tmp_path):
+    from layerprobe.synthetic import write_dataset
+
+    root = write_dataset(tmp_path / "ADEChallengeData2016", training=2, validation=1)
+    for f in (root / "images" / "validation").iterdir():
+        f.unlink()
+
+    def mutate(c):
+        c["dataset"] = {"root": str(root)}
+    proc = snakemake(workdir, "--cores", "1", "--configfile", _write_config(workdir, mutate), check=False)
+    assert proc.returncode != 0 and "images/validation: empty split" in proc.stdout + proc.stderr

@@ -1,0 +1,60 @@
+"""The demo config end to end through Snakemake in a temporary directory."""
+
+import json
+
+import pandas as pd
+import yaml
+
+from layerprobe.specs import requested_keys
+from tests.conftest import ROOT
+
+
+def test_demo_writes_report_and_parsable_metrics(demo_run):
+    results = demo_run / "results"
+    html = (results / "report.html").read_text()
+    assert "<html" in html.lower() and "mIoU" in html
+    demo = yaml.safe_load((ROOT / "config/demo.yaml").read_text())
+    for name, model in demo["models"].items():
+        prompts = [p["id"] for p in model.get("prompts", [])] or ["none"]
+        for prompt in prompts:
+            for key in requested_keys(model):
+                folder = results / "probes" / name / prompt / key
+                metrics = json.loads((folder / "metrics.json").read_text())
+                assert 0.0 <= metrics["miou"] <= 1.0 and len(metrics["per_class_iou"]) == 150
+                epochs = pd.read_csv(folder / "epochs.csv")
+                assert list(epochs.epoch) == list(range(1, demo["probe"]["epochs"] + 1))
+                assert {"loss", "train_miou", "train_acc", "test_miou", "test_acc"} <= set(epochs.columns)
+
+
+def test_demo_probe_reaches_miou_08(demo_run):
+    """The synthetic classes are separable: a linear probe on tiny-ViT features must find them."""
+    best = max(json.loads(p.read_text())["miou"]
+               for p in (demo_run / "results/probes/tiny_vit/none").glob("*/metrics.json"))
+    assert best >= 0.8
+
+
+def test_demo_epoch_log_line_has_the_users_shape(demo_run):
+    log = (demo_run / "results/logs/probe/tiny_vit/none/layer_02.log").read_text()
+    import re
+
+    assert re.search(r"Epoch 010 \| loss \d\.\d{4} \| train mIoU \d\.\d{4} acc \d\.\d{4} \| "
+                     r"test mIoU \d\.\d{4} acc \d\.\d{4}", log)
+
+
+def test_demo_llava_probes_per_prompt_and_filled_prompts(demo_run):
+    from layerprobe.store import open_store
+
+    for prompt in ("describe", "describe_category"):
+        assert (demo_run / f"results/probes/tiny_llava/{prompt}/layer_02/metrics.json").is_file()
+    group = open_store(demo_run / "results/features/tiny_llava/describe_category.zarr")
+    filled = group.attrs["filled_prompts"]["validation"]
+    assert len(filled) == len(group.attrs["validation_image_ids"])
+    assert all(p.startswith("Describe the ") and "{category}" not in p for p in filled)
+
+
+def test_demo_scan_ranks_layers_without_stores(demo_run):
+    for prompt in ("describe", "describe_category"):
+        table = pd.read_csv(demo_run / f"results/scan/tiny_llava/{prompt}.csv")
+        assert {"layer", "best_lambda", "miou", "acc"} <= set(table.columns)
+    table = pd.read_csv(demo_run / "results/scan/tiny_vit/none.csv")
+    assert len(table) == 5  # scan.layers: all -> layer_00..layer_04
