@@ -60,6 +60,7 @@ class ProbeSettings:
     ram_budget_bytes: int
     device: str = "cpu"
     checkpoint_every_batches: int = 200
+    loader_mode: str = "auto"  # auto | resident | chunks (see layerprobe.loader)
 
 
 class Interrupted(Exception):
@@ -118,7 +119,8 @@ class ProbeTrainer:
         cls = group[f"{split}/{self.key}_cls"] if self.s.concat_cls else None
         return ChunkShuffleLoader(group[f"{split}/{self.key}"], group[f"{split}/labels"], cls=cls,
                                   batch_size=self.s.batch_size, ram_budget_bytes=self.s.ram_budget_bytes,
-                                  seed=self.s.seed, shuffle=shuffle, device=self.s.device)
+                                  seed=self.s.seed, shuffle=shuffle, device=self.s.device,
+                                  mode=self.s.loader_mode)
 
     # --- checkpointing -------------------------------------------------------------------------
     def state(self) -> dict[str, Any]:
@@ -168,7 +170,7 @@ class ProbeTrainer:
             self.opt.zero_grad(set_to_none=True)
             loss.backward()
             self.opt.step()
-            self.loss_sum += float(loss) * len(labels)
+            self.loss_sum += loss.item() * len(labels)
             self.loss_count += len(labels)
             self.train_meter.update(logits.detach().argmax(1), labels)
             self.batch += 1

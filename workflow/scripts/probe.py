@@ -14,7 +14,8 @@ with redirect_output(snakemake.log[0]):
                              batch_size=probe["batch_size"], seed=probe["seed"], batchnorm=probe["batchnorm"],
                              concat_cls=model["concat_cls"], ram_budget_bytes=probe["ram_budget_mb"] * 2**20,
                              device=resolve_device(probe["device"]),
-                             checkpoint_every_batches=probe["checkpoint_every_batches"])
+                             checkpoint_every_batches=probe["checkpoint_every_batches"],
+                             loader_mode=probe["loader_mode"])
     train_probe(snakemake.params.store, snakemake.wildcards.layer, settings,
                 Path(snakemake.output.metrics).parent, snakemake.params.checkpoint,
                 cfg["report"]["qualitative_images"])
