@@ -1,0 +1,99 @@
+"""A tiny random-weight LLaVA-1.5 built fully offline (demo and tests).
+
+Saved with `save_pretrained` like a hub snapshot, so `LlavaBackbone` loads it with exactly the
+calls used for `llava-hf/llava-1.5-7b-hf`. The tokenizer is a word-level vocabulary over prompt
+words and ADE20K class names; unknown words map to `<unk>`, which is fine for random weights.
+"""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+import torch
+from tokenizers import AddedToken, Tokenizer, models, normalizers, pre_tokenizers, processors
+from transformers import (CLIPImageProcessor, CLIPVisionConfig, LlamaConfig, LlavaConfig,
+                          LlavaForConditionalGeneration, LlavaProcessor, PreTrainedTokenizerFast)
+
+from ..ade20k import CLASS_NAMES
+
+SPECIALS = ["<unk>", "<s>", "</s>", "<pad>", "<image>"]
+CHAT_TOKENS = ["USER:", "ASSISTANT:"]  # kept whole (added tokens), as in a chat-tuned vocabulary
+PROMPT_WORDS = ("describe the a an in image detail imagine what it would look like to see of and is are "
+                "this that there with on at object objects picture photo scene show me please where . , ? ! :")
+CLIP_MEAN = [0.48145466, 0.4578275, 0.40821073]
+CLIP_STD = [0.26862954, 0.26130258, 0.27577711]
+# Llama-style chat template: the processor's apply_chat_template gives "USER: <image>\n... ASSISTANT:".
+CHAT_TEMPLATE = (
+    "{% for message in messages %}{% if message['role'] == 'user' %}USER: {% else %}ASSISTANT: {% endif %}"
+    "{% for item in message['content'] %}{% if item['type'] == 'image' %}<image>\n{% elif item['type'] == 'text' %}"
+    "{{ item['text'] }}{% endif %}{% endfor %}{% if message['role'] != 'user' %}</s>{% else %} {% endif %}{% endfor %}"
+    "{% if add_generation_prompt %}ASSISTANT:{% endif %}"
+)
+
+
+def default_vocab_words() -> list[str]:
+    """Prompt words plus every word of the ADE20K class names (lower case, sorted, unique)."""
+    words = set(PROMPT_WORDS.split())
+    for name in CLASS_NAMES:
+        words.update(re.findall(r"\w+|[^\w\s]+", name.lower()))
+    return sorted(words)
+
+
+def build_tokenizer(vocab_words: list[str]) -> PreTrainedTokenizerFast:
+    """Word-level, lower-cased, whitespace/punctuation split; `<s>` prepended like Llama."""
+    words = [w for w in dict.fromkeys(w.lower() for w in vocab_words) if w not in SPECIALS + CHAT_TOKENS]
+    vocab = {tok: i for i, tok in enumerate(SPECIALS + CHAT_TOKENS + words)}
+    tok = Tokenizer(models.WordLevel(vocab, unk_token="<unk>"))
+    tok.normalizer = normalizers.Lowercase()
+    tok.pre_tokenizer = pre_tokenizers.Whitespace()
+    # Added tokens are matched on the raw text before normalization/pre-tokenization.
+    tok.add_special_tokens([AddedToken(t, normalized=False) for t in SPECIALS])
+    tok.add_tokens([AddedToken(t, normalized=False, single_word=False) for t in CHAT_TOKENS])
+    tok.post_processor = processors.TemplateProcessing(
+        single="<s> $A", pair="<s> $A $B", special_tokens=[("<s>", vocab["<s>"])])
+    return PreTrainedTokenizerFast(
+        tokenizer_object=tok, bos_token="<s>", eos_token="</s>", unk_token="<unk>", pad_token="<pad>",
+        extra_special_tokens={"image_token": "<image>"}, padding_side="right", model_max_length=4096)
+
+
+def build_processor(tokenizer: PreTrainedTokenizerFast, image_size: int, patch_size: int) -> LlavaProcessor:
+    image_processor = CLIPImageProcessor(
+        size={"shortest_edge": image_size}, crop_size={"height": image_size, "width": image_size},
+        do_center_crop=True, do_resize=True, image_mean=CLIP_MEAN, image_std=CLIP_STD)
+    return LlavaProcessor(image_processor=image_processor, tokenizer=tokenizer, patch_size=patch_size,
+                          vision_feature_select_strategy="default", num_additional_image_tokens=1,
+                          chat_template=CHAT_TEMPLATE)
+
+
+def build_config(image_token_id: int, vocab_size: int, pad_id: int, *, image_size: int, patch_size: int,
+                 vision_width: int, vision_layers: int, text_width: int, text_layers: int, heads: int) -> LlavaConfig:
+    vision = CLIPVisionConfig(hidden_size=vision_width, intermediate_size=4 * vision_width,
+                              num_hidden_layers=vision_layers, num_attention_heads=heads, image_size=image_size,
+                              patch_size=patch_size, projection_dim=vision_width, hidden_act="quick_gelu")
+    text = LlamaConfig(hidden_size=text_width, intermediate_size=4 * text_width, num_hidden_layers=text_layers,
+                       num_attention_heads=heads, num_key_value_heads=heads, vocab_size=vocab_size,
+                       max_position_embeddings=4096, pad_token_id=pad_id, bos_token_id=1, eos_token_id=2)
+    return LlavaConfig(vision_config=vision, text_config=text, image_token_index=image_token_id,
+                       image_seq_length=(image_size // patch_size) ** 2, vision_feature_layer=-2,
+                       vision_feature_select_strategy="default", pad_token_id=pad_id)
+
+
+def build_tiny_llava(out_dir: Path, *, image_size: int = 32, patch_size: int = 8, vision_width: int = 32,
+                     vision_layers: int = 2, text_width: int = 32, text_layers: int = 2, heads: int = 2,
+                     vocab_words: list[str] | None = None, seed: int = 0) -> Path:
+    """Build and save (model + processor) a random LLaVA into `out_dir`; same args, same weights."""
+    if image_size % patch_size:
+        raise ValueError(f"image_size {image_size} is not a multiple of patch_size {patch_size}")
+    out_dir = Path(out_dir)
+    tokenizer = build_tokenizer(vocab_words if vocab_words is not None else default_vocab_words())
+    processor = build_processor(tokenizer, image_size, patch_size)
+    config = build_config(tokenizer.convert_tokens_to_ids("<image>"), len(tokenizer), tokenizer.pad_token_id,
+                          image_size=image_size, patch_size=patch_size, vision_width=vision_width,
+                          vision_layers=vision_layers, text_width=text_width, text_layers=text_layers, heads=heads)
+    torch.manual_seed(seed)
+    model = LlavaForConditionalGeneration(config).eval()
+    out_dir.mkdir(parents=True, exist_ok=True)
+    model.save_pretrained(out_dir)
+    processor.save_pretrained(out_dir)
+    return out_dir
