@@ -1,0 +1,303 @@
+"""Layer scan: the streaming ridge solution, the token targets, the fast upsampled argmax, the
+mIoU bookkeeping and an end-to-end scan where an informative layer must beat a noise layer."""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+import torch.nn.functional as F
+import zarr
+
+from layerprobe import scan
+from layerprobe.backbones.base import Backbone
+from layerprobe.metrics import SegmentationMeter
+
+from .helpers import tiny_backbone, tiny_data
+
+
+# ---------------------------------------------------------------------------- ridge statistics
+
+def _ridge_problem(seed: int = 0, n: int = 240, d: int = 10, c: int = 5) -> tuple[torch.Tensor, torch.Tensor]:
+    """Features with a large common offset (as LLM residual streams have) and soft targets."""
+    g = torch.Generator().manual_seed(seed)
+    x = torch.randn(n, d, generator=g, dtype=torch.float64) * torch.linspace(0.5, 3.0, d, dtype=torch.float64)
+    x = x + 100.0  # the shift in RidgeStats must keep the centred Gram accurate despite this
+    logits = x @ torch.randn(d, c, generator=g, dtype=torch.float64)
+    return x, torch.softmax(logits, 1)
+
+
+def _direct_ridge(x: torch.Tensor, y: torch.Tensor, absolute: float) -> tuple[torch.Tensor, torch.Tensor]:
+    """min ||[X 1][W; b] - Y||^2 + absolute ||W||^2 (bias unpenalised) by least squares."""
+    n, d = x.shape
+    a = torch.cat([torch.cat([x, torch.ones(n, 1, dtype=x.dtype)], 1),
+                   torch.cat([math.sqrt(absolute) * torch.eye(d, dtype=x.dtype), torch.zeros(d, 1, dtype=x.dtype)], 1)])
+    b = torch.cat([y, torch.zeros(d, y.shape[1], dtype=y.dtype)])
+    solution = torch.linalg.lstsq(a, b).solution
+    return solution[:d], solution[d]
+
+
+def test_closed_form_matches_least_squares_over_batches() -> None:
+    x, y = _ridge_problem()
+    stats = scan.RidgeStats(x.shape[1], y.shape[1])
+    for xb, yb in zip(x.split(70), y.split(70)):  # 4 uneven batches
+        stats.update(xb.float(), yb.float())
+    lambdas = [1e-3, 0.1, 1.0, 30.0]
+    weights, bias = stats.solve(lambdas)
+    assert weights.shape == (4, 10, 5) and bias.shape == (4, 5)
+    xf = x.float().double()  # the statistics see fp32 features: compare on the same data
+    centred = xf - xf.mean(0)
+    scale = float(torch.trace(centred.T @ centred)) / x.shape[1]
+    assert stats.lambda_scale() == pytest.approx(scale, rel=1e-5)
+    for i, lam in enumerate(lambdas):
+        w, b = _direct_ridge(xf, y, lam * scale)
+        assert torch.allclose(weights[i], w, rtol=1e-3, atol=1e-6), lam
+        # The offset of 100 amplifies bias errors: compare predictions instead.
+        assert torch.allclose(xf @ weights[i] + bias[i], xf @ w + b, atol=1e-5), lam
+
+
+def test_update_with_class_subset_equals_full_targets() -> None:
+    x, y = _ridge_problem(1)
+    y[:, 2] = 0.0  # a class absent from the data
+    full, subset = scan.RidgeStats(10, 5), scan.RidgeStats(10, 5)
+    full.update(x.float(), y.float())
+    classes = torch.tensor([0, 1, 3, 4])
+    subset.update(x.float(), y.float()[:, classes], classes)
+    assert torch.equal(full.xty, subset.xty) and torch.equal(full.sum_y, subset.sum_y)
+
+
+def test_stats_bytes_and_groups() -> None:
+    stats = scan.RidgeStats(12, 7)
+    stats.update(torch.randn(5, 12), torch.rand(5, 7))
+    assert stats.nbytes() == scan.stats_bytes([12], 7)
+    dims = {"layer_00": 100, "layer_01": 100, "layer_02": 100}
+    one = scan.stats_bytes([100])
+    assert scan.plan_groups(list(dims), dims, None) == [list(dims)]
+    assert scan.plan_groups(list(dims), dims, 2 * one) == [["layer_00", "layer_01"], ["layer_02"]]
+    assert scan.plan_groups(list(dims), dims, 1) == [["layer_00"], ["layer_01"], ["layer_02"]]
+    # LLaVA-1.5-7B, 33 LLM layers at 4096: the figure quoted in docs/BENCHMARKS.md.
+    assert scan.stats_bytes([4096] * 33) / 2**30 == pytest.approx(4.28, abs=0.01)
+
+
+# ---------------------------------------------------------------------------- token targets
+
+def test_token_label_distribution() -> None:
+    labels = np.array([[[0, 0, 1, 1],
+                        [1, 255, 1, 1],
+                        [255, 255, 2, 200],  # 200 >= num_classes: dropped like ignore
+                        [255, 255, 2, 2]]], dtype=np.uint8)
+    y, mask = scan.token_label_distribution(labels, grid=2, num_classes=3)
+    assert y.shape == (1, 4, 3) and mask.tolist() == [[True, True, False, True]]
+    assert torch.allclose(y[0, 0], torch.tensor([2 / 3, 1 / 3, 0.0]))
+    assert torch.allclose(y[0, 1], torch.tensor([0.0, 1.0, 0.0]))
+    assert torch.equal(y[0, 2], torch.zeros(3))  # all-ignore patch
+    assert torch.allclose(y[0, 3], torch.tensor([0.0, 0.0, 1.0]))
+
+
+# ---------------------------------------------------------------------------- scoring
+
+def _reference_argmax(logits_last: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
+    logits = logits_last.permute(0, 3, 1, 2).contiguous()
+    return F.interpolate(logits, size=size, mode="bilinear", align_corners=False).argmax(1)
+
+
+@pytest.mark.parametrize("cell_fraction", [0.0, 0.5, math.inf])  # all items plain / mixed / all cells
+@pytest.mark.parametrize(("grid", "size"), [(4, (32, 32)), (6, (48, 48)), (5, (35, 35)), (4, (30, 34))])
+def test_upsample_argmax_matches_interpolate(grid: int, size: tuple[int, int], cell_fraction: float) -> None:
+    g = torch.Generator().manual_seed(grid)
+    cases = {
+        "dense": torch.randn(12, grid, grid, 20, generator=g),
+        # A few strong classes and exact ties at zero, like the ridge logits of unseen classes.
+        "sparse": torch.cat([torch.rand(12, grid, grid, 4, generator=g) - 0.5, torch.zeros(12, grid, grid, 16)], -1),
+        "ties": torch.zeros(12, grid, grid, 20),
+    }
+    upsample = scan.UpsampleArgmax(grid, size, cell_fraction=cell_fraction)
+    for name, logits in cases.items():
+        got, want = upsample(logits), _reference_argmax(logits, size)
+        # Equal up to float rounding at exact near-ties (none expected at these sizes).
+        assert (got == want).float().mean() > 0.9999, name
+    assert torch.equal(upsample(cases["ties"]), torch.zeros(12, *size, dtype=torch.long))
+
+
+def test_upsample_argmax_mixed_paths() -> None:
+    """Near-flat dense items take the plain kernel, blocky ones the cell path, in one call."""
+    g = torch.Generator().manual_seed(0)
+    dense = torch.randn(6, 4, 4, 20, generator=g)
+    blocky = torch.zeros(6, 4, 4, 20)
+    blocky[..., 3] = 1.0
+    blocky[:, :2, :2, 7] = 2.0
+    logits = torch.cat([dense, blocky])
+    upsample = scan.UpsampleArgmax(4, (32, 32), cell_fraction=0.05)
+    count = upsample.candidates(upsample.corners(logits)).sum(-1).view(12, -1)
+    work = (count * (count > 1)).sum(1) * upsample.pixels.shape[1]
+    assert (work > 0.05 * 20 * 32 * 32).tolist() == [True] * 6 + [False] * 6
+    assert (upsample(logits) == _reference_argmax(logits, (32, 32))).float().mean() > 0.9999
+
+
+@pytest.mark.parametrize("cell_fraction", [0.0, 0.5, math.inf])
+def test_cell_counting_equals_pixel_counting(cell_fraction: float) -> None:
+    """Counting single-class cells whole gives the meters exactly what the pixels would."""
+    g = torch.Generator().manual_seed(3)
+    lambdas, images, grid, size = 3, 4, 4, (32, 28)
+    blocky = torch.randn(lambdas * images, grid, grid, 5, generator=g) * 3  # many single-class cells
+    logits = torch.cat([blocky, torch.randn(lambdas * images, grid, grid, 3, generator=g)], -1)
+    classes = torch.tensor([0, 2, 3, 7, 8, 9, 20, 149])  # the head's class ids
+    labels = torch.randint(0, 10, (images, *size), generator=g).to(torch.uint8)
+    labels[:, :5] = 255
+    labels[0, 10, :4] = 200  # neither a class nor ignore
+    upsample = scan.UpsampleArgmax(grid, size, cell_fraction=cell_fraction)
+    fast = [SegmentationMeter() for _ in range(lambdas)]
+    scan.count_sparse(fast, upsample.sparse(logits), classes, scan.CellLabels(labels, upsample, 150, 255))
+    dense = classes[upsample(logits)].view(lambdas, images, *size)
+    for meter, pred in zip(fast, dense):
+        slow = SegmentationMeter()
+        slow.update(pred, labels)
+        assert all(torch.equal(meter.state()[k], slow.state()[k]) for k in slow.state())
+
+
+# ---------------------------------------------------------------------------- end to end
+
+NUM = 6  # classes of the fake dataset
+GRID, PATCH = 4, 4
+
+
+class FakeBackbone(Backbone):
+    """layer_01 encodes the patch's class (decoded from the red channel) linearly; layer_00 is a
+    projection of the green channel, which is random and independent of the labels. Features are
+    a function of the image only, so any batching gives the same tokens."""
+
+    name, image_size, grid, has_cls = "fake", GRID * PATCH, GRID, False
+
+    def __init__(self) -> None:
+        g = torch.Generator().manual_seed(1)
+        self.projection = torch.randn(NUM, 12, generator=g)
+        self.green = torch.randn(PATCH * PATCH, 12, generator=g) / 255
+        self.calls: list[tuple[int, tuple[str, ...], list[str] | None]] = []
+
+    def dims(self) -> dict[str, int]:
+        return {"layer_00": 12, "layer_01": 12}
+
+    def extract(self, images: torch.Tensor, prompts: list[str] | None,
+                keys: list[str]) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor]]:
+        self.check_keys(keys)
+        self.calls.append((len(images), tuple(keys), prompts))
+        b = len(images)
+        patches = images.float().view(b, GRID, PATCH, GRID, PATCH, 3).permute(0, 1, 3, 2, 4, 5)
+        patches = patches.reshape(b, GRID * GRID, PATCH * PATCH, 3)
+        onehot = F.one_hot((patches[..., 0].mean(-1) / 40).round().long().clamp(0, NUM - 1), NUM).float()
+        noise = patches[..., 1] @ self.green
+        out = {"layer_01": onehot @ self.projection + 0.01 * noise, "layer_00": noise}
+        return {k: out[k] for k in keys}, {}
+
+
+def _fake_store(path: Path, counts: dict[str, int]) -> zarr.Group:
+    """A data store as preprocess writes it: patch-uniform classes, the class in the red channel."""
+    rng = np.random.default_rng(0)
+    group = zarr.open_group(path, mode="w")
+    side = GRID * PATCH
+    for split, n in counts.items():
+        classes = rng.integers(0, NUM, size=(n, GRID, GRID))
+        labels = classes.repeat(PATCH, 1).repeat(PATCH, 2).astype(np.uint8)
+        images = np.zeros((n, side, side, 3), np.uint8)
+        images[..., 0] = labels * 40
+        images[..., 1] = rng.integers(0, 255, size=(n, side, side))
+        labels[:, 0, :3] = 255  # some ignore pixels
+        labels[0, :PATCH, :PATCH] = 255  # one all-ignore patch
+        group.create_array(f"{split}/images", data=images, chunks=(4, side, side, 3))
+        group.create_array(f"{split}/labels", data=labels, chunks=(4, side, side))
+    return group
+
+
+def _naive_miou(backbone: Backbone, data: zarr.Group, key: str, weight: torch.Tensor, bias: torch.Tensor) -> float:
+    """The probes' definition, spelled out: logits -> bilinear upsample -> argmax -> meter."""
+    meter = SegmentationMeter(scan.NUM_CLASSES)
+    images, labels = data["validation/images"][:], data["validation/labels"][:]
+    tokens, _ = backbone.extract(torch.from_numpy(images), None, [key])
+    logits = (tokens[key].double() @ weight + bias).float()
+    logits = logits.view(len(images), GRID, GRID, -1).permute(0, 3, 1, 2)
+    pred = F.interpolate(logits, size=labels.shape[1:], mode="bilinear", align_corners=False).argmax(1)
+    meter.update(pred, torch.from_numpy(labels))
+    return meter.miou()
+
+
+def test_scan_ranks_informative_layer_and_matches_probe_metric(tmp_path: Path) -> None:
+    data = _fake_store(tmp_path / "data.zarr", {"training": 40, "validation": 12})
+    backbone = FakeBackbone()
+    lambdas = [0.01, 1.0, 100.0]
+    table = scan.run_scan(backbone, data, None, ["layer_01", "layer_00"], None, lambdas, batch_size=8)
+    assert list(table.columns) == scan.COLUMNS
+    assert table["layer"].tolist() == ["layer_00", "layer_01"]  # forward order
+    miou = table.set_index("layer")["miou"]
+    assert miou["layer_01"] > 0.95 and miou["layer_00"] < 0.5
+    # One extract call per batch with every key: 5 training + 2 validation batches.
+    assert [c[:2] for c in backbone.calls] == [(8, ("layer_00", "layer_01"))] * 5 + [(8, ("layer_00", "layer_01")),
+                                                                                      (4, ("layer_00", "layer_01"))]
+    # Same mIoU as the probes' pipeline, for every lambda.
+    stats = scan.fit_pass(backbone, data, None, ["layer_01"], backbone.dims(), None, 8, scan.NUM_CLASSES,
+                          torch.device("cpu"), "test")
+    weights, bias = stats["layer_01"].solve(lambdas)
+    grid = pd.DataFrame(table.attrs["grid"]).set_index(["layer", "lambda"])["miou"]
+    for i, lam in enumerate(lambdas):
+        assert _naive_miou(backbone, data, "layer_01", weights[i], bias[i]) == pytest.approx(
+            grid[("layer_01", lam)], abs=1e-3), lam
+
+
+def test_scan_in_groups_and_with_prompts(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    data = _fake_store(tmp_path / "data.zarr", {"training": 16, "validation": 8})
+    backbone = FakeBackbone()
+    seen: list[int] = []
+
+    def prompts(labels: np.ndarray) -> list[str]:
+        seen.append(len(labels))
+        return [f"image of class {int(label.max())}" for label in labels]
+
+    budget = scan.stats_bytes([12])  # room for one layer: two fit passes
+    with caplog.at_level("INFO", logger="layerprobe.scan"):
+        table = scan.run_scan(backbone, data, {"training": list(range(12)), "validation": [1, 3, 5, 7]},
+                              ["layer_00", "layer_01"], prompts, [1.0], batch_size=4, prompt="p1",
+                              max_stats_bytes=budget)
+    assert "2 groups" in caplog.text
+    keys = [c[1] for c in backbone.calls]
+    assert keys == [("layer_00",)] * 3 + [("layer_01",)] * 3 + [("layer_00", "layer_01")]
+    assert all(c[2] is not None and len(c[2]) == c[0] for c in backbone.calls)
+    assert seen == [4] * 7
+    assert set(table["prompt"]) == {"p1"} and set(table["model"]) == {"fake"}
+    assert len(pd.concat([table, table])) == 4  # attrs hold plain data: frames still concatenate
+
+
+def test_scan_with_tiny_open_clip(tmp_path: Path) -> None:
+    """The real backbone and data store path: every layer scanned, a finite table, no files."""
+    _, backbone = tiny_backbone(tmp_path)
+    data = tiny_data(tmp_path, training=8, validation=4)
+    before = set(tmp_path.rglob("*"))
+    table = scan.run_scan(backbone, data, None, sorted(backbone.dims()), None, [0.1, 10.0], batch_size=4)
+    assert table["layer"].tolist() == [f"layer_{i:02d}" for i in range(5)]
+    assert table["miou"].between(0, 1).all() and table["acc"].between(0, 1).all()
+    assert set(tmp_path.rglob("*")) == before
+
+
+# ---------------------------------------------------------------------------- helpers
+
+def test_rank_agreement() -> None:
+    layers = [f"layer_{i:02d}" for i in range(5)]
+    frame = lambda values, names=layers: pd.DataFrame(  # noqa: E731
+        {"model": "m", "prompt": "none", "layer": names, "miou": values})
+    probes = frame([0.1, 0.3, 0.2, 0.5, 0.4])
+    assert scan.rank_agreement(frame([1, 3, 2, 5, 4]), probes) == pytest.approx(1.0)
+    assert scan.rank_agreement(frame([5, 3, 4, 1, 2]), probes) == pytest.approx(-1.0)
+    # Only common layers count; ties get mean ranks (textbook value for this case: 0.9487).
+    partial = frame([1.0, 2.0, 2.0, 3.0], layers[:4])
+    assert scan.rank_agreement(partial, frame([0.1, 0.2, 0.3, 0.4, 0.9])) == pytest.approx(0.9486833)
+    assert math.isnan(scan.rank_agreement(frame([1.0], layers[:1]), probes))
+
+
+def test_scan_keys() -> None:
+    dims = {"layer_01": 8, "vision_02": 4, "projector": 8, "layer_00": 8}
+    assert scan.scan_keys(dims, "all") == ["vision_02", "projector", "layer_00", "layer_01"]
+    assert scan.scan_keys(dims, ["layer_01", "vision_05", "projector"]) == ["projector", "layer_01"]
+    with pytest.raises(ValueError, match="scan.layers"):
+        scan.scan_keys(dims, ["vision_07"])

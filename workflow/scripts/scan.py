@@ -1,0 +1,24 @@
+"""Rule scan: streaming closed-form ridge probes for every layer of one (model, prompt) -> CSV."""
+import json
+
+from layerprobe import config as lp_config
+from layerprobe.backbones import load_backbone, resolve_device
+from layerprobe.data import open_data
+from layerprobe.logs import redirect_output
+from layerprobe.scan import prompts_filler, run_scan, scan_keys, tune_malloc
+from layerprobe.specs import model_spec
+
+with redirect_output(snakemake.log[0]):
+    tune_malloc()  # reuse freed memory instead of page-faulting it back every batch (see docstring)
+    cfg = lp_config.validate(snakemake.config)
+    name, prompt = snakemake.wildcards.model, snakemake.wildcards.prompt
+    model, settings = cfg["models"][name], cfg["scan"]
+    data = open_data(json.load(open(snakemake.input.data))["store"])
+    device = resolve_device(cfg["probe"]["device"])
+    backbone = load_backbone(name, model, device)
+    keys = scan_keys(model_spec(name, model).dims(), settings["layers"])
+    prompts_fn = prompts_filler(lp_config.prompt_text(model, prompt), data.attrs.get("class_names"))
+    max_mb = settings["max_stats_mb"]  # null: every layer in one fit pass
+    table = run_scan(backbone, data, None, keys, prompts_fn, settings["lambdas"], settings["batch_size"],
+                     prompt=prompt, device=device, max_stats_bytes=None if max_mb is None else int(max_mb * 2**20))
+    table.to_csv(snakemake.output.table, index=False)
