@@ -8,7 +8,7 @@ import pytest
 import zarr
 
 from layerprobe import loader as loader_mod
-from layerprobe.loader import ChunkShuffleLoader, LoaderBudgetError, chunk_file, read_chunk_into
+from layerprobe.loader import BATCH_BUFFERS, ChunkShuffleLoader, LoaderBudgetError, chunk_file, read_chunk_into
 
 N, TOKENS, DIM, SIDE, CHUNK = 203, 4, 6, 5, 8  # 203: the last chunk is partial
 
@@ -33,9 +33,10 @@ def store(tmp_path_factory):
 
 def make(store, budget_rows: float, **kw) -> ChunkShuffleLoader:
     row_bytes = TOKENS * DIM * 2 + DIM * 2 + SIDE * SIDE
-    g = store["training"]
-    return ChunkShuffleLoader(g["layer_01"], g["labels"], cls=g["layer_01_cls"], batch_size=kw.pop("batch_size", 16),
-                              ram_budget_bytes=int(budget_rows * row_bytes), seed=kw.pop("seed", 3), **kw)
+    g, batch = store["training"], kw.pop("batch_size", 16)
+    budget = int((budget_rows + BATCH_BUFFERS * batch) * row_bytes)  # window rows + the batch buffers
+    return ChunkShuffleLoader(g["layer_01"], g["labels"], cls=g["layer_01_cls"], batch_size=batch,
+                              ram_budget_bytes=budget, seed=kw.pop("seed", 3), **kw)
 
 
 def collect(loader, skip=0):
@@ -128,7 +129,7 @@ def test_at_most_two_windows_alive(store, monkeypatch):
         gc.collect()
     assert 1 <= peak[0] <= 2
     chunk_bytes = loader.row_bytes * CHUNK
-    assert 2 * loader.window_chunks * chunk_bytes <= loader.budget
+    assert 2 * loader.window_chunks * chunk_bytes + BATCH_BUFFERS * 16 * loader.row_bytes <= loader.budget
 
 
 def test_budget_below_two_chunks_names_the_config_key(store):
@@ -145,7 +146,7 @@ def test_damaged_chunk_file_is_reported_with_the_store(store, tmp_path):
     chunk = chunk_file(group["training/layer_01"], 3)
     chunk.write_bytes(chunk.read_bytes()[:10])
     g = group["training"]
-    bad = ChunkShuffleLoader(g["layer_01"], g["labels"], batch_size=16, ram_budget_bytes=4 * CHUNK * 300, seed=0,
+    bad = ChunkShuffleLoader(g["layer_01"], g["labels"], batch_size=16, ram_budget_bytes=2**20, seed=0, mode="chunks",
                              shuffle=False)
     with pytest.raises(RuntimeError, match=r"layer_01.*chunk file has 10 bytes"):
         collect(bad)

@@ -19,6 +19,7 @@ from __future__ import annotations
 import logging
 import math
 import os
+import sys
 import threading
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -32,6 +33,7 @@ import torch
 log = logging.getLogger("layerprobe.loader")
 
 MODES = ("auto", "resident", "chunks")
+BATCH_BUFFERS = 3  # the batch being built, the one the consumer holds, and one in flight to it
 Batch = tuple[torch.Tensor, torch.Tensor | None, torch.Tensor, np.ndarray]
 
 
@@ -94,6 +96,33 @@ class Window:
     order: np.ndarray  # window-row indices in consumption order
 
 
+class BufferPool:
+    """Reuses a few large arrays once nobody references them any more.
+
+    Why: fresh multi-MB arrays come from mmap, and first-touch page faults cost as much as the
+    copy itself. A buffer is handed out again only when its reference count shows that no view
+    of it (and no tensor made from it) is alive, so reuse can never overwrite data in use.
+    """
+
+    def __init__(self, size: int) -> None:
+        self.size = size
+        self.buffers: list[np.ndarray] = []
+        self.lock = threading.Lock()
+
+    def get(self, shape: tuple[int, ...], dtype: Any, rows: int) -> np.ndarray:
+        """A view of `rows` leading rows of a free buffer of `shape`, or a new one."""
+        with self.lock:
+            for i in range(len(self.buffers)):
+                # 2 = the list's reference + getrefcount's argument: nothing else holds it.
+                if sys.getrefcount(self.buffers[i]) == 2 and self.buffers[i].shape == shape \
+                        and self.buffers[i].dtype == dtype:
+                    return self.buffers[i][:rows]
+            buffer = np.empty(shape, dtype)
+            if len(self.buffers) < self.size:
+                self.buffers.append(buffer)
+            return buffer[:rows]
+
+
 class ChunkShuffleLoader:
     """Batches `(feats fp16 (B,T,D), cls (B,D) | None, labels uint8 (B,S,S), store rows)`."""
 
@@ -115,12 +144,17 @@ class ChunkShuffleLoader:
         self._resident: Window | None = None
         self.mode = self._choose_mode(mode)
         chunk_bytes = self.row_bytes * self.chunk_rows
-        # Two windows alive at once (consumed + prefetched): each gets half the budget.
-        self.window_chunks = max(1, min(self.n_chunks, self.budget // 2 // chunk_bytes))
-        if self.budget // 2 < chunk_bytes and not (self.mode == "resident" and self.device.type != "cuda"):
+        # Batch buffers (a ring of BATCH_BUFFERS) come first; two windows alive at once (consumed +
+        # prefetched) share the rest.
+        window_budget = (self.budget - BATCH_BUFFERS * self.row_bytes * batch_size) // 2
+        self.window_chunks = max(1, min(self.n_chunks, window_budget // chunk_bytes))
+        self._window_pool, self._batch_pool = BufferPool(6), BufferPool(3 * BATCH_BUFFERS)  # per array: feats, labels, cls
+        self._readers: ThreadPoolExecutor | None = None
+        if window_budget < chunk_bytes and not (self.mode == "resident" and self.device.type != "cuda"):
             raise LoaderBudgetError(
-                f"probe.ram_budget_mb ({self.budget / 2**20:.0f} MB) must hold two chunks of "
-                f"{arr.path} ({2 * chunk_bytes / 2**20:.0f} MB): raise probe.ram_budget_mb or lower "
+                f"probe.ram_budget_mb ({_mb(self.budget)}) must hold two chunks of {arr.path} plus "
+                f"{BATCH_BUFFERS} batches ({_mb(2 * chunk_bytes + BATCH_BUFFERS * self.row_bytes * batch_size)}): "
+                f"raise probe.ram_budget_mb, lower probe.batch_size or lower "
                 f"store.chunk_images")
         log.info("loader %s: %d images in %d chunks of %d, %s, mode=%s%s", arr.path, self.n, self.n_chunks,
                  self.chunk_rows, _mb(self.row_bytes * self.n), self.mode,
@@ -148,9 +182,15 @@ class ChunkShuffleLoader:
     def _read_window(self, chunks: list[int], rng: np.random.Generator | None) -> Window:
         spans = [(c * self.chunk_rows, min((c + 1) * self.chunk_rows, self.n)) for c in chunks]
         total = sum(b - a for a, b in spans)
-        feats = np.empty((total, *self.arr.shape[1:]), dtype=self.arr.dtype)
-        labels = np.empty((total, *self.labels.shape[1:]), dtype=self.labels.dtype)
-        cls = np.empty((total, *self.cls.shape[1:]), dtype=self.cls.dtype) if self.cls is not None else None
+        cap = self.window_chunks * self.chunk_rows if self.mode == "chunks" else self.n
+
+        def buffer(arr: Any) -> np.ndarray:
+            if self.mode == "resident":  # read once, kept for every epoch: no pooling
+                return np.empty((total, *arr.shape[1:]), dtype=arr.dtype)
+            return self._window_pool.get((cap, *arr.shape[1:]), arr.dtype, total)
+
+        feats, labels = buffer(self.arr), buffer(self.labels)
+        cls = buffer(self.cls) if self.cls is not None else None
         jobs, offset = [], 0
         for c, (a, b) in zip(chunks, spans):
             sl = slice(offset, offset + b - a)
@@ -158,8 +198,10 @@ class ChunkShuffleLoader:
             if cls is not None:
                 jobs.append((self.cls, c, cls[sl]))
             offset += b - a
-        with ThreadPoolExecutor(self.read_threads) as pool:  # readinto releases the GIL
-            list(pool.map(lambda job: read_chunk_into(*job), jobs))
+        if self._readers is None:
+            self._readers = ThreadPoolExecutor(self.read_threads, thread_name_prefix="loader-read")
+        list(self._readers.map(lambda job: read_chunk_into(*job), jobs))  # readinto releases the GIL
+        del jobs
         rows = np.concatenate([np.arange(a, b) for a, b in spans])
         order = rng.permutation(total) if rng is not None else np.arange(total)
         return Window(feats, cls, labels, rows, order)
@@ -169,8 +211,13 @@ class ChunkShuffleLoader:
             return [list(range(self.n_chunks))]
         rng = np.random.default_rng([self.seed, self.epoch, 1])
         chunks = rng.permutation(self.n_chunks).tolist() if self.shuffle else list(range(self.n_chunks))
-        w = self.window_chunks
-        return [chunks[i:i + w] for i in range(0, len(chunks), w)]
+        # Ramp up 1, 2, 4, … chunks: the first window is read before any batch can be drawn,
+        # so a small one keeps the unhidden start-up read short.
+        windows, i, size = [], 0, 1
+        while i < len(chunks):
+            windows.append(chunks[i:i + size])
+            i, size = i + size, min(2 * size, self.window_chunks)
+        return windows
 
     def _window_rngs(self, count: int) -> list[np.random.Generator | None]:
         if not self.shuffle:
@@ -255,29 +302,39 @@ class ChunkShuffleLoader:
         return self._batches(self._prefetched(windows, first), start - offset)
 
     def _batches(self, windows: Iterator[Window], skip_rows: int) -> Iterator[Batch]:
+        """Each row is copied once, straight from its window into its batch buffer; a batch that
+        spans two windows is half-filled before the older window is released."""
         bs = self.batch_size
-        carry: Rows | None = None  # < bs rows left from the previous window, copied out of it
+        out: Rows | None = None
+        filled = 0
         while (window := next(windows, None)) is not None:
             order, skip_rows, pos = window.order[skip_rows:], 0, 0
-            if carry is not None:  # a batch spanning two windows
-                pos = min(bs - len(carry[3]), len(order))
-                carry = _concat(carry, _take(window, order[:pos]))
-                if len(carry[3]) < bs:
-                    window = order = None  # type: ignore[assignment]
-                    continue
-                yield self._emit(carry)
-                carry = None
-            while pos + bs <= len(order):
-                yield self._emit(_take(window, order[pos:pos + bs]))
-                pos += bs
-            if pos < len(order):
-                carry = _take(window, order[pos:])
+            while pos < len(order):
+                if out is None:
+                    out, filled = self._new_batch(window), 0
+                take = min(bs - filled, len(order) - pos)
+                _fill(out, filled, window, order[pos:pos + take])
+                filled, pos = filled + take, pos + take
+                if filled == bs:
+                    yield self._emit(out, bs)
+                    out = None
             window = order = None  # type: ignore[assignment]  # free it before the next one loads
-        if carry is not None:
-            yield self._emit(carry)
+        if out is not None:
+            yield self._emit(out, filled)
 
-    def _emit(self, rows: Rows) -> Batch:
-        feats, cls, labels, index = rows
+    def _new_batch(self, window: Window) -> Rows:
+        def buffer(like: Any) -> Any:
+            if like is None:
+                return None
+            if isinstance(like, torch.Tensor):  # resident on the GPU
+                return torch.empty((self.batch_size, *like.shape[1:]), dtype=like.dtype, device=like.device)
+            return self._batch_pool.get((self.batch_size, *like.shape[1:]), like.dtype, self.batch_size)
+
+        return (buffer(window.feats), buffer(window.cls), buffer(window.labels),
+                np.empty(self.batch_size, dtype=np.int64))
+
+    def _emit(self, rows: Rows, n: int) -> Batch:
+        feats, cls, labels, index = (None if a is None else a[:n] for a in rows)
         return (self._to_device(feats), self._to_device(cls) if cls is not None else None,
                 self._to_device(labels), index)
 
@@ -293,25 +350,16 @@ class ChunkShuffleLoader:
 Rows = tuple[Any, Any, Any, np.ndarray]  # feats, cls | None, labels, store rows
 
 
-def _take(window: Window, idx: np.ndarray) -> Rows:
-    """Copies of the indexed rows (fancy indexing copies, so the window can be freed)."""
-    def pick(a: Any) -> Any:
-        if a is None:
-            return None
-        if isinstance(a, torch.Tensor):
-            return a[torch.as_tensor(idx, device=a.device)]
-        return a[idx]
-
-    return pick(window.feats), pick(window.cls), pick(window.labels), window.rows[idx]
-
-
-def _concat(a: Rows, b: Rows) -> Rows:
-    def cat(x: Any, y: Any) -> Any:
-        if x is None:
-            return None
-        return torch.cat([x, y]) if isinstance(x, torch.Tensor) else np.concatenate([x, y])
-
-    return tuple(cat(x, y) for x, y in zip(a, b))  # type: ignore[return-value]
+def _fill(out: Rows, start: int, window: Window, idx: np.ndarray) -> None:
+    """out[start:start+len(idx)] = window rows idx, for every array (one copy per byte)."""
+    stop = start + len(idx)
+    for dst, src in zip(out, (window.feats, window.cls, window.labels, window.rows)):
+        if dst is None:
+            continue
+        if isinstance(src, torch.Tensor):
+            torch.index_select(src, 0, torch.as_tensor(idx, device=src.device), out=dst[start:stop])
+        else:
+            np.take(src, idx, axis=0, out=dst[start:stop], mode="clip")  # "raise" buffers out: 2x slower
 
 
 def _mb(n: float) -> str:
