@@ -41,6 +41,10 @@ def _write_config(workdir: Path, mutate) -> str:
     (lambda c: c["models"]["tiny_vit"].update(layers=[-1]), "models.tiny_vit.layers[0]"),
     (lambda c: c["models"]["tiny_vit"].update(layers=[9]), "beyond the model's depth"),
     (lambda c: c["models"]["tiny_llava"]["prompts"][0].update(text="{colour} things"), "unknown placeholder"),
+    (lambda c: c["models"]["tiny_llava"]["prompts"][1].update(id="describe"), "used more than once"),
+    (lambda c: c["dataset"].update(class_names=None), "dataset.class_names"),
+    (lambda c: c["models"]["tiny_llava"].update(layers=[3]), "models.tiny_llava.layers"),
+    (lambda c: c["scan"].update(models=["tiny_vitt"]), "scan.models"),
 ])
 def test_bad_config_fails_at_dag_build_naming_the_key(workdir, mutate, expected):
     proc = snakemake(workdir, "-n", "--configfile", _write_config(workdir, mutate), check=False)

@@ -79,7 +79,16 @@ def validate(raw: dict[str, Any]) -> dict[str, Any]:
     for model in config["models"].values():
         _fill_model_defaults(model, schema)
     _check_models(config)
+    _check_scan(config)
     return config
+
+
+def _check_scan(config: dict[str, Any]) -> None:
+    chosen = config["scan"]["models"]
+    unknown = [] if chosen == "all" else [m for m in chosen if m not in config["models"]]
+    if unknown:
+        raise ConfigError(f"scan.models: unknown model(s) {unknown}; defined under models: "
+                          f"{sorted(config['models'])}")
 
 
 def _fill_model_defaults(model: dict[str, Any], schema: dict[str, Any]) -> None:
