@@ -40,6 +40,20 @@ def test_head_shapes_and_upsampling():
     assert out.shape == (2, 5, 32, 32)
 
 
+def test_batchnorm_eval_statistics_fit_small_variance_features_after_few_batches():
+    """Frozen features of small variance (LLaVA projector outputs): a few training batches must
+    give eval-mode BatchNorm their true statistics, or eval scores collapse (seen on the demo)."""
+    torch.manual_seed(0)
+    head = LinearHead(dim=8, grid=2, num_classes=3)
+    x = torch.randn(4, 4, 8) * 0.01 + 5.0
+    head.train()
+    for _ in range(5):
+        head(x, out_size=2)
+    head.eval()
+    normalized = head.norm(x.reshape(-1, 8))
+    assert abs(float(normalized.mean())) < 0.05 and 0.8 < float(normalized.std()) < 1.2
+
+
 def test_probe_learns_separable_classes(feature_store, tmp_path):
     metrics = train_probe(feature_store, "layer_02", settings(epochs=15), tmp_path / "out", tmp_path / "ck.pt")
     # 12 synthetic classes on a 4x4 token grid scored at 32 px: boundaries cap it near 0.8;

@@ -37,7 +37,11 @@ class LinearHead(nn.Module):
     def __init__(self, dim: int, grid: int, num_classes: int = NUM_CLASSES, batchnorm: bool = True) -> None:
         super().__init__()
         self.grid = grid
-        self.norm = nn.BatchNorm1d(dim) if batchnorm else nn.Identity()
+        # momentum=None: a cumulative average of batch statistics. The inputs are frozen features,
+        # so their statistics never drift; an exponential average (momentum 0.1) still carries
+        # 0.9^n of its initial variance 1.0 after n batches, which swamps features of small
+        # variance (LLaVA projector outputs, var ~1e-4) in short runs and breaks eval-mode scores.
+        self.norm = nn.BatchNorm1d(dim, momentum=None) if batchnorm else nn.Identity()
         self.linear = nn.Linear(dim, num_classes)
 
     def forward(self, tokens: torch.Tensor, out_size: int) -> torch.Tensor:
