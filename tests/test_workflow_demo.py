@@ -58,3 +58,16 @@ def test_demo_scan_ranks_layers_without_stores(demo_run):
         assert {"layer", "best_lambda", "miou", "acc"} <= set(table.columns)
     table = pd.read_csv(demo_run / "results/scan/tiny_vit/none.csv")
     assert len(table) == 5  # scan.layers: all -> layer_00..layer_04
+
+
+def test_demo_scan_ranking_agrees_with_probes(demo_run):
+    """Issue 7: the scan ranks layers as the cross-entropy probes do (Spearman >= 0.8 per model
+    and prompt, on the layers both ran). The tiny models' `mixing` makes deeper layers lose
+    spatial detail, so their layers truly differ."""
+    from layerprobe.scan import rank_agreement
+
+    rows = [json.loads(p.read_text()) for p in (demo_run / "results/probes").glob("*/*/*/metrics.json")]
+    probes = pd.DataFrame(rows)[["model", "prompt", "layer", "miou"]]
+    for (model, prompt), group in probes.groupby(["model", "prompt"]):
+        scan = pd.read_csv(demo_run / f"results/scan/{model}/{prompt}.csv")
+        assert rank_agreement(scan, group) >= 0.8, (model, prompt, scan, group)

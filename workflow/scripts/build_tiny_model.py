@@ -16,5 +16,5 @@ with redirect_output(snakemake.log[0]):
         path = build_tiny_llava(Path(model["hub_id"]), image_size=tiny["image_size"], patch_size=tiny["patch_size"],
                                 vision_width=tiny["width"], vision_layers=tiny["layers"],
                                 text_width=tiny["text_width"], text_layers=tiny["text_layers"], heads=tiny["heads"],
-                                seed=tiny["seed"])
+                                seed=tiny["seed"], mixing=tiny["mixing"])
     Path(snakemake.output[0]).write_text(json.dumps({"path": str(path), **tiny}, indent=2))

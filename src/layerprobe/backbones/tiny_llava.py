@@ -81,8 +81,12 @@ def build_config(image_token_id: int, vocab_size: int, pad_id: int, *, image_siz
 
 def build_tiny_llava(out_dir: Path, *, image_size: int = 32, patch_size: int = 8, vision_width: int = 32,
                      vision_layers: int = 2, text_width: int = 32, text_layers: int = 2, heads: int = 2,
-                     vocab_words: list[str] | None = None, seed: int = 0) -> Path:
-    """Build and save (model + processor) a random LLaVA into `out_dir`; same args, same weights."""
+                     vocab_words: list[str] | None = None, seed: int = 0, mixing: float = 0.0) -> Path:
+    """Build and save (model + processor) a random LLaVA into `out_dir`; same args, same weights.
+
+    `mixing` scales every block's residual-branch output (vision tower and LLM) by 1 + mixing,
+    as for the tiny ViT, so deeper layers lose more of the input's spatial detail and the demo's
+    layers differ in what a probe can find."""
     if image_size % patch_size:
         raise ValueError(f"image_size {image_size} is not a multiple of patch_size {patch_size}")
     out_dir = Path(out_dir)
@@ -93,6 +97,13 @@ def build_tiny_llava(out_dir: Path, *, image_size: int = 32, patch_size: int = 8
                           vision_layers=vision_layers, text_width=text_width, text_layers=text_layers, heads=heads)
     torch.manual_seed(seed)
     model = LlavaForConditionalGeneration(config).eval()
+    with torch.no_grad():
+        for layer in model.model.vision_tower.encoder.layers:
+            layer.self_attn.out_proj.weight.mul_(1.0 + mixing)
+            layer.mlp.fc2.weight.mul_(1.0 + mixing)
+        for layer in model.model.language_model.layers:
+            layer.self_attn.o_proj.weight.mul_(1.0 + mixing)
+            layer.mlp.down_proj.weight.mul_(1.0 + mixing)
     out_dir.mkdir(parents=True, exist_ok=True)
     model.save_pretrained(out_dir)
     processor.save_pretrained(out_dir)
