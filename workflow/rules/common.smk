@@ -34,6 +34,10 @@ if not SYNTHETIC and workflow.is_main_process and not _is_dry_run():
     except DatasetError as err:
         raise WorkflowError(f"Dataset error (config key dataset.root): {err}")
 
+if workflow.is_main_process and _is_dry_run():  # a one-look cost summary before anything runs
+    from layerprobe.plan import summary as plan_summary
+    print(plan_summary(CFG), file=sys.stderr)
+
 MODELS = CFG["models"]
 SPECS = {name: model_spec(name, m) for name, m in MODELS.items()}
 PARTS = CFG["store"]["parts"]
@@ -114,4 +118,4 @@ def runtime(rule_name):
 
 
 def gpus(rule_name):
-    return lambda wildcards: lp_resources.gpus(rule_name, CFG, wildcards)
+    return lambda wildcards: lp_resources.gpus(rule_name, CFG)

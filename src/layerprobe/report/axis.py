@@ -1,0 +1,147 @@
+"""One shared layer axis for every per-layer figure.
+
+LLaVA's forward path runs vision tower -> projector -> LLM, so its keys sit at
+`layers.forward_position` (vision blocks, then the projector, then the LLM layers). CLIP models
+are vision towers: when LLaVA is in the report, a CLIP block i of depth D is drawn at relative
+depth i / D of the vision segment, so CLIP ViT-L/14@336 lines up with LLaVA's own tower; without
+LLaVA the x axis is simply the block index.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+from ..layers import PROJECTOR, forward_position, parse_key
+from ..specs import model_spec, requested_keys
+
+SEGMENT_LABELS = {"vision": "vision tower", PROJECTOR: "projector", "llm": "LLM layers", "vit": "ViT blocks"}
+
+
+@dataclass
+class LayerAxis:
+    vision_depth: int  # width of the vision segment; 0 = no segments (plain block index)
+    kinds: dict[str, str]  # model -> open_clip | llava
+    depths: dict[str, int]  # CLIP model -> number of blocks
+    llm_depth: int = 0  # deepest LLM layer (sizes the gap around the projector)
+
+    @classmethod
+    def from_config(cls, config: dict[str, Any]) -> "LayerAxis":
+        specs = {name: model_spec(name, m) for name, m in config["models"].items()}
+        llava = [s for s in specs.values() if s.kind == "llava"]
+        pre_llm = any(k.startswith("vision_") or k == PROJECTOR
+                      for name, m in config["models"].items() if specs[name].kind == "llava"
+                      for k in requested_keys(m))
+        clip = any(s.kind == "open_clip" for s in specs.values())
+        # Segments only when something lives before the LLM; else LLM layers start at 0.
+        depth = max((s.vision_depth for s in llava), default=0) if llava and (pre_llm or clip) else 0
+        return cls(depth, {n: s.kind for n, s in specs.items()},
+                   {n: s.depth for n, s in specs.items() if s.kind == "open_clip"},
+                   max((s.depth for s in llava), default=0))
+
+    @classmethod
+    def single(cls, config: dict[str, Any], model: str, keys: list[str]) -> "LayerAxis":
+        """The axis of one model's own panel: CLIP by block index, LLaVA segmented when `keys`
+        reach before the LLM."""
+        spec = model_spec(model, config["models"][model])
+        pre_llm = any(k.startswith("vision_") or k == PROJECTOR for k in keys)
+        depth = spec.vision_depth if spec.kind == "llava" and pre_llm else 0
+        return cls(depth, {model: spec.kind}, {model: spec.depth} if spec.kind == "open_clip" else {},
+                   spec.depth if spec.kind == "llava" else 0)
+
+    @property
+    def segmented(self) -> bool:
+        return self.vision_depth > 0
+
+    @property
+    def gap(self) -> float:
+        """Room on each side of the projector: ~1/12 of the axis, so "proj" gets its own tick
+        between 24 vision blocks and 32 LLM layers (forward_position's gap of 1 is too narrow)."""
+        return float(max(1, round((self.vision_depth + self.llm_depth) / 12)))
+
+    def position(self, model: str, key: str) -> float:
+        kind, index = parse_key(key)
+        if self.kinds.get(model) == "open_clip":
+            if self.segmented:
+                return index * self.vision_depth / max(self.depths[model], 1)
+            return float(index)
+        if not self.segmented:
+            return float(forward_position(key, 0))
+        if kind == "vision":
+            return float(index)
+        if kind == PROJECTOR:
+            return self.vision_depth + self.gap
+        return self.vision_depth + 2 * self.gap + index
+
+    def segment(self, model: str, key: str) -> str:
+        kind, _ = parse_key(key)
+        if self.kinds.get(model) == "open_clip":
+            return "vision" if self.segmented else "vit"
+        if kind == "layer":
+            return "llm"
+        return kind
+
+    def tick_label(self, model: str, key: str) -> str:
+        kind, index = parse_key(key)
+        if kind == PROJECTOR:
+            return "proj"
+        if kind == "vision" or (self.segmented and self.kinds.get(model) == "open_clip"):
+            return f"v{index}"
+        return str(index)
+
+    def boundaries(self) -> list[float]:
+        """x of the vision|projector and projector|LLM borders (empty without segments)."""
+        if not self.segmented:
+            return []
+        v, g = self.vision_depth, self.gap
+        return [v + g / 2, v + 1.5 * g]
+
+    def segment_spans(self, x_max: float) -> list[tuple[str, float, float]]:
+        """(label, start, end) of each segment for labelling the top of a plot."""
+        if not self.segmented:
+            return []
+        left, right = self.boundaries()
+        return [(SEGMENT_LABELS["vision"], -0.5, left), (SEGMENT_LABELS[PROJECTOR], left, right),
+                (SEGMENT_LABELS["llm"], right, max(x_max + 0.5, right + 1))]
+
+    def ticks(self, rows: list[tuple[str, str]], max_ticks: int = 28) -> tuple[list[float], list[str]]:
+        """Tick positions/labels for the (model, key) pairs drawn.
+
+        Segmented: the vision tower on a regular grid of tower blocks (CLIP lines sit at relative
+        depth between them), "proj", then the LLM layers drawn (thinned to about 14). Plain: the
+        blocks drawn, thinned to `max_ticks`.
+        """
+        if not self.segmented:
+            xs = sorted({self.position(m, k) for m, k in rows})
+            keep = _thin(xs, max_ticks)
+            return keep, [str(int(x)) if float(x).is_integer() else f"{x:g}" for x in keep]
+        step = next(s for s in (1, 2, 4, 6, 8, 12, 16, 32) if self.vision_depth / s <= 7)
+        ticks = [(float(i), f"v{i}") for i in range(0, self.vision_depth + 1, step)]
+        if any(k == PROJECTOR or self.kinds.get(m) == "llava" for m, k in rows):
+            ticks.append((self.vision_depth + self.gap, "proj"))
+        llm = sorted({self.position(m, k): k for m, k in rows
+                      if self.kinds.get(m) == "llava" and parse_key(k)[0] == "layer"}.items())
+        width = self.vision_depth + 2 * self.gap + self.llm_depth
+        kept = _spaced(_thin([x for x, _ in llm], 14), width / 45)
+        ticks += [(x, str(parse_key(k)[1])) for x, k in llm if x in kept]
+        return [t[0] for t in ticks], [t[1] for t in ticks]
+
+
+def _thin(xs: list[float], max_ticks: int) -> list[float]:
+    """At most about `max_ticks` evenly spaced entries, always the first and the last."""
+    if len(xs) <= max_ticks:
+        return xs
+    step = -(-len(xs) // max_ticks)
+    return sorted(set(xs[::step]) | {xs[0], xs[-1]})
+
+
+def _spaced(xs: list[float], min_gap: float) -> list[float]:
+    """Drop ticks closer than `min_gap` to the previous one (labels would overlap); the last stays."""
+    kept: list[float] = []
+    for x in xs:
+        if kept and x - kept[-1] < min_gap:
+            if x != xs[-1]:
+                continue
+            kept.pop()
+        kept.append(x)
+    return kept

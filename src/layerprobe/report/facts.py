@@ -1,0 +1,62 @@
+"""Run facts for reproducibility: package versions, the git commit, dates, host."""
+
+from __future__ import annotations
+
+import datetime as dt
+import platform
+import subprocess
+from importlib import metadata
+from pathlib import Path
+
+PACKAGES = ["layerprobe", "torch", "transformers", "open_clip_torch", "zarr", "snakemake", "numpy", "pandas",
+            "matplotlib"]
+
+
+def package_versions(names: list[str] = PACKAGES) -> dict[str, str]:
+    out = {}
+    for name in names:
+        try:
+            out[name] = metadata.version(name)
+        except metadata.PackageNotFoundError:
+            out[name] = "not installed"
+    return out
+
+
+def git_commit(*candidates: Path) -> str:
+    """HEAD of the first candidate inside a git checkout, '+ uncommitted changes' when dirty."""
+    for where in candidates:
+        try:
+            head = _git(where, "rev-parse", "HEAD")
+        except (OSError, subprocess.CalledProcessError):
+            continue
+        dirty = _git(where, "status", "--porcelain", "--untracked-files=no")
+        return head + (" + uncommitted changes" if dirty else "")
+    return "not a git checkout"
+
+
+def _git(where: Path, *args: str) -> str:
+    return subprocess.run(["git", "-C", str(where), *args], capture_output=True, text=True, check=True,
+                          timeout=20).stdout.strip()
+
+
+def _stamp(seconds: float) -> str:
+    return dt.datetime.fromtimestamp(seconds, dt.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
+
+
+def results_dates(results: Path) -> str:
+    """First and last probe result written (file modification times)."""
+    times = [p.stat().st_mtime for p in results.glob("probes/*/*/*/metrics.json")]
+    if not times:
+        return "no probe results"
+    return f"{_stamp(min(times))} … {_stamp(max(times))}"
+
+
+def run_facts(results: Path) -> list[tuple[str, str]]:
+    source = Path(__file__).resolve().parents[3]  # the repo root when installed in development mode
+    facts = [("report built", _stamp(dt.datetime.now(dt.timezone.utc).timestamp())),
+             ("probe results written", results_dates(results)),
+             ("git commit", git_commit(results.resolve().parent, source)),
+             ("host", f"{platform.node()} ({platform.system()} {platform.machine()})"),
+             ("python", platform.python_version())]
+    facts += [(name, version) for name, version in package_versions().items()]
+    return facts

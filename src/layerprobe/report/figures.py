@@ -1,0 +1,428 @@
+"""The report's quantitative figures (matplotlib, Agg); each function returns a Figure.
+
+Conventions shared by all figures: one colour per (model, prompt) everywhere, CLIP dashed and
+LLaVA solid, the layer axis of `axis.LayerAxis` with its segment borders, legends outside the
+data area (below or above the axes) so they never cover a curve.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import matplotlib
+
+matplotlib.use("Agg")  # no display on cluster nodes; must precede pyplot
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+import pandas as pd  # noqa: E402
+from matplotlib.figure import Figure  # noqa: E402
+from matplotlib.lines import Line2D  # noqa: E402
+from matplotlib.patches import Patch  # noqa: E402
+from matplotlib.transforms import blended_transform_factory  # noqa: E402
+
+from .axis import LayerAxis  # noqa: E402
+from .collect import Results, Store  # noqa: E402
+
+IDENTICAL = 1e-4  # |delta mIoU| below this is "identical" (fp16 features, same probe seed)
+GREEN, RED, GREY = "#2e8b57", "#c0392b", "#9e9e9e"
+plt.rcParams.update({"font.size": 10, "axes.titlesize": 11, "axes.labelsize": 10, "legend.fontsize": 9,
+                     "figure.dpi": 100, "axes.spines.top": False, "axes.spines.right": False})
+
+
+def store_label(store: Store) -> str:
+    model, prompt = store
+    return model if prompt == "none" else f"{model} · {prompt}"
+
+
+def colours(stores: list[Store]) -> dict[Store, Any]:
+    cmap = plt.get_cmap("tab10" if len(stores) <= 10 else "tab20")
+    return {s: cmap(i % cmap.N) for i, s in enumerate(stores)}
+
+
+MARKERS = ["o", "s", "^", "D", "v", "P", "X", "<", ">"]
+
+
+def line_style(results: Results, stores: list[Store], store: Store) -> dict[str, Any]:
+    """Marker shape per line and a width that shrinks with drawing order, so a line identical to
+    an earlier one (e.g. vision-tower layers under two prompts) leaves the earlier one visible."""
+    i = stores.index(store)
+    clip = _is_clip(results, store)
+    return {"linestyle": "--" if clip else "-", "marker": MARKERS[i % len(MARKERS)],
+            "markersize": max(7 - 0.6 * i, 3.5), "linewidth": 1.4 if clip else max(3.6 - 0.5 * i, 1.4)}
+
+
+def _is_clip(results: Results, store: Store) -> bool:
+    return results.axis.kinds.get(store[0]) == "open_clip"
+
+
+def layer_xlabel(axis: LayerAxis) -> str:
+    if axis.segmented:
+        clip = "; CLIP at relative depth" if "open_clip" in axis.kinds.values() else ""
+        return f"layer  (v = vision-tower block · proj = projector · then LLM layer{clip})"
+    return "layer (0 = embeddings, i = output of block i)"
+
+
+def decorate_layer_axis(ax: plt.Axes, axis: LayerAxis, rows: list[tuple[str, str]], x_max: float,
+                        label: bool = True) -> None:
+    """Ticks at probed layers, dotted segment borders, segment names along the top."""
+    ticks, labels = axis.ticks(rows)
+    ax.set_xticks(ticks, labels, fontsize=8, rotation=90 if len(ticks) > 16 else 0)
+    for border in axis.boundaries():
+        ax.axvline(border, color="0.6", linestyle=":", linewidth=1, zorder=0)
+    top = blended_transform_factory(ax.transData, ax.transAxes)
+    for name, start, end in axis.segment_spans(x_max):
+        ax.text((start + end) / 2, 1.01, name, transform=top, ha="center", va="bottom", fontsize=8, color="0.35")
+    if label:
+        ax.set_xlabel(layer_xlabel(axis), fontsize=9)
+
+
+def _best_row(frame: pd.DataFrame, column: str = "miou") -> pd.Series | None:
+    valid = frame.dropna(subset=[column])
+    return None if valid.empty else valid.loc[valid[column].idxmax()]
+
+
+# --------------------------------------------------------------------------------------------
+# Headline: mIoU and pixel accuracy vs layer
+# --------------------------------------------------------------------------------------------
+
+def headline(results: Results) -> Figure:
+    stores = results.store_list()
+    colour = colours(stores)
+    fig, axes = plt.subplots(1, 2, figsize=(13, 5.2), layout="constrained")
+    x_max = float(results.probes["x"].max())
+    rows = list(zip(results.probes["model"], results.probes["layer"]))
+    for ax, column, title in ((axes[0], "miou", "Validation mIoU per layer"),
+                              (axes[1], "acc", "Validation pixel accuracy per layer")):
+        for store in stores:
+            _headline_line(ax, results, store, column, colour[store], x_max, line_style(results, stores, store))
+        decorate_layer_axis(ax, results.axis, rows, x_max)
+        ax.set_ylabel("mIoU" if column == "miou" else "pixel accuracy")
+        ax.set_title(title, pad=16 if results.axis.segmented else 6)
+        ax.grid(axis="y", alpha=0.3)
+        ax.set_ylim(bottom=max(0.0, ax.get_ylim()[0]))
+    # The best values go into the legend, not next to the stars: stars of several lines often sit
+    # close together (CLIP towers peak at similar depths) and their number labels would collide.
+    handles = [Line2D([], [], color=colour[s], label=_best_label(results, s), **line_style(results, stores, s))
+               for s in stores]
+    handles.append(Line2D([], [], color="0.3", marker="*", markersize=11, linestyle="none",
+                          label="best layer (by mIoU)"))
+    if results.axis.segmented and any(_is_clip(results, s) for s in stores):
+        handles.append(Line2D([], [], color="0.3", linestyle=":", label="CLIP best, carried across (reference)"))
+    longest = max(len(h.get_label()) for h in handles)
+    ncol = max(1, min(len(handles), int(fig.get_figwidth() * 100 / (6.2 * longest + 60))))
+    fig.legend(handles=handles, loc="outside lower center", ncol=ncol, frameon=False)
+    return fig
+
+
+def _store_probes(results: Results, store: Store) -> pd.DataFrame:
+    return results.probes[(results.probes["model"] == store[0]) & (results.probes["prompt"] == store[1])]
+
+
+def _best_label(results: Results, store: Store) -> str:
+    best = _best_row(_store_probes(results, store))
+    if best is None:
+        return store_label(store)
+    return f"{store_label(store)}  (★ {best['layer']}: mIoU {best['miou']:.3f}, acc {best['acc']:.3f})"
+
+
+def _headline_line(ax: plt.Axes, results: Results, store: Store, column: str, colour: Any, x_max: float,
+                   style: dict[str, Any]) -> None:
+    frame = results.probes[(results.probes["model"] == store[0]) & (results.probes["prompt"] == store[1])]
+    frame = frame.sort_values("x")
+    clip = _is_clip(results, store)
+    # LLaVA's segments are drawn as separate runs so no line bridges vision tower -> projector -> LLM.
+    for _, part in frame.groupby((frame["segment"] != frame["segment"].shift()).cumsum()):
+        ax.plot(part["x"], part[column], color=colour, markeredgecolor="white", markeredgewidth=0.5, **style)
+    if len(frame["segment"].unique()) > 1:
+        ax.plot(frame["x"], frame[column], color=colour, linewidth=0.8, alpha=0.35)
+    best = _best_row(frame)  # the best layer is chosen by mIoU on both panels
+    if best is not None:
+        ax.plot(best["x"], best[column], marker="*", markersize=15, color=colour, markeredgecolor="black",
+                markeredgewidth=0.6, zorder=5, linestyle="none")
+        if clip and results.axis.segmented:
+            ax.hlines(best[column], results.axis.boundaries()[0], x_max + 0.3, colors=[colour], linestyles=":",
+                      linewidth=1.2, alpha=0.8)
+
+
+# --------------------------------------------------------------------------------------------
+# Prompt comparison
+# --------------------------------------------------------------------------------------------
+
+def prompt_deltas(results: Results) -> pd.DataFrame:
+    """Per model with several prompts: mIoU of each other prompt minus the general prompt, per
+    layer. The general prompt is the first one without a {category} placeholder (else the first)."""
+    rows = []
+    for model, cfg in results.config["models"].items():
+        prompts = [p["id"] for p in cfg.get("prompts", [])]
+        if len(prompts) < 2:
+            continue
+        frame = results.probes[results.probes["model"] == model]
+        wide = frame.pivot(index="layer", columns="prompt", values="miou")
+        base = general_prompt(cfg)
+        if base not in wide:
+            continue
+        order = frame.drop_duplicates("layer").sort_values("x")["layer"].tolist()
+        for prompt in [p for p in prompts if p != base]:
+            if prompt not in wide:
+                continue
+            for layer in order:
+                delta = wide.at[layer, prompt] - wide.at[layer, base]
+                if not math.isnan(delta):
+                    rows.append({"model": model, "prompt": prompt, "base": base, "layer": layer, "delta": delta,
+                                 "segment": results.axis.segment(model, layer),
+                                 "tick": results.axis.tick_label(model, layer)})
+    return pd.DataFrame(rows, columns=["model", "prompt", "base", "layer", "delta", "segment", "tick"])
+
+
+def general_prompt(cfg: dict[str, Any]) -> str:
+    prompts = cfg.get("prompts", [])
+    general = [p["id"] for p in prompts if "{category}" not in p["text"]]
+    return (general or [p["id"] for p in prompts])[0]
+
+
+def delta_colour(delta: float) -> str:
+    return GREY if abs(delta) < IDENTICAL else (GREEN if delta > 0 else RED)
+
+
+def prompt_comparison(results: Results, deltas: pd.DataFrame, model: str) -> Figure:
+    """Bars per layer: prompt minus the model's general prompt; green better, red worse, grey identical."""
+    frame = deltas[deltas["model"] == model]
+    prompts = list(dict.fromkeys(frame["prompt"]))
+    n_layers = frame["layer"].nunique()
+    fig, axes = plt.subplots(len(prompts), 1, figsize=(max(7.0, 0.55 * n_layers + 3), 2.9 * len(prompts) + 0.8),
+                             layout="constrained", squeeze=False)
+    span = max(float(frame["delta"].abs().max()), 2 * IDENTICAL)
+    for ax, prompt in zip(axes[:, 0], prompts):
+        part = frame[frame["prompt"] == prompt].reset_index(drop=True)
+        _delta_bars(ax, part, span)
+        ax.set_title(f"{model}: “{prompt}” minus “{part['base'].iloc[0]}”")
+        ax.set_ylabel("Δ mIoU")
+    pre_llm = (frame["segment"] != "llm").any()
+    axes[-1, 0].set_xlabel("layer  (v = vision-tower block · proj = projector · then LLM layer)" if pre_llm
+                           else "LLM layer")
+    handles = [Patch(color=GREEN, label="prompt better"), Patch(color=RED, label="prompt worse"),
+               Patch(color=GREY, label=f"identical (|Δ| < {IDENTICAL:g})")]
+    fig.legend(handles=handles, loc="outside lower center", ncol=3, frameon=False)
+    return fig
+
+
+def delta_text(delta: float) -> str:
+    """+0.013, or +4e-04 for differences too small for three decimals (never a bare "-0.000")."""
+    if abs(delta) < IDENTICAL:
+        return "identical"
+    return f"{delta:+.3f}" if abs(delta) >= 0.0005 else f"{delta:+.0e}"
+
+
+def _delta_bars(ax: plt.Axes, part: pd.DataFrame, span: float) -> None:
+    xs = np.arange(len(part))
+    # Tiny but real differences get a bar of at least 3% of the axis, so their sign shows at a glance.
+    floor = 0.03 * span * 1.6
+    heights = [0.0 if abs(d) < IDENTICAL else math.copysign(max(abs(d), floor), d) for d in part["delta"]]
+    ax.bar(xs, heights, color=[delta_colour(d) for d in part["delta"]], width=0.7)
+    ax.axhline(0, color="0.2", linewidth=0.8)
+    same = [x for x, d in zip(xs, part["delta"]) if abs(d) < IDENTICAL]
+    ax.plot(same, [0.0] * len(same), linestyle="none", marker="s", markersize=7, color=GREY, zorder=3)
+    for x, delta, height in zip(xs, part["delta"], heights):
+        identical = abs(delta) < IDENTICAL
+        offset = 6 if identical else (3 if delta >= 0 else -3)
+        ax.annotate(delta_text(delta), (x, height), textcoords="offset points", xytext=(0, offset),
+                    ha="center", va="bottom" if delta >= 0 else "top", fontsize=7.5,
+                    rotation=90 if identical else 0, color="0.35" if identical else "0.1")
+    ax.set_ylim(-span * 1.6, span * 1.6)
+    ax.set_xticks(xs, part["tick"], fontsize=8)
+    ax.set_xlim(-0.6, len(part) - 0.4)
+    changes = [i for i in range(1, len(part)) if part.at[i, "segment"] != part.at[i - 1, "segment"]]
+    for i in changes:
+        ax.axvline(i - 0.5, color="0.6", linestyle=":", linewidth=1)
+    ax.grid(axis="y", alpha=0.3)
+
+
+# --------------------------------------------------------------------------------------------
+# Training curves
+# --------------------------------------------------------------------------------------------
+
+def training_curves(results: Results, store: Store, ncols: int = 5) -> Figure:
+    frame = results.curves[(results.curves["model"] == store[0]) & (results.curves["prompt"] == store[1])]
+    probes = results.probes[(results.probes["model"] == store[0]) & (results.probes["prompt"] == store[1])]
+    layers = probes.sort_values("x")["layer"].tolist()
+    axis = results.model_axis(store[0])
+    ncols = min(ncols, len(layers))
+    nrows = math.ceil(len(layers) / ncols)
+    width, height = 2.7 * ncols + 0.8, 2.3 * nrows + 0.9
+    fig, axes = plt.subplots(nrows, ncols, figsize=(width, height), squeeze=False, sharey=True)
+    # Fixed margins in inches (constrained layout is slow with a twin axis per panel).
+    fig.subplots_adjust(left=0.6 / width, right=1 - 0.45 / width, bottom=0.5 / height, top=1 - 0.7 / height,
+                        wspace=0.42, hspace=0.6)
+    top = max(0.05, float(frame[["train_miou", "test_miou"]].max().max()) * 1.12) if not frame.empty else 1.0
+    loss_top = float(frame["loss"].max()) * 1.08 if not frame.empty else 1.0
+    for i, layer in enumerate(layers):
+        ax = axes[i // ncols, i % ncols]
+        _curve_panel(ax, frame[frame["layer"] == layer], probes[probes["layer"] == layer], top, loss_top,
+                     show_loss_label=(i % ncols == ncols - 1) or i == len(layers) - 1)
+        best = probes[probes["layer"] == layer]["best_epoch"]
+        best_text = f" · best ep {int(best.iloc[0])}" if not best.empty and not pd.isna(best.iloc[0]) else ""
+        ax.set_title(f"{axis.tick_label(store[0], layer)} ({layer}){best_text}", fontsize=9)
+        if i % ncols == 0:
+            ax.set_ylabel("mIoU")
+        if i // ncols == nrows - 1 or i + ncols >= len(layers):
+            ax.set_xlabel("epoch")
+    for j in range(len(layers), nrows * ncols):
+        axes[j // ncols, j % ncols].set_visible(False)
+    handles = [Line2D([], [], color="C0", label="test mIoU"), Line2D([], [], color="C0", linestyle="--", label="train mIoU"),
+               Line2D([], [], color="0.55", linewidth=1, label="loss (right axis)"),
+               Line2D([], [], color="C3", marker="*", linestyle=":", markersize=9, label="best epoch (test mIoU)")]
+    fig.legend(handles=handles, loc="upper center", bbox_to_anchor=(0.5, 1.0), ncol=4, frameon=False)
+    return fig
+
+
+def _curve_panel(ax: plt.Axes, curve: pd.DataFrame, probe: pd.DataFrame, top: float, loss_top: float,
+                 show_loss_label: bool) -> None:
+    loss_ax = ax.twinx()
+    loss_ax.plot(curve["epoch"], curve["loss"], color="0.55", linewidth=1)
+    loss_ax.set_ylim(0, loss_top)
+    loss_ax.tick_params(labelsize=7, colors="0.45")
+    loss_ax.spines["right"].set_visible(True)
+    loss_ax.spines["top"].set_visible(False)
+    if show_loss_label:
+        loss_ax.set_ylabel("loss", color="0.45", fontsize=8)
+    ax.set_zorder(loss_ax.get_zorder() + 1)  # mIoU lines above the loss line
+    ax.patch.set_visible(False)
+    ax.plot(curve["epoch"], curve["test_miou"], color="C0", linewidth=1.8)
+    ax.plot(curve["epoch"], curve["train_miou"], color="C0", linestyle="--", linewidth=1.2)
+    ax.set_ylim(0, top)
+    ax.grid(alpha=0.25)
+    if not probe.empty and not curve.empty and not pd.isna(probe["best_epoch"].iloc[0]):
+        best = int(probe["best_epoch"].iloc[0])
+        at = curve[curve["epoch"] == best]["test_miou"]
+        ax.axvline(best, color="C3", linestyle=":", linewidth=1)
+        if not at.empty:
+            ax.plot(best, at.iloc[0], marker="*", color="C3", markersize=10, zorder=5)
+    ax.xaxis.get_major_locator().set_params(integer=True)
+
+
+# --------------------------------------------------------------------------------------------
+# Per-class IoU
+# --------------------------------------------------------------------------------------------
+
+def per_class_heatmap(results: Results, store: Store, classes: list[int], frequency: np.ndarray | None) -> Figure:
+    """Classes (rows, most frequent first) x layers (columns, forward order), IoU in colour.
+
+    Laid out in inches (no constrained layout: 150 class labels make it slow): class names on the
+    left, layer ticks on top; a tall map (scrolled in the page) gets its colour scale on top and
+    layer ticks at the bottom too."""
+    table = results.per_class[store]
+    probes = results.probes[(results.probes["model"] == store[0]) & (results.probes["prompt"] == store[1])]
+    layers = [k for k in probes.sort_values("x")["layer"] if k in table.index]
+    values = table.loc[layers].iloc[:, classes].to_numpy(dtype=float).T  # (classes, layers)
+    names = [_class_label(results.class_names[c], frequency, c) for c in classes]
+    tall = len(classes) > 30
+    label_w = 0.068 * max(len(n) for n in names) + 0.3
+    map_w, map_h = max(2.4, 0.62 * len(layers)), 0.24 * len(classes)
+    top, bottom, right = (1.35 if tall else 0.85), (0.45 if tall else 0.2), (0.3 if tall else 1.05)
+    width, height = label_w + map_w + right, top + map_h + bottom
+    fig = plt.figure(figsize=(width, height))
+    ax = fig.add_axes((label_w / width, bottom / height, map_w / width, map_h / height))
+    cmap = plt.get_cmap("viridis").with_extremes(bad="0.85")
+    image = ax.imshow(np.ma.masked_invalid(values), cmap=cmap, vmin=0, vmax=1, aspect="auto", interpolation="nearest")
+    axis = results.model_axis(store[0])
+    ax.set_xticks(range(len(layers)), [axis.tick_label(store[0], k) for k in layers], fontsize=8)
+    ax.set_yticks(range(len(classes)), names, fontsize=8)
+    ax.set_xlabel("layer", fontsize=9)
+    ax.xaxis.set_label_position("top")
+    ax.xaxis.tick_top()
+    for spine in ax.spines.values():
+        spine.set_visible(True)
+    if values.size <= 400:  # numbers only when the cells are big enough to hold them
+        _annotate_cells(ax, values)
+    if tall:  # a tall map is scrolled: colour scale on top, layer labels top and bottom
+        bar_w = min(map_w, 3.0)
+        cax = fig.add_axes(((label_w + (map_w - bar_w) / 2) / width, (height - 0.55) / height, bar_w / width,
+                            0.12 / height))
+        fig.colorbar(image, cax=cax, orientation="horizontal")
+        cax.set_ylabel("IoU", rotation=0, ha="right", va="center", fontsize=9)
+        cax.tick_params(labelsize=8)
+        ax.tick_params(labelbottom=True, bottom=True)
+    else:
+        cax = fig.add_axes(((label_w + map_w + 0.15) / width, bottom / height, 0.15 / width, map_h / height))
+        fig.colorbar(image, cax=cax, label="IoU")
+    fig.text((label_w + map_w / 2) / width, 1 - 0.08 / height, store_label(store), ha="center", va="top", fontsize=10)
+    return fig
+
+
+def _class_label(name: str, frequency: np.ndarray | None, index: int) -> str:
+    if frequency is None:
+        return name
+    share = 100 * frequency[index]
+    return f"{name} ({share:.1f}%)" if share >= 0.1 else f"{name} ({share:.2g}%)"
+
+
+def _annotate_cells(ax: plt.Axes, values: np.ndarray) -> None:
+    for (row, col), value in np.ndenumerate(values):
+        if not math.isnan(value):
+            ax.text(col, row, f"{value:.2f}", ha="center", va="center", fontsize=7,
+                    color="black" if value > 0.6 else "white")
+
+
+def best_worst_classes(results: Results, store: Store, classes: list[int], n: int = 5) -> dict[str, Any]:
+    """At the store's best layer: the n best and n worst classes among those present."""
+    probes = results.probes[(results.probes["model"] == store[0]) & (results.probes["prompt"] == store[1])]
+    best = _best_row(probes)
+    if best is None or store not in results.per_class:
+        return {"layer": None, "best": [], "worst": []}
+    row = results.per_class[store].loc[best["layer"]].iloc[classes].dropna().sort_values(ascending=False)
+    pairs = [(str(name), float(v)) for name, v in row.items()]
+    n = min(n, max(1, len(pairs) // 2))  # no class in both lists
+    return {"layer": best["layer"], "best": pairs[:n], "worst": pairs[::-1][:n]}
+
+
+# --------------------------------------------------------------------------------------------
+# Layer scan vs probes
+# --------------------------------------------------------------------------------------------
+
+def _segment_runs(ax: plt.Axes, frame: pd.DataFrame, **style: Any) -> None:
+    """One line per run of consecutive layers in the same segment (frame sorted by x), so no line
+    claims a trend from the vision tower through the projector into the LLM."""
+    for _, part in frame.groupby((frame["segment"] != frame["segment"].shift()).cumsum()):
+        ax.plot(part["x"], part["miou"], **style)
+
+
+def scan_figure(results: Results, stores: list[Store], ncols: int = 2) -> Figure:
+    colour = colours(results.store_list())
+    ncols = min(ncols, len(stores))
+    nrows = math.ceil(len(stores) / ncols)
+    fig, axes = plt.subplots(nrows, ncols, figsize=(6.6 * ncols, 3.8 * nrows + 0.6), layout="constrained",
+                             squeeze=False)
+    fig.get_layout_engine().set(h_pad=0.12)  # titles clear of the x labels of the row above
+    for i, store in enumerate(stores):
+        ax = axes[i // ncols, i % ncols]
+        scan = results.scan[(results.scan["model"] == store[0]) & (results.scan["prompt"] == store[1])].sort_values("x")
+        probe = results.probes[(results.probes["model"] == store[0]) & (results.probes["prompt"] == store[1])]
+        probe = probe.sort_values("x")
+        axis = results.model_axis(store[0], scan["layer"].tolist() + probe["layer"].tolist())
+        scan = scan.assign(x=[axis.position(store[0], k) for k in scan["layer"]]).sort_values("x")
+        probe = probe.assign(x=[axis.position(store[0], k) for k in probe["layer"]]).sort_values("x")
+        c = colour.get(store, "C0")
+        scan = scan.assign(segment=[axis.segment(store[0], k) for k in scan["layer"]])
+        probe = probe.assign(segment=[axis.segment(store[0], k) for k in probe["layer"]])
+        _segment_runs(ax, scan, color=c, alpha=0.55, linewidth=1.3, marker=".", markersize=5)
+        _segment_runs(ax, probe, color=c, linewidth=2, marker="o", markersize=4)
+        for frame, marker in ((scan, "P"), (probe, "*")):
+            best = _best_row(frame)
+            if best is not None:
+                ax.plot(best["x"], best["miou"], marker=marker, markersize=12 if marker == "*" else 9, color=c,
+                        markeredgecolor="black", markeredgewidth=0.6, linestyle="none", zorder=5)
+        x_max = float(max(scan["x"].max() if not scan.empty else 0, probe["x"].max() if not probe.empty else 0))
+        rows = list(zip(scan["model"], scan["layer"])) + list(zip(probe["model"], probe["layer"]))
+        decorate_layer_axis(ax, axis, rows, x_max)
+        ax.set_title(store_label(store), pad=16 if axis.segmented else 6)
+        ax.set_ylabel("validation mIoU")
+        ax.grid(axis="y", alpha=0.3)
+    for j in range(len(stores), nrows * ncols):
+        axes[j // ncols, j % ncols].set_visible(False)
+    handles = [Line2D([], [], color="0.4", alpha=0.6, marker=".", label="layer scan (ridge, every layer)"),
+               Line2D([], [], color="0.4", linewidth=2, marker="o", markersize=4, label="linear probe (trained)"),
+               Line2D([], [], color="0.4", marker="P", linestyle="none", markersize=8, label="scan's best layer"),
+               Line2D([], [], color="0.4", marker="*", linestyle="none", markersize=11, label="probe's best layer")]
+    fig.legend(handles=handles, loc="outside lower center", ncol=4, frameon=False)
+    return fig

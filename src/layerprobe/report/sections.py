@@ -1,0 +1,228 @@
+"""One function per report section: draws its figures, saves them, returns its HTML."""
+
+from __future__ import annotations
+
+import io
+import re
+from pathlib import Path
+
+import numpy as np
+import yaml
+from matplotlib.figure import Figure
+
+from . import figures, qualitative, tables
+from .collect import Results, Store, model_resolution
+from .facts import run_facts
+from .figures import IDENTICAL, plt, store_label
+from .html import EmbeddedFigure, box, details, esc, figure, section, table
+
+
+class FigureSink:
+    """Renders a Figure to PNG once: written to report_files/ and embedded in the page."""
+
+    def __init__(self, folder: Path, dpi: int = 100) -> None:
+        self.folder, self.dpi = folder, dpi
+        folder.mkdir(parents=True, exist_ok=True)
+        for stale in folder.glob("*.png"):  # figures of a previous build (e.g. a store since removed)
+            stale.unlink()
+
+    def add(self, fig: Figure, name: str, caption: str, alt: str) -> EmbeddedFigure:
+        buffer = io.BytesIO()
+        fig.savefig(buffer, format="png", dpi=self.dpi)
+        plt.close(fig)
+        safe = re.sub(r"[^A-Za-z0-9_.-]+", "_", name)
+        (self.folder / f"{safe}.png").write_bytes(buffer.getvalue())
+        return EmbeddedFigure(safe, buffer.getvalue(), caption, alt)
+
+
+def _slug(store: Store) -> str:
+    """File stem per store; '.' never occurs in model or prompt ids, so stems are unique."""
+    return f"{store[0]}.{store[1]}"
+
+
+def _best_store(results: Results) -> Store | None:
+    valid = results.probes.dropna(subset=["miou"])
+    if valid.empty:
+        return None
+    best = valid.loc[valid["miou"].idxmax()]
+    return best["model"], best["prompt"]
+
+
+def _delta_class(column: str, value: object) -> str:
+    if column.startswith("Δ") and isinstance(value, float) and not np.isnan(value):
+        return {figures.GREEN: "good", figures.RED: "bad", figures.GREY: "flat"}[figures.delta_colour(value)]
+    return ""
+
+
+# --------------------------------------------------------------------------------------------
+
+def summary_section(results: Results, sink: FigureSink) -> str:
+    fig = sink.add(figures.headline(results), "headline",
+                   "Left: validation mIoU (mmseg definition: intersections and unions summed over the split) of a "
+                   "linear probe per layer; right: pixel accuracy. One line per model and prompt; CLIP dashed, LLaVA "
+                   "solid. ★ marks each line's best layer by mIoU (the same layer on both panels). "
+                   + ("The dotted borders split LLaVA's forward path into vision tower, projector and LLM. CLIP blocks "
+                      "are drawn at their relative depth within the vision segment; a dotted horizontal line carries "
+                      "each CLIP model's best mIoU across the LLM segment as a reference. "
+                      if results.axis.segmented else ""),
+                   "mIoU and pixel accuracy per layer")
+    body = table(tables.summary(results), digits={"best mIoU": 4, "pixel acc": 4, "last layer mIoU": 4,
+                                                  "Δ vs general prompt": 4}, cell_class=_delta_class)
+    checks = "".join(box("<b>Check:</b> " + esc(text)) for text in tables.diagnostics(results))
+    return section("summary", "Which layer?", checks + body + figure(fig),
+                   "Best layer per model and prompt (by validation mIoU), then every probed layer.")
+
+
+def prompt_section(results: Results, sink: FigureSink) -> str:
+    deltas = figures.prompt_deltas(results)
+    if deltas.empty:
+        return section("prompts", "Which prompt?", '<p class="muted">Only one prompt per model: nothing to '
+                                                   "compare.</p>")
+    parts = []
+    for model in dict.fromkeys(deltas["model"]):
+        frame = deltas[deltas["model"] == model]
+        fig = sink.add(figures.prompt_comparison(results, deltas, model), f"prompts_{model}",
+                       f"mIoU of each prompt minus the general prompt (“{esc(frame['base'].iloc[0])}”, the first "
+                       f"without a {{category}} placeholder) at every probed layer of {esc(model)}, both probes "
+                       "scored on the same validation images. Green: the prompt helps, red: it hurts, grey: identical "
+                       f"(|Δ| &lt; {IDENTICAL:g}). Vision-tower and projector layers come before the LLM, so they "
+                       "cannot depend on the prompt and are expected to be identical.",
+                       f"prompt comparison for {model}")
+        parts.append(f"<h3>{esc(model)}</h3>" + figure(fig))
+    return section("prompts", "Which prompt?", "".join(parts))
+
+
+def scan_section(results: Results, sink: FigureSink) -> str:
+    if not results.config["scan"]["enabled"]:
+        return ""
+    stores = tables.scanned_stores(results)
+    if not stores:
+        return section("scan", "Layer scan", '<p class="muted">Scan enabled but no scan results found.</p>')
+    fig = sink.add(figures.scan_figure(results, stores), "scan",
+                   "Layer scan (closed-form ridge probes fitted on the fly for every layer, no features stored; "
+                   "thin line) beside the trained linear probes (thick line). The two need not agree in absolute "
+                   "mIoU (the scan regresses label distributions on the token grid, without training epochs); what "
+                   "matters is whether the scan ranks layers like the probes, so it can pick the layers worth "
+                   "extracting. ✚ scan's best layer, ★ probe's best layer.", "layer scan vs probes")
+    agreement = tables.scan_agreement(results)
+    return section("scan", "Layer scan", figure(fig) + "<h3>Rank agreement with the probes</h3>"
+                   + table(agreement, digits={"Spearman ρ": 3})
+                   + '<p class="muted">Spearman ρ over the layers both probed and scanned (1 = same order).</p>')
+
+
+def per_class_section(results: Results, sink: FigureSink) -> str:
+    best_store = _best_store(results)
+    parts, frequencies = [], {}
+    for store in results.store_list():
+        if store not in results.per_class:
+            continue
+        res = model_resolution(results.config, store[0])
+        if res not in frequencies:
+            frequencies[res] = qualitative.class_frequency(results, res)
+        classes = qualitative.present_classes(results, store, frequencies[res])
+        if not classes:
+            continue
+        fig = sink.add(figures.per_class_heatmap(results, store, classes, frequencies[res]),
+                       f"per_class_{_slug(store)}",
+                       "Validation IoU per class (rows: classes present in the validation ground truth, most "
+                       "frequent first, with their share of labelled pixels) and layer (columns, forward order). "
+                       "Grey: no IoU (class neither labelled nor predicted).", f"per-class IoU for {store_label(store)}")
+        parts.append(details(store_label(store), _best_worst(results, store, classes) + figure(fig, scroll=True),
+                             is_open=store == best_store))
+    return section("per-class", "Per-class IoU", "".join(parts),
+                   "Which classes each layer separates. The best overall (model, prompt) is expanded.")
+
+
+def _best_worst(results: Results, store: Store, classes: list[int]) -> str:
+    """Best and worst classes at the best layer; at most half the classes each, so no class is in both."""
+    info = figures.best_worst_classes(results, store, classes, n=5)
+    if info["layer"] is None:
+        return ""
+    items = lambda pairs: " · ".join(f"{esc(n)} <b>{v:.3f}</b>" for n, v in pairs)  # noqa: E731
+    return (f"<p>At the best layer <b>{esc(info['layer'])}</b> — best classes: {items(info['best'])}<br>"
+            f"worst classes: {items(info['worst'])}</p>")
+
+
+def qualitative_section(results: Results, sink: FigureSink) -> str:
+    best_store = _best_store(results)
+    parts = []
+    for store in results.store_list():
+        fig = qualitative.qualitative_panel(results, store)
+        if fig is None:
+            continue
+        embedded = sink.add(fig, f"qualitative_{_slug(store)}",
+                            "Fixed validation images (the first ids in sorted order, the same for every model), "
+                            "then ground truth and the probe's predictions at the shallowest, best and deepest probed "
+                            "layer, as class colours over a greyscale copy of the image. Colours are fixed per class "
+                            "across all panels and reports (legend below each panel); dark is unlabelled (ignored) "
+                            "ground truth.",
+                            f"qualitative predictions for {store_label(store)}")
+        parts.append(details(store_label(store), figure(embedded), is_open=store == best_store))
+    if not parts:
+        return section("qualitative", "Predictions", '<p class="muted">No predictions or data store found.</p>')
+    return section("qualitative", "Predictions", "".join(parts))
+
+
+def curves_section(results: Results, sink: FigureSink) -> str:
+    parts = []
+    for i, store in enumerate(results.store_list()):
+        fig = sink.add(figures.training_curves(results, store), f"curves_{_slug(store)}",
+                       "Per layer: training loss (grey, right axis), train and test mIoU (left axis, shared by all "
+                       "panels) per epoch; ★ the epoch with the best test mIoU. A best epoch at the last epoch "
+                       "suggests more epochs would help.", f"training curves for {store_label(store)}")
+        parts.append(details(store_label(store), figure(fig), is_open=i == 0))
+    return section("curves", "Training curves", "".join(parts))
+
+
+def resources_section(results: Results) -> str:
+    usage = tables.resources_table(results)
+
+    def flag(column: str, value: object) -> str:
+        if column == "peak / requested" and isinstance(value, float) and not np.isnan(value):
+            return "bad" if value > 1 else ("warn" if value < 0.25 else "")
+        if column == "wall / requested" and isinstance(value, float) and not np.isnan(value):
+            return "bad" if value > 1 else ""
+        return ""
+
+    body = ("<h3>Requested vs measured, per rule</h3>"
+            + table(usage, digits={"peak / requested": 2, "wall / requested": 3}, cell_class=flag)
+            + '<p class="muted">Requested: <code>layerprobe.resources</code> (what the rules ask the scheduler for; '
+              "RAM is billed, so keep <i>peak / requested</i> close to 1 — highlighted below 0.25, red above 1). "
+              "Measured: Snakemake benchmark files (peak resident memory, wall-clock seconds) of the worst job.</p>"
+            + details("Every job", table(tables.jobs_table(results), digits={"peak / requested": 2}, cell_class=flag))
+            + "<h3>Stores on disk</h3>" + table(tables.store_sizes(results))
+            + '<p class="muted">Measured: the bytes of every file under the store now (the manifest\'s number when '
+              "the store is not on this machine). Planned: <code>layerprobe plan</code>'s arithmetic for the images "
+              "the store holds. Feature stores are uncompressed, so they match the plan up to Zarr metadata and "
+              "progress markers; data stores are compressed and come in below the plan's upper bound.</p>")
+    return section("resources", "Resources", body)
+
+
+def facts_section(results: Results) -> str:
+    facts = "".join(f"<tr><th>{esc(k)}</th><td>{esc(v)}</td></tr>" for k, v in run_facts(results.root))
+    config = yaml.dump(results.config, Dumper=_ConfigDumper, sort_keys=False, allow_unicode=True,
+                       default_flow_style=None, width=110)
+    return section("facts", "Run facts and config",
+                   f"<table>{facts}</table>" + details("Config (validated, defaults filled in)",
+                                                       f"<pre>{esc(config)}</pre>"))
+
+
+class _ConfigDumper(yaml.SafeDumper):
+    """Strings with newlines (prompt formats) as one double-quoted line with \\n, as written in YAML."""
+
+
+def _represent_str(dumper: yaml.SafeDumper, text: str) -> yaml.Node:
+    style = '"' if "\n" in text else None
+    return dumper.represent_scalar("tag:yaml.org,2002:str", text, style=style)
+
+
+_ConfigDumper.add_representer(str, _represent_str)
+
+
+def notices(results: Results) -> str:
+    if not results.missing:
+        return ""
+    shown = "".join(f"<li><code>{esc(p)}</code></li>" for p in results.missing[:20])
+    more = f"<li>… and {len(results.missing) - 20} more</li>" if len(results.missing) > 20 else ""
+    return box(f"<b>Incomplete results:</b> {len(results.missing)} expected file(s) are missing; the figures show "
+               f"what exists.<ul>{shown}{more}</ul>")

@@ -1,0 +1,237 @@
+"""The report's tables as DataFrames: summary per (model, prompt), scan agreement, resources."""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from ..store import human_bytes
+from .collect import Results, Store
+from .figures import IDENTICAL, prompt_deltas, store_label
+
+
+def _store_rows(results: Results, store: Store) -> pd.DataFrame:
+    probes = results.probes
+    return probes[(probes["model"] == store[0]) & (probes["prompt"] == store[1])].sort_values("x")
+
+
+def summary(results: Results) -> pd.DataFrame:
+    """One row per (model, prompt): its best layer by validation mIoU and how training went there."""
+    deltas = prompt_deltas(results).set_index(["model", "prompt", "layer"])["delta"]
+    rows = []
+    for store in results.store_list():
+        frame = _store_rows(results, store).dropna(subset=["miou"])
+        if frame.empty:
+            continue
+        best = frame.loc[frame["miou"].idxmax()]
+        delta = deltas.get((store[0], store[1], best["layer"]), np.nan)
+        still = best["best_epoch"] == best["epochs"]
+        rows.append({"model / prompt": store_label(store), "best layer": best["layer"],
+                     "best mIoU": best["miou"], "pixel acc": best["acc"],
+                     "last layer mIoU": frame["miou"].iloc[-1], "Δ vs general prompt": delta,
+                     "best epoch": f"{int(best['best_epoch'])} / {int(best['epochs'])}" + (" (last: still improving?)"
+                                                                                              if still else ""),
+                     "layers probed": len(frame)})
+    return pd.DataFrame(rows)
+
+
+def spearman(scan: pd.DataFrame, probes: pd.DataFrame) -> float:
+    """Rank agreement scan vs probes; `layerprobe.scan.rank_agreement` when importable (it needs torch)."""
+    try:
+        from ..scan import rank_agreement
+    except ImportError:
+        return _spearman_fallback(scan, probes)
+    return rank_agreement(scan, probes)
+
+
+def _spearman_fallback(scan: pd.DataFrame, probes: pd.DataFrame) -> float:
+    on = ["model", "prompt", "layer"]
+    both = scan[on + ["miou"]].merge(probes[on + ["miou"]], on=on, suffixes=("_scan", "_probe")).dropna()
+    if len(both) < 2:
+        return float("nan")
+    value = both["miou_scan"].rank().corr(both["miou_probe"].rank())
+    return float(value) if value is not None else float("nan")
+
+
+def scan_agreement(results: Results) -> pd.DataFrame:
+    rows = []
+    for store in scanned_stores(results):
+        scan = results.scan[(results.scan["model"] == store[0]) & (results.scan["prompt"] == store[1])]
+        probes = _store_rows(results, store)
+        common = set(scan["layer"]) & set(probes["layer"])
+        scan_best = scan.loc[scan["miou"].idxmax(), "layer"] if scan["miou"].notna().any() else ""
+        probe_best = probes.loc[probes["miou"].idxmax(), "layer"] if probes["miou"].notna().any() else ""
+        rows.append({"model / prompt": store_label(store), "Spearman ρ": spearman(scan, probes),
+                     "layers in both": len(common), "scanned layers": len(scan),
+                     "scan's best layer": scan_best, "probe's best layer": probe_best,
+                     "scan's best among probed": _best_among(scan, common)})
+    return pd.DataFrame(rows)
+
+
+def _best_among(scan: pd.DataFrame, layers: set[str]) -> str:
+    part = scan[scan["layer"].isin(layers)].dropna(subset=["miou"])
+    return "" if part.empty else str(part.loc[part["miou"].idxmax(), "layer"])
+
+
+def scanned_stores(results: Results) -> list[Store]:
+    seen = results.scan[["model", "prompt"]].drop_duplicates()
+    return [(m, p) for m, p in seen.itertuples(index=False)]
+
+
+RULE_ORDER = ["synthetic_dataset", "preprocess", "build_tiny_model", "extract", "finalize_store", "scan", "probe",
+              "report"]
+
+
+def resources_table(results: Results) -> pd.DataFrame:
+    """Per rule: what was requested per job vs the measured peak RSS and wall time (worst job)."""
+    bench = results.benchmarks
+    if bench.empty:
+        return pd.DataFrame()
+    rows = []
+    for rule, jobs in bench.groupby("rule", sort=False):
+        peak = jobs["max_rss"].max()
+        requested = jobs["mem_mb"].max()
+        wall = jobs["s"].max()
+        runtime = jobs["runtime_min"].min()
+        rows.append({"rule": rule, "jobs": len(jobs), "GPUs/job": int(jobs["gpus"].max()),
+                     "requested mem": _mb(requested), "peak RSS (max job)": _mb(peak),
+                     "peak / requested": _ratio(peak, requested), "requested runtime": _minutes(runtime),
+                     "wall time (max job)": _seconds(wall), "wall time (all jobs)": _seconds(jobs["s"].sum()),
+                     "wall / requested": _ratio(wall / 60, runtime)})
+    order = {r: i for i, r in enumerate(RULE_ORDER)}
+    return pd.DataFrame(rows).sort_values("rule", key=lambda s: s.map(lambda r: order.get(r, 99)), kind="stable")
+
+
+def jobs_table(results: Results) -> pd.DataFrame:
+    """Every benchmarked job, heaviest peak RSS first."""
+    bench = results.benchmarks
+    if bench.empty:
+        return pd.DataFrame()
+    bench = bench.sort_values("max_rss", ascending=False, na_position="last")
+    return pd.DataFrame({"rule": bench["rule"], "job": bench["job"], "requested mem": bench["mem_mb"].map(_mb),
+                         "peak RSS": bench["max_rss"].map(_mb),
+                         "peak / requested": [_ratio(a, b) for a, b in zip(bench["max_rss"], bench["mem_mb"])],
+                         "wall time": bench["s"].map(_seconds), "CPU time": bench["cpu_time"].map(_seconds)})
+
+
+def _mb(value: float) -> str:
+    if value is None or (isinstance(value, float) and math.isnan(value)):
+        return "–"
+    return f"{value / 1024:.1f} GB" if value >= 1024 else f"{value:.0f} MB"
+
+
+def _ratio(a: float, b: float) -> float:
+    return float("nan") if not b or pd.isna(a) or pd.isna(b) else float(a) / float(b)
+
+
+def _minutes(value: float) -> str:
+    return "–" if pd.isna(value) else f"{int(value) // 60}:{int(value) % 60:02d} h"
+
+
+def _seconds(value: float) -> str:
+    if pd.isna(value):
+        return "–"
+    value = int(round(value))
+    return f"{value // 3600}:{value % 3600 // 60:02d}:{value % 60:02d}"
+
+
+def store_sizes(results: Results) -> pd.DataFrame:
+    """Every store of the run (feature stores, then preprocessed data stores): size on disk now,
+    beside what `layerprobe plan` computes for the same number of images."""
+    from ..plan import data_rows, store_rows  # local: plan is only needed for this table
+
+    rows = []
+    config = results.config
+    for row in results.stores.itertuples():
+        images = {"training": int(row.training_images or 0), "validation": int(row.validation_images or 0)}
+        one = {**config, "models": {row.model: config["models"][row.model]}}
+        planned = store_rows(one, images)
+        planned = planned[planned["prompt"] == row.prompt]["bytes"]
+        measured = _disk_bytes(results, row.store)
+        rows.append({"store": f"features/{row.model}/{row.prompt}.zarr", "layers": row.layers,
+                     "images": f"{images['training']} + {images['validation']}",
+                     "size on disk": measured if measured is not None else row.bytes,
+                     "planned": float(planned.iloc[0]) if not planned.empty else np.nan})
+    for res, manifest in sorted(results.data.items()):
+        images = {s: int(manifest.get("images", {}).get(s, 0)) for s in ("training", "validation")}
+        planned = data_rows({**config, "models": _models_at(config, res)}, images)["bytes"]
+        rows.append({"store": f"data/{res}px.zarr", "layers": np.nan,
+                     "images": f"{images['training']} + {images['validation']}",
+                     "size on disk": _disk_bytes(results, manifest.get("store")),
+                     "planned": float(planned.sum()) if len(planned) else np.nan})
+    if not rows:
+        return pd.DataFrame()
+    out = pd.DataFrame(rows)
+    total = {"store": "total", "layers": np.nan, "images": "", "size on disk": out["size on disk"].sum(min_count=1),
+             "planned": out["planned"].sum(min_count=1)}
+    out = pd.concat([out, pd.DataFrame([total])], ignore_index=True)
+    out["measured / planned"] = [_ratio(a, b) for a, b in zip(out["size on disk"], out["planned"])]
+    for column in ("size on disk", "planned"):
+        out[column] = [human_bytes(v) if not pd.isna(v) else "–" for v in out[column]]
+    out["layers"] = [int(v) if not pd.isna(v) else "" for v in out["layers"]]
+    return out
+
+
+def _models_at(config: dict, res: int) -> dict:
+    from ..specs import model_spec
+
+    return {n: m for n, m in config["models"].items() if model_spec(n, m).image_size == res}
+
+
+def _disk_bytes(results: Results, store: str | None) -> float | None:
+    """Bytes of every file under a store path (relative paths are relative to the run's workdir)."""
+    if not store:
+        return None
+    path = Path(store)
+    path = path if path.is_absolute() else results.workdir() / path
+    if not path.exists():
+        return None
+    return float(sum(f.stat().st_size for f in path.rglob("*") if f.is_file()))
+
+
+SCAN_MARGIN = 0.10  # scan mIoU above the trained probe's by more than this: the probe under-performs
+GAP_MARGIN = 0.30  # final train mIoU above test mIoU by more than this: over-fitting or an eval problem
+
+
+def diagnostics(results: Results) -> list[str]:
+    """Plain-language warnings a reader should see before trusting the headline figure."""
+    out = []
+    probes = results.probes.set_index(["model", "prompt", "layer"])["miou"]
+    if not results.scan.empty:
+        scan = results.scan.set_index(["model", "prompt", "layer"])["miou"]
+        both = pd.concat({"scan": scan, "probe": probes}, axis=1, join="inner").dropna()
+        worse = both[both["scan"] > both["probe"] + SCAN_MARGIN]
+        if not worse.empty:
+            listed = ", ".join(f"{store_label((m, p))} {k} ({r.probe:.2f} vs {r.scan:.2f})"
+                               for (m, p, k), r in worse.iterrows())
+            out.append(f"The closed-form layer scan beats the trained probe by more than {SCAN_MARGIN:g} mIoU on "
+                       f"{len(worse)} layer(s): {listed}. A linear probe should do at least as well as a ridge fit "
+                       "on the same features; check the probe's training (learning rate, epochs, feature scale, "
+                       "BatchNorm) before reading these layers as uninformative.")
+    deltas = prompt_deltas(results)
+    fixed = deltas[deltas["layer"].map(_prompt_independent) & (deltas["delta"].abs() >= IDENTICAL)]
+    if not fixed.empty:
+        listed = ", ".join(f"{r.model} {r.layer} ({r.prompt} − {r.base}: {r.delta:+.4f})" for r in fixed.itertuples())
+        out.append(f"Probes on prompt-independent features differ between prompts on {len(fixed)} layer(s): {listed}. "
+                   "Vision-tower, projector and layer_00 image tokens are computed before the prompt can act, so "
+                   "the stores hold the same features there; a difference means the probe's training or scoring "
+                   "is not deterministic or depends on the store.")
+    curves = results.curves
+    if not curves.empty:
+        last = curves.sort_values("epoch").groupby(["model", "prompt", "layer"]).tail(1)
+        gap = last[last["train_miou"] - last["test_miou"] > GAP_MARGIN]
+        if not gap.empty:
+            listed = ", ".join(f"{store_label((r.model, r.prompt))} {r.layer} (train {r.train_miou:.2f}, "
+                               f"test {r.test_miou:.2f})" for r in gap.itertuples())
+            out.append(f"Train mIoU exceeds test mIoU by more than {GAP_MARGIN:g} at the last epoch on {len(gap)} "
+                       f"probe(s): {listed}. Over-fitting, or train and test see differently scaled features.")
+    return out
+
+
+def _prompt_independent(layer: str) -> bool:
+    """LLaVA keys whose image-token rows come before the prompt can act (DESIGN.md: layer_00's
+    image rows are the projector output)."""
+    return layer.startswith("vision_") or layer in ("projector", "layer_00")
