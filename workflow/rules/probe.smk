@@ -16,6 +16,9 @@ rule probe:
         "results/logs/probe/{model}/{prompt}/{layer}.log",
     benchmark:
         "results/benchmarks/probe/{model}/{prompt}/{layer}.tsv"
+    # The script pins torch to this many threads, so float reductions (and so the metrics) are
+    # the same under every executor; a resumed SLURM job must match an uninterrupted local run.
+    threads: 1
     resources:
         mem_mb=mem_mb("probe"),
         runtime=runtime("probe"),

@@ -1,10 +1,14 @@
 """Rule probe: train one linear probe (resuming from its checkpoint) and write its metrics."""
 from pathlib import Path
 
+import torch
+
 from layerprobe import config as lp_config
 from layerprobe.backbones import resolve_device
 from layerprobe.logs import redirect_output
 from layerprobe.probe import ProbeSettings, train_probe
+
+torch.set_num_threads(snakemake.threads)  # see the rule: same reductions under every executor
 
 with redirect_output(snakemake.log[0]):
     cfg = lp_config.validate(snakemake.config)
