@@ -21,6 +21,8 @@ from pathlib import Path
 
 import numpy as np
 
+import _common as C  # benchmarks/ is the script's directory, so first on sys.path
+
 ROOT = Path(__file__).resolve().parents[1]
 
 
@@ -53,13 +55,6 @@ def build_shards(store: Path, out: Path, shards: int) -> None:
 
 
 # --- measures (each in its own process) -----------------------------------------------------------
-def peak_rss_mb() -> float:
-    for line in Path("/proc/self/status").read_text().splitlines():
-        if line.startswith("VmHWM:"):
-            return int(line.split()[1]) / 1024
-    return float("nan")
-
-
 def measure_floor(store: Path) -> dict:
     """Every chunk file once, sequentially, as raw bytes into one reused buffer."""
     files = sorted(p for p in (store / "training").rglob("c/*/*") if p.is_file())
@@ -166,15 +161,8 @@ def child(name: str, raw: str) -> None:
         if key in kwargs:
             kwargs[key] = Path(kwargs[key])
     result = MEASURES[name](**kwargs)
-    result["peak_rss_mb"] = peak_rss_mb()
+    result["peak_rss_mb"] = C.peak_rss_bytes() / 2**20
     print(json.dumps(result))
-
-
-def machine() -> str:
-    cpu = next((l.split(":", 1)[1].strip() for l in Path("/proc/cpuinfo").read_text().splitlines()
-                if l.startswith("model name")), "?")
-    mem = int(next(l.split()[1] for l in Path("/proc/meminfo").read_text().splitlines() if l.startswith("MemTotal")))
-    return f"{os.cpu_count()} vCPU {cpu}, {mem / 2**20:.0f} GiB RAM"
 
 
 def main() -> None:
@@ -195,7 +183,7 @@ def main() -> None:
         build_store(store, images, tokens, dim, chunk, side)
         build_shards(store, shard_dir, shards)
         size = sum(f.stat().st_size for f in store.rglob("*") if f.is_file())
-        print(f"machine: {machine()}; cache: {'cold (dropped before each measure)' if args.cold else 'warm'}")
+        print(f"machine: {C.machine()}; cache: {'cold (dropped before each measure)' if args.cold else 'warm'}")
         print(f"store: {images} images x {tokens} tokens x {dim} dim fp16 + {side}x{side} labels = {size / 2**30:.2f} GiB "
               f"in chunks of {chunk}; RAM budget {budget_mb} MiB (store = {size / 2**20 / budget_mb:.1f}x budget); "
               f"batch {batch}; .pt shards: {shards} x {size / shards / 2**20:.0f} MiB")

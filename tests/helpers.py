@@ -31,3 +31,16 @@ def tiny_data(tmp: Path, resolution: int = 32, training: int = 20, validation: i
     root = write_dataset(tmp / "ADEChallengeData2016", training=training, validation=validation, height=40, width=48)
     preprocess(root, tmp / f"{resolution}px.zarr", tmp / f"{resolution}px.json", resolution, {}, 4)
     return open_data(tmp / f"{resolution}px.zarr")
+
+
+def tiny_feature_store(tmp: Path, training: int, validation: int):
+    """A finalized feature store of the tiny ViT (chunks of 4); returns (model, backbone, data, path)."""
+    from layerprobe import store
+    from layerprobe.extract import run_part
+
+    model, backbone = tiny_backbone(tmp)
+    data = tiny_data(tmp, training=training, validation=validation)
+    path = tmp / "features.zarr"
+    run_part("tiny", model, "none", backbone, data, path, 0, 1, 4, 0)
+    store.finalize(path, tmp / "features.json")
+    return model, backbone, data, path

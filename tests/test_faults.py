@@ -13,7 +13,7 @@ import pytest
 
 from layerprobe import store
 from layerprobe.extract import ChunkWriter, make_layout, run_part
-from tests.helpers import tiny_backbone, tiny_data
+from tests.helpers import tiny_feature_store
 from tests.test_extract import _store_bytes
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -22,11 +22,7 @@ ROOT = Path(__file__).resolve().parents[1]
 @pytest.fixture(scope="module")
 def setup(tmp_path_factory):
     tmp = tmp_path_factory.mktemp("faults")
-    model, backbone = tiny_backbone(tmp)
-    data = tiny_data(tmp, training=40, validation=8)
-    reference = tmp / "reference.zarr"
-    run_part("tiny", model, "none", backbone, data, reference, 0, 1, 4, 0)
-    store.finalize(reference, tmp / "reference.json")
+    model, backbone, data, reference = tiny_feature_store(tmp, training=40, validation=8)
     return tmp, model, backbone, data, reference
 
 

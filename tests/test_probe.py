@@ -11,21 +11,13 @@ import pandas as pd
 import pytest
 import torch
 
-from layerprobe import store
-from layerprobe.extract import run_part
 from layerprobe.probe import Interrupted, LinearHead, ProbeSettings, ProbeTrainer, train_probe
-from tests.helpers import tiny_backbone, tiny_data
+from tests.helpers import tiny_feature_store
 
 
 @pytest.fixture(scope="module")
 def feature_store(tmp_path_factory):
-    tmp = tmp_path_factory.mktemp("probe")
-    model, backbone = tiny_backbone(tmp)
-    data = tiny_data(tmp, training=48, validation=16)
-    path = tmp / "features.zarr"
-    run_part("tiny", model, "none", backbone, data, path, 0, 1, 4, 0)
-    store.finalize(path, tmp / "features.json")
-    return path
+    return tiny_feature_store(tmp_path_factory.mktemp("probe"), training=48, validation=16)[3]
 
 
 def settings(**overrides) -> ProbeSettings:

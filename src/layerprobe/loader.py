@@ -179,8 +179,12 @@ class ChunkShuffleLoader:
         self.epoch = epoch
 
     # --- reading --------------------------------------------------------------------------------
+    def _span(self, chunk: int) -> tuple[int, int]:
+        """Store rows [start, stop) of a chunk (the last one may be partial)."""
+        return chunk * self.chunk_rows, min((chunk + 1) * self.chunk_rows, self.n)
+
     def _read_window(self, chunks: list[int], rng: np.random.Generator | None) -> Window:
-        spans = [(c * self.chunk_rows, min((c + 1) * self.chunk_rows, self.n)) for c in chunks]
+        spans = [self._span(c) for c in chunks]
         total = sum(b - a for a, b in spans)
         cap = self.window_chunks * self.chunk_rows if self.mode == "chunks" else self.n
 
@@ -207,8 +211,7 @@ class ChunkShuffleLoader:
         return Window(feats, cls, labels, rows, order)
 
     def _windows(self) -> list[list[int]]:
-        if self.mode == "resident":
-            return [list(range(self.n_chunks))]
+        """This epoch's chunk windows (chunks mode; resident mode has one window of everything)."""
         rng = np.random.default_rng([self.seed, self.epoch, 1])
         chunks = rng.permutation(self.n_chunks).tolist() if self.shuffle else list(range(self.n_chunks))
         # Ramp up 1, 2, 4, … chunks: the first window is read before any batch can be drawn,
@@ -294,7 +297,7 @@ class ChunkShuffleLoader:
         if self.mode == "resident":
             return self._batches(iter([self._resident_window()]), start)
         windows = self._windows()
-        sizes = [sum(min(self.chunk_rows, self.n - c * self.chunk_rows) for c in w) for w in windows]
+        sizes = [sum(b - a for a, b in map(self._span, w)) for w in windows]
         first, offset = 0, 0
         while first < len(windows) and offset + sizes[first] <= start:
             offset += sizes[first]
