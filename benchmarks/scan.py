@@ -26,7 +26,8 @@ import torch
 
 from layerprobe.backbones import load_backbone, tiny_clip
 from layerprobe.data import open_data, preprocess
-from layerprobe.scan import _batches, run_scan, score_pass, stats_bytes, tune_malloc
+from layerprobe.ridge import stats_bytes
+from layerprobe.scan import _batches, run_scan, score_pass, tune_malloc
 from layerprobe.synthetic import write_dataset
 
 LAMBDAS = [0.001, 0.01, 0.1, 1.0, 10.0, 100.0]  # the config default grid

@@ -13,7 +13,8 @@ import torch
 import torch.nn.functional as F
 import zarr
 
-from layerprobe import scan
+from layerprobe import ridge, scan
+from layerprobe import upsample as ups
 from layerprobe.backbones.base import Backbone
 from layerprobe.metrics import SegmentationMeter
 
@@ -43,7 +44,7 @@ def _direct_ridge(x: torch.Tensor, y: torch.Tensor, absolute: float) -> tuple[to
 
 def test_closed_form_matches_least_squares_over_batches() -> None:
     x, y = _ridge_problem()
-    stats = scan.RidgeStats(x.shape[1], y.shape[1])
+    stats = ridge.RidgeStats(x.shape[1], y.shape[1])
     for xb, yb in zip(x.split(70), y.split(70)):  # 4 uneven batches
         stats.update(xb.float(), yb.float())
     lambdas = [1e-3, 0.1, 1.0, 30.0]
@@ -63,7 +64,7 @@ def test_closed_form_matches_least_squares_over_batches() -> None:
 def test_update_with_class_subset_equals_full_targets() -> None:
     x, y = _ridge_problem(1)
     y[:, 2] = 0.0  # a class absent from the data
-    full, subset = scan.RidgeStats(10, 5), scan.RidgeStats(10, 5)
+    full, subset = ridge.RidgeStats(10, 5), ridge.RidgeStats(10, 5)
     full.update(x.float(), y.float())
     classes = torch.tensor([0, 1, 3, 4])
     subset.update(x.float(), y.float()[:, classes], classes)
@@ -71,16 +72,16 @@ def test_update_with_class_subset_equals_full_targets() -> None:
 
 
 def test_stats_bytes_and_groups() -> None:
-    stats = scan.RidgeStats(12, 7)
+    stats = ridge.RidgeStats(12, 7)
     stats.update(torch.randn(5, 12), torch.rand(5, 7))
-    assert stats.nbytes() == scan.stats_bytes([12], 7)
+    assert stats.nbytes() == ridge.stats_bytes([12], 7)
     dims = {"layer_00": 100, "layer_01": 100, "layer_02": 100}
-    one = scan.stats_bytes([100])
-    assert scan.plan_groups(list(dims), dims, None) == [list(dims)]
-    assert scan.plan_groups(list(dims), dims, 2 * one) == [["layer_00", "layer_01"], ["layer_02"]]
-    assert scan.plan_groups(list(dims), dims, 1) == [["layer_00"], ["layer_01"], ["layer_02"]]
+    one = ridge.stats_bytes([100])
+    assert ridge.plan_groups(list(dims), dims, None) == [list(dims)]
+    assert ridge.plan_groups(list(dims), dims, 2 * one) == [["layer_00", "layer_01"], ["layer_02"]]
+    assert ridge.plan_groups(list(dims), dims, 1) == [["layer_00"], ["layer_01"], ["layer_02"]]
     # LLaVA-1.5-7B, 33 LLM layers at 4096: the figure quoted in docs/BENCHMARKS.md.
-    assert scan.stats_bytes([4096] * 33) / 2**30 == pytest.approx(4.28, abs=0.01)
+    assert ridge.stats_bytes([4096] * 33) / 2**30 == pytest.approx(4.28, abs=0.01)
 
 
 # ---------------------------------------------------------------------------- token targets
@@ -90,7 +91,7 @@ def test_token_label_distribution() -> None:
                         [1, 255, 1, 1],
                         [255, 255, 2, 200],  # 200 >= num_classes: dropped like ignore
                         [255, 255, 2, 2]]], dtype=np.uint8)
-    y, mask = scan.token_label_distribution(labels, grid=2, num_classes=3)
+    y, mask = ridge.token_label_distribution(labels, grid=2, num_classes=3)
     assert y.shape == (1, 4, 3) and mask.tolist() == [[True, True, False, True]]
     assert torch.allclose(y[0, 0], torch.tensor([2 / 3, 1 / 3, 0.0]))
     assert torch.allclose(y[0, 1], torch.tensor([0.0, 1.0, 0.0]))
@@ -115,7 +116,7 @@ def test_upsample_argmax_matches_interpolate(grid: int, size: tuple[int, int], c
         "sparse": torch.cat([torch.rand(12, grid, grid, 4, generator=g) - 0.5, torch.zeros(12, grid, grid, 16)], -1),
         "ties": torch.zeros(12, grid, grid, 20),
     }
-    upsample = scan.UpsampleArgmax(grid, size, cell_fraction=cell_fraction)
+    upsample = ups.UpsampleArgmax(grid, size, cell_fraction=cell_fraction)
     for name, logits in cases.items():
         got, want = upsample(logits), _reference_argmax(logits, size)
         # Equal up to float rounding at exact near-ties (none expected at these sizes).
@@ -131,7 +132,7 @@ def test_upsample_argmax_mixed_paths() -> None:
     blocky[..., 3] = 1.0
     blocky[:, :2, :2, 7] = 2.0
     logits = torch.cat([dense, blocky])
-    upsample = scan.UpsampleArgmax(4, (32, 32), cell_fraction=0.05)
+    upsample = ups.UpsampleArgmax(4, (32, 32), cell_fraction=0.05)
     count = upsample.candidates(upsample.corners(logits)).sum(-1).view(12, -1)
     work = (count * (count > 1)).sum(1) * upsample.pixels.shape[1]
     assert (work > 0.05 * 20 * 32 * 32).tolist() == [True] * 6 + [False] * 6
@@ -149,9 +150,9 @@ def test_cell_counting_equals_pixel_counting(cell_fraction: float) -> None:
     labels = torch.randint(0, 10, (images, *size), generator=g).to(torch.uint8)
     labels[:, :5] = 255
     labels[0, 10, :4] = 200  # neither a class nor ignore
-    upsample = scan.UpsampleArgmax(grid, size, cell_fraction=cell_fraction)
+    upsample = ups.UpsampleArgmax(grid, size, cell_fraction=cell_fraction)
     fast = [SegmentationMeter() for _ in range(lambdas)]
-    scan.count_sparse(fast, upsample.sparse(logits), classes, scan.CellLabels(labels, upsample, 150, 255))
+    ups.count_sparse(fast, upsample.sparse(logits), classes, ups.CellLabels(labels, upsample, 150, 255))
     dense = classes[upsample(logits)].view(lambdas, images, *size)
     for meter, pred in zip(fast, dense):
         slow = SegmentationMeter()
@@ -255,7 +256,7 @@ def test_scan_in_groups_and_with_prompts(tmp_path: Path, caplog: pytest.LogCaptu
         seen.append(len(labels))
         return [f"image of class {int(label.max())}" for label in labels]
 
-    budget = scan.stats_bytes([12])  # room for one layer: two fit passes
+    budget = ridge.stats_bytes([12])  # room for one layer: two fit passes
     with caplog.at_level("INFO", logger="layerprobe.scan"):
         table = scan.run_scan(backbone, data, {"training": list(range(12)), "validation": [1, 3, 5, 7]},
                               ["layer_00", "layer_01"], prompts, [1.0], batch_size=4, prompt="p1",
