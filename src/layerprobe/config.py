@@ -14,6 +14,7 @@ from typing import Any
 import jsonschema
 import yaml
 
+from .layers import probe_id
 from .specs import model_spec, requested_keys
 
 SPLITS = ("training", "validation")
@@ -141,7 +142,7 @@ def _check_llava(where: str, model: dict[str, Any], class_names: str | None) -> 
         raise ConfigError(f"config key {where}.hub_id: required for kind llava")
     if "prompts" not in model:
         raise ConfigError(f"config key {where}.prompts: required for kind llava")
-    if model["concat_cls"]:
+    if any(cls_variants(model)):
         raise ConfigError(f"config key {where}.concat_cls: LLaVA image tokens have no CLS token")
     fmt = model["prompt_format"]
     for token in ("<image>", "{prompt}"):
@@ -180,6 +181,29 @@ def load(path: str | Path) -> dict[str, Any]:
 def prompt_ids(model: dict[str, Any]) -> list[str]:
     """Store names per model: 'none' for CLIP, prompt ids for LLaVA."""
     return [p["id"] for p in model["prompts"]] if model["kind"] == "llava" else ["none"]
+
+
+def cls_variants(model: dict[str, Any]) -> list[bool]:
+    """`concat_cls` as a list: one probe per variant, all reading the same store."""
+    value = model.get("concat_cls", False)
+    return list(dict.fromkeys(value)) if isinstance(value, list) else [bool(value)]
+
+
+def probe_ids(model: dict[str, Any]) -> list[str]:
+    """Probe names of a model, per prompt: every requested layer x every CLS variant."""
+    return [probe_id(key, cls) for key in requested_keys(model) for cls in cls_variants(model)]
+
+
+def scanned_models(config: dict[str, Any]) -> list[str]:
+    chosen = config["scan"]["models"]
+    return list(config["models"]) if chosen == "all" else [m for m in chosen if m in config["models"]]
+
+
+def scan_targets(config: dict[str, Any]) -> list[tuple[str, str]]:
+    """(model, prompt) pairs the layer scan runs on (none when the scan is disabled)."""
+    if not config["scan"]["enabled"]:
+        return []
+    return [(m, p) for m in scanned_models(config) for p in prompt_ids(config["models"][m])]
 
 
 def prompt_text(model: dict[str, Any], prompt_id: str) -> str | None:

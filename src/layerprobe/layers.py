@@ -3,6 +3,9 @@
 layer_00 is the input to the first block (embeddings); layer_i is the output of block i
 (1-based). For LLaVA, ``layer_*`` are LLM decoder layers (pre final norm), ``vision_*`` are
 vision-tower states with the same numbering, and ``projector`` is the projector output.
+
+A probe is named by its layer key plus its CLS variant: ``layer_12`` reads patch tokens only,
+``layer_12+cls`` concatenates the layer's CLS token to every patch. Both read the same array.
 """
 
 from __future__ import annotations
@@ -10,6 +13,7 @@ from __future__ import annotations
 import re
 
 PROJECTOR = "projector"
+CLS_SUFFIX = "+cls"
 _KEY = re.compile(r"^(layer|vision)_(\d{2,3})$")
 
 
@@ -45,3 +49,16 @@ def forward_position(key: str, vision_depth: int = 0) -> float:
     if kind == PROJECTOR:
         return vision_depth + 1
     return index + (vision_depth + 2 if vision_depth else 0)
+
+
+def probe_id(key: str, concat_cls: bool) -> str:
+    """The probe's name (and output folder): the layer key, plus '+cls' for the CLS variant."""
+    return key + (CLS_SUFFIX if concat_cls else "")
+
+
+def parse_probe_id(name: str) -> tuple[str, bool]:
+    """(layer key, concat_cls) of a probe name."""
+    cls = name.endswith(CLS_SUFFIX)
+    key = name[:-len(CLS_SUFFIX)] if cls else name
+    parse_key(key)  # raises on a malformed name
+    return key, cls

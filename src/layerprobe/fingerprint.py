@@ -1,0 +1,236 @@
+"""Fingerprints: for every artefact, exactly the config slice and inputs that shape its bytes.
+
+A fingerprint is a flat mapping {config key: value} (e.g. ``"probe.lr": 0.001``,
+``"models.tiny_vit.tiny.seed": 0``, ``"layer": "layer_02"``) and the short hash of its canonical
+JSON. Each stage's slice includes its upstream stage's, so an edit changes exactly the
+fingerprints of the artefacts it shapes:
+
+    dataset content -> data (per resolution) -> store (model, prompt) -> layer -> probe (+ CLS variant)
+                                     \\-> scan (model, prompt)
+    every data, store, probe and scan fingerprint -> report
+
+Rules pass ``hash`` as ``params`` (Snakemake reruns a job whose params changed); artefacts record
+``record()`` (store attrs, manifests, checkpoints, metrics.json, scan sidecars), and readers
+``check`` a record against the config's fingerprint, naming the differing keys.
+
+Left out on purpose, because they change no result: ``store.parts``, ``probe.checkpoint_every_batches``,
+``scan.max_stats_mb``, ``scan.enabled``/``scan.models``, resources and report settings (for all
+but the report). A model's other layers and prompts are not in a layer's fingerprint: adding one
+changes nothing that exists. ``VERSIONS`` are bumped by hand when code changes a stage's bytes.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from . import config as lp_config
+from .layers import parse_probe_id
+from .specs import model_spec
+
+# Bump a stage's number when a code change alters what that stage writes.
+VERSIONS = {"data": 1, "features": 1, "probe": 1, "scan": 1, "synthetic": 1}
+# Model-entry keys that decide the weights and the forward of a model (not which layers are kept).
+MODEL_KEYS = ("kind", "arch", "pretrained", "hub_id", "dtype", "attn_implementation", "prompt_format")
+PROBE_KEYS = ("epochs", "lr", "weight_decay", "batch_size", "seed", "batchnorm", "ram_budget_mb", "loader_mode",
+              "device", "saved_predictions")
+SCAN_KEYS = ("lambdas", "batch_size", "layers")
+
+
+class StaleResultError(RuntimeError):
+    """A result on disk was made with a config other than the current one."""
+
+
+@dataclass(frozen=True)
+class Fingerprint:
+    inputs: dict[str, Any]  # flat: config key (or input name) -> JSON value
+
+    @property
+    def hash(self) -> str:
+        blob = json.dumps(self.inputs, sort_keys=True, separators=(",", ":"), default=str)
+        return hashlib.sha256(blob.encode()).hexdigest()[:16]
+
+    def record(self) -> dict[str, Any]:
+        """What an artefact stores: the hash and the inputs (to name differences later)."""
+        return {"hash": self.hash, "inputs": dict(sorted(self.inputs.items()))}
+
+    def __or__(self, other: dict[str, Any]) -> "Fingerprint":
+        return Fingerprint({**self.inputs, **other})
+
+    def differences(self, recorded: dict[str, Any] | None) -> list[str]:
+        """'key: recorded -> current' for every input that differs from a stored record."""
+        if not recorded or "inputs" not in recorded:
+            return ["(no fingerprint recorded: made by an older layerprobe or by hand)"]
+        old, new = recorded["inputs"], _plain(self.inputs)
+        return [f"{k}: {_show(old.get(k, '<absent>'))} -> {_show(new.get(k, '<absent>'))}"
+                for k in sorted(set(old) | set(new)) if old.get(k, "<absent>") != new.get(k, "<absent>")]
+
+    def matches(self, recorded: dict[str, Any] | None) -> bool:
+        return bool(recorded) and recorded.get("hash") == self.hash
+
+    def check(self, recorded: dict[str, Any] | None, where: str) -> None:
+        """Raise StaleResultError naming `where` and the differing keys unless `recorded` matches."""
+        if self.matches(recorded):
+            return
+        diff = self.differences(recorded)
+        raise StaleResultError(f"{where}: made with another config (fingerprint "
+                               f"{(recorded or {}).get('hash', 'none')}, the config gives {self.hash}); "
+                               f"differing: {'; '.join(diff[:12])}{' …' if len(diff) > 12 else ''}. "
+                               "Rerun snakemake to bring it up to date.")
+
+
+def write(path: str | Path, fingerprint: Fingerprint) -> None:
+    """The record as a JSON file, atomically (the probe_fingerprint rule's output)."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(json.dumps(fingerprint.record(), indent=2))
+    os.replace(tmp, path)
+
+
+def expect(fingerprint: Fingerprint, planned: str, what: str) -> Fingerprint:
+    """A job's guard: the fingerprint it computes equals the one Snakemake planned with."""
+    if fingerprint.hash != planned:
+        raise RuntimeError(f"{what}: the config gives fingerprint {fingerprint.hash}, but the job was planned with "
+                           f"{planned}; did the config or the data change while the workflow ran?")
+    return fingerprint
+
+
+def _plain(inputs: dict[str, Any]) -> dict[str, Any]:
+    """Values as they read back from JSON (tuples become lists), for comparisons."""
+    return json.loads(json.dumps(inputs, default=str))
+
+
+def _show(value: Any) -> str:
+    text = json.dumps(value, default=str)
+    return text if len(text) <= 60 else text[:57] + "..."
+
+
+# --------------------------------------------------------------------------------------------
+# Stages
+# --------------------------------------------------------------------------------------------
+
+def dataset(config: dict[str, Any]) -> Fingerprint:
+    """The images and labels: the generator settings (synthetic) or a content digest (real data)."""
+    ds = config["dataset"]
+    if ds["synthetic"] is not None:
+        inputs = {f"dataset.synthetic.{k}": v for k, v in ds["synthetic"].items()}
+        return Fingerprint({**inputs, "version.synthetic": VERSIONS["synthetic"]})
+    return Fingerprint({"dataset.content": _content(ds["root"], ds["max_images"])})
+
+
+def _content(root: str, max_images: dict[str, int | None]) -> str:
+    from .ade20k import DatasetError
+    from .digest import dataset_digest
+
+    try:
+        return _memo(("content", root, tuple(sorted(max_images.items()))), lambda: dataset_digest(root, max_images))
+    except (DatasetError, OSError) as err:  # a dry run on a machine without the data
+        return f"unavailable ({type(err).__name__}: {err})"
+
+
+_MEMO: dict[Any, Any] = {}
+
+
+def _memo(key: Any, compute: Any) -> Any:
+    """One digest per process: every job's params need it, and hashing is not free."""
+    if key not in _MEMO:
+        _MEMO[key] = compute()
+    return _MEMO[key]
+
+
+def forget() -> None:
+    """Drop memoized dataset digests (for a long-lived process whose data changed)."""
+    _MEMO.clear()
+
+
+def data(config: dict[str, Any], resolution: int) -> Fingerprint:
+    """A preprocessed data store: the dataset, the subset and the resolution."""
+    ds = config["dataset"]
+    return dataset(config) | {"dataset.class_names": ds["class_names"],
+                              "dataset.max_images.training": ds["max_images"].get("training"),
+                              "dataset.max_images.validation": ds["max_images"].get("validation"),
+                              "data.resolution": resolution, "version.data": VERSIONS["data"]}
+
+
+def tiny_model(config: dict[str, Any], name: str) -> Fingerprint:
+    """A locally built tiny model: its `tiny` block and where it is saved, nothing else."""
+    model = config["models"][name]
+    keys = ("kind", "arch", "pretrained", "hub_id")
+    return Fingerprint({**{f"models.{name}.{k}": model[k] for k in keys if k in model},
+                        **{f"models.{name}.tiny.{k}": v for k, v in (model.get("tiny") or {}).items()}})
+
+
+def _model(config: dict[str, Any], name: str) -> dict[str, Any]:
+    """Weights and forward: loading keys, the tiny block, the extraction device."""
+    model = config["models"][name]
+    inputs = {f"models.{name}.{k}": model[k] for k in MODEL_KEYS if k in model}
+    if model["kind"] != "llava":
+        inputs.pop(f"models.{name}.prompt_format", None)
+    inputs.update({f"models.{name}.tiny.{k}": v for k, v in (model.get("tiny") or {}).items()})
+    inputs["probe.device"] = config["probe"]["device"]
+    return inputs
+
+
+def _prompt(config: dict[str, Any], name: str, prompt: str) -> dict[str, Any]:
+    model = config["models"][name]
+    inputs: dict[str, Any] = {"prompt": prompt}
+    text = lp_config.prompt_text(model, prompt)
+    if text is not None:
+        inputs[f"models.{name}.prompts.{prompt}.text"] = text
+        if "category" in lp_config.placeholders(text):
+            inputs[f"models.{name}.category_fill"] = model["category_fill"]
+    return inputs
+
+
+def store(config: dict[str, Any], name: str, prompt: str) -> Fingerprint:
+    """What shapes every layer of a (model, prompt) store; a change discards the whole store."""
+    model = config["models"][name]
+    resolution = model_spec(name, model).image_size
+    return data(config, resolution) | {**_model(config, name), **_prompt(config, name, prompt),
+                                       f"models.{name}.batch_size": model["batch_size"],
+                                       "store.chunk_images": config["store"]["chunk_images"],
+                                       "store.shuffle_seed": config["store"]["shuffle_seed"],
+                                       "version.features": VERSIONS["features"]}
+
+
+def layer(config: dict[str, Any], name: str, prompt: str, key: str) -> Fingerprint:
+    """One layer's feature array: its store's fingerprint and the layer key."""
+    return store(config, name, prompt) | {"layer": key}
+
+
+def probe(config: dict[str, Any], name: str, prompt: str, probe_id: str) -> Fingerprint:
+    """One probe: its layer's features, the CLS variant and every probe setting that shapes it."""
+    key, cls = parse_probe_id(probe_id)
+    settings = config["probe"]
+    return layer(config, name, prompt, key) | {**{f"probe.{k}": settings[k] for k in PROBE_KEYS},
+                                                "probe.concat_cls": cls, "version.probe": VERSIONS["probe"]}
+
+
+def scan(config: dict[str, Any], name: str, prompt: str) -> Fingerprint:
+    """A layer scan: data, model, prompt and the scan's own settings (it reads no store)."""
+    model = config["models"][name]
+    resolution = model_spec(name, model).image_size
+    settings = config["scan"]
+    return data(config, resolution) | {**_model(config, name), **_prompt(config, name, prompt),
+                                       **{f"scan.{k}": settings[k] for k in SCAN_KEYS},
+                                       "version.scan": VERSIONS["scan"]}
+
+
+def report(config: dict[str, Any]) -> Fingerprint:
+    """The report: every result it shows (by fingerprint) and its own settings."""
+    inputs: dict[str, Any] = {f"report.{k}": v for k, v in config["report"].items()}
+    for resolution in lp_config.resolutions(config):
+        inputs[f"data:{resolution}px"] = data(config, resolution).hash
+    for name, model in config["models"].items():
+        for prompt in lp_config.prompt_ids(model):
+            inputs[f"store:{name}/{prompt}"] = store(config, name, prompt).hash
+            for probe_id in lp_config.probe_ids(model):
+                inputs[f"probe:{name}/{prompt}/{probe_id}"] = probe(config, name, prompt, probe_id).hash
+    for name, prompt in lp_config.scan_targets(config):
+        inputs[f"scan:{name}/{prompt}"] = scan(config, name, prompt).hash
+    return Fingerprint(inputs)

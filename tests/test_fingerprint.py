@@ -1,0 +1,123 @@
+"""Fingerprints, without Snakemake: each edit changes exactly the artefacts it shapes."""
+
+from __future__ import annotations
+
+import copy
+
+import pytest
+import yaml
+
+from layerprobe import config as lp_config
+from layerprobe import fingerprint as lp_fp
+from layerprobe.digest import dataset_digest
+from layerprobe.synthetic import write_dataset
+from tests.conftest import ROOT
+
+
+@pytest.fixture()
+def demo() -> dict:
+    return yaml.safe_load((ROOT / "config/demo.yaml").read_text())
+
+
+def every_fingerprint(raw: dict) -> dict[str, str]:
+    """Artefact -> hash for every artefact a config defines."""
+    cfg = lp_config.validate(raw)
+    out = {f"data:{r}": lp_fp.data(cfg, r).hash for r in lp_config.resolutions(cfg)}
+    for name, model in cfg["models"].items():
+        if model.get("tiny"):
+            out[f"tiny:{name}"] = lp_fp.tiny_model(cfg, name).hash
+        for prompt in lp_config.prompt_ids(model):
+            out[f"store:{name}/{prompt}"] = lp_fp.store(cfg, name, prompt).hash
+            for probe_id in lp_config.probe_ids(model):
+                out[f"probe:{name}/{prompt}/{probe_id}"] = lp_fp.probe(cfg, name, prompt, probe_id).hash
+    for name, prompt in lp_config.scan_targets(cfg):
+        out[f"scan:{name}/{prompt}"] = lp_fp.scan(cfg, name, prompt).hash
+    out["report"] = lp_fp.report(cfg).hash
+    return out
+
+
+def changed(before: dict, edit) -> set[str]:
+    """Artefacts whose fingerprint differs after `edit`, plus new ones."""
+    after_raw = copy.deepcopy(before)
+    edit(after_raw)
+    old, new = every_fingerprint(before), every_fingerprint(after_raw)
+    return {k for k in new if old.get(k) != new[k]}
+
+
+LLAVA_PROBES = {f"probe:tiny_llava/{p}/{k}" for p in ("describe", "describe_category")
+                for k in ("vision_01", "vision_02", "projector", "layer_00", "layer_01", "layer_02")}
+VIT_PROBES = {f"probe:tiny_vit/none/layer_{i:02d}" for i in range(5)}
+LLAVA_STORES = {"store:tiny_llava/describe", "store:tiny_llava/describe_category"}
+SCANS = {"scan:tiny_vit/none", "scan:tiny_llava/describe", "scan:tiny_llava/describe_category"}
+
+
+@pytest.mark.parametrize("edit, expected", [
+    (lambda c: c["models"]["tiny_llava"]["vision_layers"].insert(0, 0),
+     {"probe:tiny_llava/describe/vision_00", "probe:tiny_llava/describe_category/vision_00", "report"}),
+    (lambda c: c["models"]["tiny_llava"]["layers"].remove(1), {"report"}),
+    (lambda c: c["probe"].update(lr=0.05, epochs=12), LLAVA_PROBES | VIT_PROBES | {"report"}),
+    (lambda c: c["models"]["tiny_vit"].update(concat_cls=[False, True]),
+     {f"probe:tiny_vit/none/layer_{i:02d}+cls" for i in range(5)} | {"report"}),
+    (lambda c: c["scan"].update(lambdas=[0.1, 1.0]), SCANS | {"report"}),
+    (lambda c: c["models"]["tiny_llava"]["prompts"][1].update(text="Find the {category} here"),
+     {"store:tiny_llava/describe_category", "scan:tiny_llava/describe_category", "report"}
+     | {p for p in LLAVA_PROBES if "describe_category" in p}),
+    (lambda c: c["models"]["tiny_vit"]["tiny"].update(seed=1),
+     {"tiny:tiny_vit", "store:tiny_vit/none", "scan:tiny_vit/none", "report"} | VIT_PROBES),
+    (lambda c: c["store"].update(chunk_images=4),
+     {"store:tiny_vit/none", "report"} | LLAVA_STORES | LLAVA_PROBES | VIT_PROBES),
+    (lambda c: c["store"].update(parts=3), set()),
+    (lambda c: c["probe"].update(checkpoint_every_batches=7), set()),
+    (lambda c: c["report"].update(qualitative_images=2), {"report"}),
+])
+def test_each_edit_changes_exactly_what_it_shapes(demo, edit, expected):
+    assert changed(demo, edit) == expected
+
+
+def test_data_edits_change_everything_downstream(demo):
+    everything = set(every_fingerprint(demo)) - {"tiny:tiny_vit", "tiny:tiny_llava"}
+    assert changed(demo, lambda c: c["dataset"]["synthetic"].update(seed=1)) == everything
+    assert changed(demo, lambda c: c["dataset"].update(max_images={"training": 10})) == everything
+
+
+def test_real_dataset_content_changed_in_place_changes_the_data_fingerprint(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)  # the digest cache lives in ./results/
+    root = write_dataset(tmp_path / "ADEChallengeData2016", training=3, validation=2, height=20, width=24)
+    raw = {"dataset": {"root": str(root)}, "models": {"m": {"kind": "open_clip", "arch": "ViT-B-16-quickgelu",
+                                                            "pretrained": "openai", "layers": [1]}}}
+    cache = tmp_path / "digests.json"
+    before = dataset_digest(root, {}, cache)
+    assert dataset_digest(root, {}, cache) == before and cache.is_file()
+    label = root / "annotations/validation/ADE_val_00000002.png"
+    lp_fp.forget()
+    first = lp_fp.data(lp_config.validate(raw), 224).hash
+    data = bytearray(label.read_bytes())
+    write_dataset(tmp_path / "other", seed=5, training=3, validation=2, height=20, width=24)
+    label.write_bytes((tmp_path / "other/annotations/validation/ADE_val_00000002.png").read_bytes())
+    assert bytes(data) != label.read_bytes()
+    assert dataset_digest(root, {}, cache) != before
+    lp_fp.forget()
+    assert lp_fp.data(lp_config.validate(raw), 224).hash != first
+    assert (tmp_path / "results/.layerprobe/file-digests.json").is_file()
+    # Only the first training image is read with max_images 1: later files do not matter.
+    assert dataset_digest(root, {"training": 1, "validation": 1}, None) == dataset_digest(
+        root, {"training": 1, "validation": 1}, cache)
+
+
+def test_dry_run_without_data_has_a_fingerprint(tmp_path):
+    raw = {"dataset": {"root": str(tmp_path / "absent")},
+           "models": {"m": {"kind": "open_clip", "arch": "ViT-B-16-quickgelu", "pretrained": "openai", "layers": [1]}}}
+    fp = lp_fp.data(lp_config.validate(raw), 224)
+    assert fp.inputs["dataset.content"].startswith("unavailable")
+
+
+def test_check_names_the_differing_keys(demo):
+    cfg = lp_config.validate(demo)
+    recorded = lp_fp.probe(cfg, "tiny_vit", "none", "layer_02").record()
+    demo["probe"]["lr"] = 0.05
+    current = lp_fp.probe(lp_config.validate(demo), "tiny_vit", "none", "layer_02")
+    with pytest.raises(lp_fp.StaleResultError, match=r"metrics.json: .*probe.lr: 0.1 -> 0.05"):
+        current.check(recorded, "metrics.json")
+    with pytest.raises(lp_fp.StaleResultError, match="no fingerprint recorded"):
+        current.check(None, "old.json")
+    current.check(current.record(), "fresh.json")
