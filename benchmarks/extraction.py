@@ -4,19 +4,19 @@ the early stop (a forward up to block k of L costs about k/L of the full one).
 A tiny random open_clip ViT (built like the demo's, loaded through `load_backbone`) on a synthetic
 ADE20K-layout dataset preprocessed into a Zarr data store as the workflow does (data chunks of
 `--chunk-images`, the same number as the feature store's). The feature store is split into parts
-(`run_part`'s own `part`/`parts`, as the workflow's parallel jobs use); for every part the cases run
+(`extract_part`'s own `part`/`parts`, as the workflow's parallel jobs use); for every part the cases run
 side by side, in a rotating order, so a busy stretch of a shared machine hits all of them alike:
 
-- bare:    `backbone.visual(normalize(images))` over the batches run_part forms for that part
+- bare:    `backbone.visual(normalize(images))` over the batches extract_part forms for that part
            (chunk by chunk, `batch_size` per forward), images already in memory, no hooks, output
            discarded: the compute floor;
-- read:    what run_part spends reading those images and labels from the data store (`_gather`);
+- read:    what extract_part spends reading those images and labels from the data store (`_gather`);
 - capture: `backbone.extract(images, None, keys)` for every requested layer, output discarded
            (hooks, CLS/patch split, fp32 copies);
-- extract: `layerprobe.extract.run_part(part=p)` into a real feature store (data reads, forward,
+- extract: `layerprobe.extract.extract_part(part=p)` into a real feature store (data reads, forward,
            fp16 conversion, writer thread writing every array + the chunk's completion marker).
-           The store's empty arrays are created before each round (timed apart: a once-per-store
-           cost) and deleted after it.
+           The store's empty arrays are created (`store.prepare`) before each round (timed apart:
+           a once-per-store job) and deleted after it.
 
 Ratios are medians over the (round, part) pairs of t(bare) / t(case) = images/s of the case over
 images/s of the bare forward. PASS when extract >= 0.9 x bare. Early stop: `backbone.extract`
@@ -25,7 +25,7 @@ t(k)/t(L) <= k/L + 0.05 for each k > 0 (t(0) = normalisation + patch embedding +
 part, is reported). Then a tiny LLaVA (vision tower + projector + LLM, prompts filled per image)
 through the same throughput cases (bare = the model forward on precomputed processor outputs).
 Peak RSS is VmHWM, reset before every run (see _common.py). `--diagnose` adds variants of
-run_part that emulate possible changes to layerprobe.extract (monkeypatched here, src untouched).
+extract_part that emulate possible changes to layerprobe.extract (monkeypatched here, src untouched).
 
     .venv/bin/python benchmarks/extraction.py [--quick] [--no-llava] [--diagnose]
 """
@@ -51,7 +51,9 @@ from layerprobe import extract as X  # noqa: E402
 from layerprobe import store  # noqa: E402
 from layerprobe.backbones import load_backbone, tiny_clip  # noqa: E402
 from layerprobe.data import open_data, preprocess  # noqa: E402
+from layerprobe.fingerprint import Fingerprint  # noqa: E402
 from layerprobe.layers import layer_key  # noqa: E402
+from layerprobe.specs import requested_keys  # noqa: E402
 from layerprobe.synthetic import write_dataset  # noqa: E402
 
 THROUGHPUT = 0.9  # extract images/s >= THROUGHPUT x bare forward images/s
@@ -67,7 +69,7 @@ def parse() -> argparse.Namespace:
     parser.add_argument("--validation", type=int, default=None, help=f"default {FULL['validation']}")
     parser.add_argument("--repeats", type=int, default=None, help=f"rounds over the store, default {FULL['repeats']}")
     parser.add_argument("--part-chunks", type=int, default=None,
-                        help=f"chunks per run_part call, default {FULL['part_chunks']}")
+                        help=f"chunks per extract_part call, default {FULL['part_chunks']}")
     parser.add_argument("--width", type=int, default=256)
     parser.add_argument("--layers", type=int, default=12)
     parser.add_argument("--heads", type=int, default=4)
@@ -78,7 +80,7 @@ def parse() -> argparse.Namespace:
     parser.add_argument("--early-stop-parts", type=int, default=2, help="parts used for the early-stop cases")
     parser.add_argument("--llava-parts", type=int, default=2, help="parts used for the LLaVA cases")
     parser.add_argument("--no-llava", action="store_true", help="skip the tiny LLaVA cases")
-    parser.add_argument("--diagnose", action="store_true", help="add run_part variants (writer off, ...)")
+    parser.add_argument("--diagnose", action="store_true", help="add extract_part variants (writer off, ...)")
     parser.add_argument("--workdir", type=Path, default=None, help="keep data and stores here (default: temp dir)")
     args = parser.parse_args()
     for key, value in (QUICK if args.quick else FULL).items():
@@ -123,7 +125,7 @@ def build_data(args: argparse.Namespace, work: Path) -> Any:
     root = write_dataset(work / "ADEChallengeData2016", training=args.training, validation=args.validation,
                          height=args.image_size + 16, width=args.image_size * 4 // 3, classes=12)
     path = work / f"{args.image_size}px.zarr"
-    preprocess(root, path, work / f"{args.image_size}px.json", args.image_size, {}, args.chunk_images)
+    preprocess(root, path, work / f"{args.image_size}px.json", args.image_size, {}, chunk_images=args.chunk_images)
     return open_data(path)
 
 
@@ -132,7 +134,7 @@ Batches = list[tuple[np.ndarray, "list[str] | None"]]
 
 def part_batches(layout: store.Layout, data: Any, part: int, parts: int, batch_size: int,
                  with_prompts: bool = False) -> Batches:
-    """The batches run_part feeds the backbone for one part (store order, chunk by chunk)."""
+    """The batches extract_part feeds the backbone for one part (store order, chunk by chunk)."""
     names = data.attrs["class_names"]
     out: Batches = []
     for split, chunk in store.part_chunks(layout, part, parts):
@@ -151,13 +153,14 @@ class Target:
                  layout: store.Layout, parts: int, chunk_images: int) -> None:
         self.name, self.model, self.prompt_id, self.backbone, self.data = name, model, prompt_id, backbone, data
         self.path, self.layout, self.parts, self.chunk_images = path, layout, parts, chunk_images
+        self.keys = requested_keys(model)
         self.creation: list[float] = []
 
     def reset(self) -> None:
         if self.path.exists():
             shutil.rmtree(self.path)
         t0 = time.perf_counter()
-        store.open_for_writing(self.path, self.layout)
+        store.prepare(self.path, self.layout, self.keys)
         self.creation.append(time.perf_counter() - t0)
 
     def unmark(self, part: int) -> None:
@@ -169,16 +172,16 @@ class Target:
                 shutil.rmtree(array / "c" / str(chunk), ignore_errors=True)
 
     def extract(self, part: int) -> Callable[[], dict[str, Any]]:
-        return lambda: X.run_part(self.name, self.model, self.prompt_id, self.backbone, self.data, self.path, part,
-                                  self.parts, self.chunk_images, 0)
+        return lambda: X.extract_part(self.backbone, self.data, self.path, self.layout, self.keys, part, self.parts,
+                                      self.model["batch_size"])
 
     def check(self) -> str:
         """The last round's store is complete (every chunk marked, manifest written); a part left
         unmarked by a diagnostic variant (writer off) is extracted again first, untimed."""
         for part in range(self.parts):
             self.extract(part)()
-        written = store.finalize(self.path, self.path.with_suffix(".manifest.json"))
-        assert not store.missing_chunks(self.path, self.layout)
+        written = store.finalize(self.path, self.path.with_suffix(".manifest.json"), self.keys)
+        assert not store.missing_work(self.path, self.layout.all_chunks(), self.keys)
         return f"{written['bytes'] / C.MB:.1f} MB on disk, {len(written['layers'])} arrays x " \
                f"{sum(written['images'].values())} images"
 
@@ -240,13 +243,13 @@ def early_stop_cases(backbone: Any, batches: Batches, ks: list[int]) -> dict[str
 def _cached_write(self: X.ChunkWriter, split: str, chunk: int, start: int, arrays: dict, info: dict) -> None:
     """ChunkWriter._write with the zarr array objects opened once per store, not once per chunk."""
     handles = self.__dict__.setdefault("_handles", {})
-    stop = start + len(arrays["labels"])
+    stop = start + len(next(iter(arrays.values())))
     for name, values in arrays.items():
         key = f"{split}/{name}"
         if key not in handles:
             handles[key] = self.group[key]
         handles[key][start:stop] = values
-    store.mark_done(self.store_path, split, chunk, info)
+    store.write_marker(self.store_path, split, chunk, info)
 
 
 def _gathered_write(self: X.ChunkWriter, split: str, chunk: int, start: int, arrays: dict, info: dict) -> None:
@@ -256,7 +259,7 @@ def _gathered_write(self: X.ChunkWriter, split: str, chunk: int, start: int, arr
     from zarr.core.sync import sync
 
     handles = self.__dict__.setdefault("_handles", {})
-    stop = start + len(arrays["labels"])
+    stop = start + len(next(iter(arrays.values())))
     for name in arrays:
         if f"{split}/{name}" not in handles:
             handles[f"{split}/{name}"] = self.group[f"{split}/{name}"]
@@ -266,13 +269,13 @@ def _gathered_write(self: X.ChunkWriter, split: str, chunk: int, start: int, arr
                                for name, values in arrays.items()))
 
     sync(write_all())
-    store.mark_done(self.store_path, split, chunk, info)
+    store.write_marker(self.store_path, split, chunk, info)
 
 
 def _raw_write(self: X.ChunkWriter, split: str, chunk: int, start: int, arrays: dict, info: dict) -> None:
     """The floor: each full chunk's raw bytes written as the chunk file zarr itself would write
     (uncompressed, default chunk-key encoding c/<row chunk>/0/..); a partial chunk goes through zarr."""
-    stop = start + len(arrays["labels"])
+    stop = start + len(next(iter(arrays.values())))
     for name, values in arrays.items():
         array = self.group[f"{split}/{name}"]
         if stop - start != array.chunks[0] or start % array.chunks[0]:
@@ -282,7 +285,7 @@ def _raw_write(self: X.ChunkWriter, split: str, chunk: int, start: int, arrays: 
         path = path.joinpath(*["0"] * (values.ndim - 1))
         path.parent.mkdir(parents=True, exist_ok=True)
         path.write_bytes(np.ascontiguousarray(values, dtype=values.dtype.newbyteorder("<")).tobytes())
-    store.mark_done(self.store_path, split, chunk, info)
+    store.write_marker(self.store_path, split, chunk, info)
 
 
 def _inline_put(self: X.ChunkWriter, item: tuple) -> None:
@@ -351,12 +354,12 @@ def throughput_table(runs: dict[str, C.Runs], images: list[int], lines: list[str
     for name in ("read", "processor"):
         if name in runs:
             lines.append(f"{name}: {C.median(C.pair_ratios(runs[name], bare)):.3f} x the bare forward's time "
-                         f"(median of pairs), a cost run_part pays on top of the forward")
+                         f"(median of pairs), a cost extract_part pays on top of the forward")
     stats = runs["extract"].results
     fwd = sum(s["forward_seconds"] for s in stats)
     wait = sum(s["writer_wait_seconds"] for s in stats)
     ext = sum(runs["extract"].wall)
-    lines.append(f"inside run_part (sums over runs): forward + fp16 loop {fwd:.2f} s ({fwd / ext:.0%}), blocked on "
+    lines.append(f"inside extract_part (sums over runs): forward + fp16 loop {fwd:.2f} s ({fwd / ext:.0%}), blocked on "
                  f"the writer queue {wait:.2f} s ({wait / ext:.0%}), rest (data reads, prompts, store open, writer "
                  f"start/drain) {ext - fwd - wait:.2f} s ({(ext - fwd - wait) / ext:.0%}); bare forward over the same "
                  f"images {sum(bare.wall):.2f} s")
@@ -374,7 +377,7 @@ def main() -> int:
         rss0 = C.rss_bytes()
         backbone, model = build_clip(args, work)
         data = build_data(args, work)
-        layout = X.make_layout("bench_vit", model, "none", data, args.chunk_images, 0)
+        layout = X.make_layout("bench_vit", model, "none", data, args.chunk_images, 0, Fingerprint({"bench": "vit"}))
         parts = -(-len(layout.all_chunks()) // args.part_chunks)
         batches = {p: part_batches(layout, data, p, parts, args.batch_size) for p in range(parts)}
         images = {p: sum(len(b) for b, _ in batches[p]) for p in range(parts)}
@@ -384,7 +387,7 @@ def main() -> int:
         setup_s = time.perf_counter() - began
 
         def cases_for(p: int) -> dict[str, Callable[[], Any]]:
-            cases = {**clip_cases(backbone, batches[p], layout.keys),
+            cases = {**clip_cases(backbone, batches[p], target.keys),
                      "read": read_case(layout, data, p, parts), "extract": target.extract(p)}
             return {**cases, **(diagnose_cases(target, p) if args.diagnose else {})}
 
@@ -397,14 +400,14 @@ def main() -> int:
         lines = [f"machine: {C.machine()}",
                  f"model: tiny open_clip ViT width {args.width}, {args.layers} blocks, {args.heads} heads, "
                  f"{args.image_size} px / patch {args.patch_size} ({backbone.grid ** 2} patch tokens + CLS), fp32; "
-                 f"all {len(layout.keys)} layers (layer_00..layer_{args.layers:02d}) + their CLS requested",
+                 f"all {len(target.keys)} layers (layer_00..layer_{args.layers:02d}) + their CLS requested",
                  f"data: {args.training} training + {args.validation} validation synthetic images = "
                  f"{sum(images.values())}; batch {args.batch_size}; data and feature chunks {args.chunk_images} "
                  f"images; {parts} parts of <= {args.part_chunks} chunks; {args.repeats} rounds",
                  f"feature store: {target.check()}; creating its empty arrays: median "
                  f"{C.median(target.creation):.3f} s (once per store, not in the extract times)",
                  f"RSS: {C.mb(rss0)} after imports, {C.mb(rss1)} with model + batches in memory; setup {setup_s:.0f} s",
-                 "", "CLIP ViT, per run_part part:"]
+                 "", "CLIP ViT, per extract_part part:"]
         ratios = throughput_table(runs, n_runs, lines)
         lines.append(f"load average after: {C.load_average()}")
         print("\n".join(lines), flush=True)
@@ -448,7 +451,7 @@ def main() -> int:
 def run_llava(args: argparse.Namespace, work: Path, data: Any, verdicts: list[str]) -> list[str]:
     backbone, model = build_llava(args, work)
     prompt = model["prompts"][0]["id"]
-    layout = X.make_layout("bench_llava", model, prompt, data, args.chunk_images, 0)
+    layout = X.make_layout("bench_llava", model, prompt, data, args.chunk_images, 0, Fingerprint({"bench": "llava"}))
     parts = -(-len(layout.all_chunks()) // args.part_chunks)
     used = list(range(min(args.llava_parts, parts)))
     batches = {p: part_batches(layout, data, p, parts, model["batch_size"], with_prompts=True) for p in used}
@@ -456,7 +459,7 @@ def run_llava(args: argparse.Namespace, work: Path, data: Any, verdicts: list[st
                     layout, parts, args.chunk_images)
 
     def cases_for(p: int) -> dict[str, Callable[[], Any]]:
-        return {**llava_cases(backbone, batches[p], layout.keys), "extract": target.extract(p)}
+        return {**llava_cases(backbone, batches[p], target.keys), "extract": target.extract(p)}
 
     target.reset()
     for fn in cases_for(0).values():
@@ -467,7 +470,7 @@ def run_llava(args: argparse.Namespace, work: Path, data: Any, verdicts: list[st
     tiny = model["tiny"]
     lines = ["", f"Tiny LLaVA: vision width {tiny['width']} x {tiny['layers']} blocks, LLM width {tiny['text_width']} "
              f"x {tiny['text_layers']} layers, {args.image_size} px / patch {args.patch_size}, fp32; keys "
-             f"{', '.join(layout.keys)}; batch {model['batch_size']}; parts {used} of {parts} "
+             f"{', '.join(target.keys)}; batch {model['batch_size']}; parts {used} of {parts} "
              f"({sum(n_runs[:len(used)])} images per round); bare = model forward on precomputed processor outputs",
              f"store creation: median {C.median(target.creation):.3f} s"]
     ratios = throughput_table(runs, n_runs, lines)

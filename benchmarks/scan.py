@@ -62,7 +62,7 @@ def build(args: argparse.Namespace, work: Path):
     root = write_dataset(work / "ADEChallengeData2016", training=args.training, validation=args.validation,
                          height=96, width=128, classes=args.classes)
     store = work / f"{args.image_size}px.zarr"
-    preprocess(root, store, work / f"{args.image_size}px.json", args.image_size, {}, 16)
+    preprocess(root, store, work / f"{args.image_size}px.json", args.image_size, {}, chunk_images=16)
     return backbone, open_data(store)
 
 

@@ -1,20 +1,19 @@
 """CLIP extraction: values equal the backbone's own block outputs; stores resume byte-identically."""
 
 import json
-import os
-import signal
-import subprocess
-import sys
-import time
+import shutil
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
+import zarr
 
+from layerprobe import fingerprint as lp_fp
 from layerprobe import store
-from layerprobe.extract import run_part
-from tests.helpers import tiny_backbone, tiny_data
+from layerprobe.backbones import load_backbone
+from layerprobe.extract import build_store, extract_part
+from tests.helpers import KEYS, tiny_backbone, tiny_config, tiny_data, tiny_layout
 
 
 @pytest.fixture(scope="module")
@@ -63,17 +62,30 @@ def _store_bytes(path: Path) -> dict[str, bytes]:
             if p.is_file() and ".progress" not in p.parts}
 
 
+def _chunk_files(path: Path, key: str) -> dict[str, tuple[int, int]]:
+    """(inode, mtime_ns) of every chunk file of one layer: proof a later step did not touch them."""
+    files = [p for split in ("training", "validation") for p in (path / split / key / "c").rglob("*") if p.is_file()]
+    return {str(p): (p.stat().st_ino, p.stat().st_mtime_ns) for p in files}
+
+
 class _Crash(Exception):
     pass
 
 
-def test_interrupted_extraction_resumes_to_identical_store(tiny, tmp_path):
-    tmp, model, backbone = tiny
-    data = tiny_data(tmp_path)
-    whole = tmp_path / "whole.zarr"
-    run_part("tiny", model, "none", backbone, data, whole, 0, 1, 4, 0)
-    store.finalize(whole, tmp_path / "whole.json")
+@pytest.fixture(scope="module")
+def setup(tmp_path_factory):
+    tmp = tmp_path_factory.mktemp("stores")
+    cfg = tiny_config(tmp)
+    backbone = load_backbone("tiny", cfg["models"]["tiny"], "cpu")
+    data = tiny_data(tmp)
+    layout = tiny_layout(cfg, data)
+    whole = tmp / "whole.zarr"
+    build_store(backbone, data, whole, tmp / "whole.json", layout, KEYS, 4)
+    return cfg, backbone, data, layout, whole
 
+
+def test_interrupted_extraction_resumes_to_identical_store(setup, tmp_path):
+    cfg, backbone, data, layout, whole = setup
     calls = {"n": 0}
     original = backbone.extract
 
@@ -84,57 +96,164 @@ def test_interrupted_extraction_resumes_to_identical_store(tiny, tmp_path):
         return original(*args, **kwargs)
 
     broken = tmp_path / "broken.zarr"
+    store.prepare(broken, layout, KEYS)
     backbone.extract = crashing
     try:
         with pytest.raises(_Crash):
-            run_part("tiny", model, "none", backbone, data, broken, 0, 1, 4, 0)
+            extract_part(backbone, data, broken, layout, KEYS, 0, 1, 4)
     finally:
         backbone.extract = original
     with pytest.raises(RuntimeError, match="incomplete store"):
-        store.finalize(broken, tmp_path / "broken.json")
+        store.finalize(broken, tmp_path / "broken.json", KEYS)
     assert not (tmp_path / "broken.json").exists()
-    done_before = 8 - len(store.missing_chunks(broken, _layout(model, data)))
-    stats = run_part("tiny", model, "none", backbone, data, broken, 0, 1, 4, 0)
-    assert stats["chunks"] == 8 - done_before  # only unfinished chunks were redone
-    store.finalize(broken, tmp_path / "broken.json")
+    unmarked = len(store.missing_work(broken, layout.all_chunks(), KEYS))
+    assert 0 < unmarked < 7
+    stats = extract_part(backbone, data, broken, layout, KEYS, 0, 1, 4)
+    assert stats["chunks"] == unmarked  # only unfinished chunks were redone
+    store.finalize(broken, tmp_path / "broken.json", KEYS)
     assert _store_bytes(broken) == _store_bytes(whole)
 
 
-def test_parts_write_disjoint_ranges_and_match_one_part(tiny, tmp_path):
-    tmp, model, backbone = tiny
-    data = tiny_data(tmp_path)
-    one, two = tmp_path / "one.zarr", tmp_path / "two.zarr"
-    run_part("tiny", model, "none", backbone, data, one, 0, 1, 4, 0)
-    first = run_part("tiny", model, "none", backbone, data, two, 0, 2, 4, 0)
+def test_parts_write_disjoint_ranges_and_match_one_part(setup, tmp_path):
+    cfg, backbone, data, layout, whole = setup
+    two = tmp_path / "two.zarr"
+    store.prepare(two, layout, KEYS)
+    first = extract_part(backbone, data, two, layout, KEYS, 0, 2, 4)
     with pytest.raises(RuntimeError, match="incomplete"):
-        store.finalize(two, tmp_path / "two.json")
-    second = run_part("tiny", model, "none", backbone, data, two, 1, 2, 4, 0)
+        store.finalize(two, tmp_path / "two.json", KEYS)
+    second = extract_part(backbone, data, two, layout, KEYS, 1, 2, 4)
     assert first["chunks"] + second["chunks"] == 7  # 20 train + 8 val images, 4 per chunk
-    store.finalize(two, tmp_path / "two.json")
-    assert _store_bytes(one) == _store_bytes(two)
+    store.finalize(two, tmp_path / "two.json", KEYS)
+    assert _store_bytes(two) == _store_bytes(whole)
 
 
-def test_store_layout_and_attrs(tiny, tmp_path):
-    tmp, model, backbone = tiny
-    data = tiny_data(tmp_path)
-    path = tmp_path / "s.zarr"
-    run_part("tiny", model, "none", backbone, data, path, 0, 1, 4, 0)
-    manifest = store.finalize(path, tmp_path / "s.json")
+def test_store_layout_and_attrs(setup, tmp_path):
+    cfg, backbone, data, layout, path = setup
     group = store.open_store(path)
     arr = group["training/layer_02"]
     assert arr.dtype == np.float16 and arr.shape == (20, 16, 32) and arr.chunks == (4, 16, 32)
+    assert arr.attrs["layer"] == "layer_02" and arr.attrs["model"] == "tiny" and arr.attrs["grid"] == 4
+    assert arr.attrs["fingerprint"] == lp_fp.layer(cfg, "tiny", "none", "layer_02").hash
     attrs = group.attrs
-    assert attrs["model"] == "tiny" and attrs["grid"] == 4 and attrs["layers"][0] == "layer_00"
+    assert attrs["model"] == "tiny" and attrs["grid"] == 4 and attrs["layers"] == KEYS
+    assert attrs["complete_layers"] == KEYS and attrs["fingerprint"] == lp_fp.store(cfg, "tiny", "none").record()
     order = attrs["training_order"]
     assert sorted(order) == list(range(20)) and order != list(range(20))
     ids = data.attrs["training_image_ids"]
     assert attrs["training_image_ids"] == [ids[i] for i in order]
     # labels are stored in store order next to the features
     assert np.array_equal(group["training/labels"][:], data["training/labels"][:][order])
-    assert manifest["bytes"] > 0
+    manifest = json.loads((path.parent / "whole.json").read_text())
+    assert manifest["bytes"] > 0 and manifest["layers"] == KEYS
+    assert manifest["layer_fingerprints"]["layer_04"] == lp_fp.layer(cfg, "tiny", "none", "layer_04").hash
 
 
-def _layout(model, data):
-    from layerprobe.extract import make_layout
+def test_extension_writes_only_the_new_layers_and_stops_at_the_deepest_new_one(setup, tmp_path):
+    """Adding layers runs one shallow forward per chunk and touches no existing chunk file; the
+    result equals a store built with every layer from the start."""
+    cfg, backbone, data, layout, whole = setup
+    path = tmp_path / "grow.zarr"
+    build_store(backbone, data, path, tmp_path / "grow.json", layout, ["layer_00", "layer_03", "layer_04"], 4)
+    before = {k: _chunk_files(path, k) for k in ("layer_00", "layer_03", "layer_04", "labels")}
+    ran = []
+    hooks = [b.register_forward_hook(lambda *a, i=i: ran.append(i)) for i, b in enumerate(backbone.blocks, 1)]
+    try:
+        info = store.prepare(path, layout, KEYS)
+        stats = extract_part(backbone, data, path, layout, KEYS, 0, 1, 4)
+    finally:
+        for hook in hooks:
+            hook.remove()
+    assert info["added"] == ["layer_01", "layer_02"] and info["discarded"] is None and not info["created"]
+    assert stats["chunks"] == 7 and stats["pairs"] == 14 and stats["layers"] == ["layer_01", "layer_02"]
+    assert set(ran) == {1, 2}  # blocks 3 and 4 never ran: the forward stopped after layer_02
+    assert {k: _chunk_files(path, k) for k in before} == before
+    store.finalize(path, tmp_path / "grow.json", KEYS)
+    assert _store_bytes(path) == _store_bytes(whole)
 
-    return make_layout("tiny", model, "none", data, 4, 0)
+
+def test_removing_a_layer_deletes_nothing_and_keys_after_run_keeps_it(setup, tmp_path):
+    cfg, backbone, data, layout, whole = setup
+    path = tmp_path / "keep.zarr"
+    shutil.copytree(whole, path)
+    files = _store_bytes(path)
+    assert store.keys_after_run(path, layout.fingerprint, ["layer_01"]) == KEYS
+    info = store.prepare(path, layout, ["layer_01"])
+    assert info["added"] == [] and info["layers"] == KEYS
+    assert extract_part(backbone, data, path, layout, ["layer_01"], 0, 1, 4)["chunks"] == 0
+    assert _store_bytes(path) == files
+    # Under another fingerprint nothing in the store counts.
+    assert store.keys_after_run(path, layout.fingerprint | {"x": 1}, ["layer_01"]) == ["layer_01"]
+    assert store.keys_after_run(tmp_path / "absent.zarr", layout.fingerprint, ["layer_02"]) == ["layer_02"]
+
+
+def test_a_changed_fingerprint_discards_the_store_and_parts_never_create(setup, tmp_path):
+    cfg, backbone, data, layout, whole = setup
+    path = tmp_path / "stale.zarr"
+    shutil.copytree(whole, path)
+    other = tiny_layout(tiny_config(tmp_path, **{"batch_size": 2}), data)  # batch size shapes the bytes
+    with pytest.raises(store.StoreNotPrepared, match="batch_size: 4 -> 2"):
+        extract_part(backbone, data, path, other, KEYS, 0, 1, 2)
+    info = store.prepare(path, other, ["layer_01"])
+    assert info["created"] and "models.tiny.batch_size: 4 -> 2" in info["discarded"]
+    assert not (path / ".progress").exists() and store.read_attrs(path)["layers"] == ["layer_01"]
+    with pytest.raises(store.StoreNotPrepared, match="no arrays for"):
+        extract_part(backbone, data, path, other, KEYS, 0, 1, 2)
+    with pytest.raises(store.StoreNotPrepared, match="no store here"):
+        extract_part(backbone, data, tmp_path / "never.zarr", other, KEYS, 0, 1, 2)
+    assert not (tmp_path / "never.zarr").exists()
+
+
+def test_prepare_clears_what_a_killed_prepare_left(setup, tmp_path):
+    """A kill during creation leaves a temporary copy; during a discard, a renamed copy; during
+    an extension, arrays not yet listed. Prepare removes or rebuilds all three."""
+    cfg, backbone, data, layout, whole = setup
+    path = tmp_path / "s.zarr"
+    store.prepare(path, layout, ["layer_00"])
+    (tmp_path / "s.zarr.tmp-deadbeef").mkdir()
+    shutil.copytree(whole, tmp_path / "s.zarr.discard-0badf00d")
+    group = zarr.open_group(path, mode="r+")
+    group.create_array("training/layer_02", shape=(3, 1), dtype="float16")  # wrong shape, unlisted
+    info = store.prepare(path, layout, ["layer_00", "layer_02"])
+    assert info["added"] == ["layer_02"] and sorted(p.name for p in tmp_path.iterdir()) == ["s.zarr"]
+    assert store.open_store(path)["training/layer_02"].shape == (20, 16, 32)
+
+
+def test_resume_with_two_parts_redoes_exactly_the_unmarked_chunks(setup, tmp_path, caplog):
+    """Part 1 of 2 crashes after two of its chunks; on rerun part 0 has nothing to do, part 1
+    exactly the chunks it left unmarked, and its log says how many."""
+    cfg, backbone, data, layout, whole = setup
+    path = tmp_path / "parts.zarr"
+    store.prepare(path, layout, KEYS)
+    extract_part(backbone, data, path, layout, KEYS, 0, 2, 4)
+    calls = {"n": 0}
+    original = backbone.extract
+
+    def crashing(*args, **kwargs):
+        calls["n"] += 1
+        if calls["n"] == 3:
+            raise _Crash
+        return original(*args, **kwargs)
+
+    backbone.extract = crashing
+    try:
+        with pytest.raises(_Crash):
+            extract_part(backbone, data, path, layout, KEYS, 1, 2, 4)
+    finally:
+        backbone.extract = original
+    unmarked = store.missing_work(path, store.part_chunks(layout, 1, 2), KEYS)
+    assert len(unmarked) == len(store.part_chunks(layout, 1, 2)) - 2
+    with caplog.at_level("INFO", logger="layerprobe.extract"):
+        again = [extract_part(backbone, data, path, layout, KEYS, p, 2, 4)["chunks"] for p in (0, 1)]
+    assert again == [0, len(unmarked)]
+    assert f"part 2/2: {len(unmarked)} of {len(store.part_chunks(layout, 1, 2))} chunks to do" in caplog.text
+    store.finalize(path, tmp_path / "parts.json", KEYS)
+    assert _store_bytes(path) == _store_bytes(whole)
+
+
+def test_a_probe_refuses_features_of_another_config(setup):
+    cfg, backbone, data, layout, whole = setup
+    group = store.open_store(whole)
+    store.check_layer(group, "layer_02", lp_fp.layer(cfg, "tiny", "none", "layer_02"), str(whole))
+    other = tiny_config(whole.parent / "other", batch_size=2)
+    with pytest.raises(lp_fp.StaleResultError, match=r"layer_02: features made with another config.*batch_size: 4 -> 2"):
+        store.check_layer(group, "layer_02", lp_fp.layer(other, "tiny", "none", "layer_02"), str(whole))

@@ -1,4 +1,5 @@
-"""Fault injection on extraction: SIGKILL at any moment, disk full. Resumes are byte-identical."""
+"""Fault injection on extraction: SIGKILL at any moment (also mid-extension), disk full. Resumes are
+byte-identical."""
 
 import errno
 import os
@@ -7,14 +8,15 @@ import subprocess
 import sys
 import textwrap
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
 
 from layerprobe import store
-from layerprobe.extract import ChunkWriter, make_layout, run_part
-from tests.helpers import tiny_feature_store
-from tests.test_extract import _store_bytes
+from layerprobe.extract import ChunkWriter, build_store, extract_part
+from tests.helpers import KEYS, tiny_config, tiny_feature_store, tiny_layout
+from tests.test_extract import _chunk_files, _store_bytes
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -23,15 +25,17 @@ ROOT = Path(__file__).resolve().parents[1]
 def setup(tmp_path_factory):
     tmp = tmp_path_factory.mktemp("faults")
     model, backbone, data, reference = tiny_feature_store(tmp, training=40, validation=8)
-    return tmp, model, backbone, data, reference
+    layout = tiny_layout(tiny_config(tmp, 40, 8), data)
+    return tmp, model, backbone, data, reference, layout
 
 
 SCRIPT = textwrap.dedent("""
     import sys, time
     sys.path.insert(0, {root!r})
-    from tests.helpers import tiny_backbone, tiny_data
+    from tests.helpers import tiny_backbone, tiny_config, tiny_layout
+    from layerprobe import store
     from layerprobe.data import open_data
-    from layerprobe.extract import run_part
+    from layerprobe.extract import extract_part
     from pathlib import Path
     tmp = Path({tmp!r})
     model, backbone = tiny_backbone(tmp)
@@ -40,38 +44,68 @@ SCRIPT = textwrap.dedent("""
         time.sleep(0.15)  # widen the window so the kill lands mid-run
         return original(*a, **k)
     backbone.extract = slow
-    run_part("tiny", model, "none", backbone, open_data(tmp / "32px.zarr"), Path({out!r}), 0, 1, 4, 0)
+    data = open_data(tmp / "32px.zarr")
+    layout = tiny_layout(tiny_config(tmp, 40, 8), data)
+    store.prepare(Path({out!r}), layout, {keys!r})
+    extract_part(backbone, data, Path({out!r}), layout, {keys!r}, 0, 1, 4)
 """)
 
 
-@pytest.mark.parametrize("kill_after_chunks", [1, 5])
-def test_sigkill_then_rerun_redoes_only_unfinished_chunks(setup, tmp_path, kill_after_chunks):
-    tmp, model, backbone, data, reference = setup
-    out = tmp_path / "killed.zarr"
-    script = SCRIPT.format(root=str(ROOT), tmp=str(tmp), out=str(out))
+def _run_and_kill(tmp: Path, out: Path, keys: list[str], marked: Callable[[], int], after: int) -> None:
+    """Start an extraction in a subprocess and SIGKILL it once `marked()` reaches `after`."""
+    script = SCRIPT.format(root=str(ROOT), tmp=str(tmp), out=str(out), keys=keys)
     proc = subprocess.Popen([sys.executable, "-c", script], cwd=ROOT)
     deadline = time.time() + 120
     while time.time() < deadline and proc.poll() is None:
-        done = list((out / ".progress").rglob("*.json")) if out.exists() else []
-        if len(done) >= kill_after_chunks:
+        if marked() >= after:
             break
         time.sleep(0.02)
     assert proc.poll() is None, "extraction finished before it could be killed"
     os.kill(proc.pid, signal.SIGKILL)
     proc.wait()
-    layout = make_layout("tiny", model, "none", data, 4, 0)
-    missing = store.missing_chunks(out, layout)
+
+
+@pytest.mark.parametrize("kill_after_chunks", [1, 11])
+def test_sigkill_then_rerun_redoes_only_unfinished_chunks(setup, tmp_path, kill_after_chunks):
+    tmp, model, backbone, data, reference, layout = setup
+    out = tmp_path / "killed.zarr"
+    _run_and_kill(tmp, out, KEYS, lambda: len(list((out / ".progress").rglob("*.json"))) if out.exists() else 0,
+                  kill_after_chunks)
+    missing = store.missing_work(out, layout.all_chunks(), KEYS)
     assert 0 < len(missing) < len(layout.all_chunks())
     with pytest.raises(RuntimeError, match="incomplete store"):
-        store.finalize(out, tmp_path / "killed.json")
-    stats = run_part("tiny", model, "none", backbone, data, out, 0, 1, 4, 0)
+        store.finalize(out, tmp_path / "killed.json", KEYS)
+    stats = extract_part(backbone, data, out, layout, KEYS, 0, 1, 4)
     assert stats["chunks"] == len(missing)
-    store.finalize(out, tmp_path / "killed.json")
+    store.finalize(out, tmp_path / "killed.json", KEYS)
+    assert _store_bytes(out) == _store_bytes(reference)
+
+
+def test_sigkill_in_the_middle_of_an_extension(setup, tmp_path):
+    """A store with layers 0 and 4 is extended with 1-3 and killed after a few chunks: the rerun
+    writes exactly the (chunk, layer) pairs left, never touches layers 0 and 4, and the store
+    equals one built with every layer at once."""
+    tmp, model, backbone, data, reference, layout = setup
+    out = tmp_path / "grow.zarr"
+    build_store(backbone, data, out, tmp_path / "grow.json", layout, ["layer_00", "layer_04"], 4)
+    old = {k: _chunk_files(out, k) for k in ("layer_00", "layer_04", "labels")}
+
+    def extended() -> int:
+        return sum("layer_02" in store.chunk_layers(out, s, c) for s, c in layout.all_chunks())
+
+    _run_and_kill(tmp, out, KEYS, extended, 3)
+    left = store.missing_work(out, layout.all_chunks(), KEYS)
+    assert 0 < len(left) < len(layout.all_chunks())
+    assert all(sorted(missing) == ["layer_01", "layer_02", "layer_03"] for _, _, missing in left)
+    stats = extract_part(backbone, data, out, layout, KEYS, 0, 1, 4)
+    assert stats["chunks"] == len(left) and stats["pairs"] == 3 * len(left)
+    store.finalize(out, tmp_path / "grow.json", KEYS)
+    assert {k: _chunk_files(out, k) for k in old} == old
     assert _store_bytes(out) == _store_bytes(reference)
 
 
 def test_disk_full_names_store_is_not_finalized_and_resumes(setup, tmp_path, monkeypatch):
-    tmp, model, backbone, data, reference = setup
+    tmp, model, backbone, data, reference, layout = setup
     out = tmp_path / "full.zarr"
     original = ChunkWriter._write
     calls = {"n": 0}
@@ -83,22 +117,23 @@ def test_disk_full_names_store_is_not_finalized_and_resumes(setup, tmp_path, mon
         return original(self, *args)
 
     monkeypatch.setattr(ChunkWriter, "_write", full_disk)
+    store.prepare(out, layout, KEYS)
     with pytest.raises(RuntimeError) as err:
-        run_part("tiny", model, "none", backbone, data, out, 0, 1, 4, 0)
+        extract_part(backbone, data, out, layout, KEYS, 0, 1, 4)
     assert str(out) in str(err.value) and "No space left on device" in str(err.value)
     with pytest.raises(RuntimeError, match="incomplete store"):
-        store.finalize(out, tmp_path / "full.json")
+        store.finalize(out, tmp_path / "full.json", KEYS)
     assert not (tmp_path / "full.json").exists()
     monkeypatch.setattr(ChunkWriter, "_write", original)
-    run_part("tiny", model, "none", backbone, data, out, 0, 1, 4, 0)
-    store.finalize(out, tmp_path / "full.json")
+    extract_part(backbone, data, out, layout, KEYS, 0, 1, 4)
+    store.finalize(out, tmp_path / "full.json", KEYS)
     assert _store_bytes(out) == _store_bytes(reference)
 
 
 @pytest.mark.skipif(os.geteuid() != 0, reason="mounting a tiny tmpfs needs root")
 def test_real_full_tmpfs(setup, tmp_path):
     """A genuinely full file system (3 MB tmpfs), not a simulated error."""
-    tmp, model, backbone, data, reference = setup
+    tmp, model, backbone, data, reference, layout = setup
     mnt = tmp_path / "mnt"
     mnt.mkdir()
     if subprocess.run(["mount", "-t", "tmpfs", "-o", "size=300k", "tmpfs", str(mnt)]).returncode != 0:
@@ -106,10 +141,11 @@ def test_real_full_tmpfs(setup, tmp_path):
     try:
         out = mnt / "store.zarr"
         with pytest.raises(Exception) as err:
-            run_part("tiny", model, "none", backbone, data, out, 0, 1, 4, 0)
+            store.prepare(out, layout, KEYS)
+            extract_part(backbone, data, out, layout, KEYS, 0, 1, 4)
         assert "No space left on device" in repr(err.value) or "ENOSPC" in repr(err.value) or "Errno 28" in repr(err.value)
         with pytest.raises(Exception):
-            store.finalize(out, mnt / "m.json")
+            store.finalize(out, mnt / "m.json", KEYS)
         assert not (mnt / "m.json").exists()
     finally:
         subprocess.run(["umount", str(mnt)])

@@ -20,6 +20,9 @@ from . import ade20k
 from .progress import progress
 
 log = logging.getLogger("layerprobe.data")
+# Images per chunk of the data store: an IO detail of this store only (feature stores have their
+# own store.chunk_images), so changing the feature chunking never preprocesses again.
+CHUNK_IMAGES = 16
 
 
 def resize_crop(image: Image.Image, label: np.ndarray, resolution: int) -> tuple[np.ndarray, np.ndarray]:
@@ -40,8 +43,10 @@ def select(samples: list[ade20k.Sample], max_images: int | None) -> list[ade20k.
 
 
 def preprocess(root: str | Path, store_path: str | Path, manifest_path: str | Path, resolution: int,
-               max_images: dict[str, int | None], chunk_images: int) -> dict[str, Any]:
-    """Write `{split}/images` and `{split}/labels`; the manifest is written last (completion)."""
+               max_images: dict[str, int | None], fingerprint: dict[str, Any] | None = None,
+               chunk_images: int = CHUNK_IMAGES) -> dict[str, Any]:
+    """Write `{split}/images` and `{split}/labels`; the manifest, with the data's fingerprint
+    record (`fingerprint.data(...).record()`), is written last (completion)."""
     store_path, manifest_path = Path(store_path), Path(manifest_path)
     manifest_path.unlink(missing_ok=True)
     if store_path.exists():
@@ -55,7 +60,7 @@ def preprocess(root: str | Path, store_path: str | Path, manifest_path: str | Pa
     group.attrs.update({"resolution": resolution, "class_names": list(ade20k.CLASS_NAMES),
                         **{f"{split}_image_ids": ids[split] for split in ids}})
     manifest = {"store": str(store_path), "resolution": resolution, "dataset": str(root),
-                "images": {split: len(v) for split, v in ids.items()}}
+                "images": {split: len(v) for split, v in ids.items()}, "fingerprint": fingerprint}
     manifest_path.write_text(json.dumps(manifest, indent=2))
     return manifest
 

@@ -1,7 +1,8 @@
-"""Extraction: one forward per batch for every requested layer, written chunk by chunk.
+"""Extraction: one forward per batch for every layer a chunk lacks, written chunk by chunk.
 
 The model's forward never waits on disk: finished chunks go through a bounded queue to a
 writer thread, which writes every array of the chunk and then its completion marker.
+Parts only write chunks; `store.prepare` has created every array before they start.
 """
 
 from __future__ import annotations
@@ -11,6 +12,7 @@ import queue
 import threading
 import time
 from pathlib import Path
+from collections.abc import Callable
 from typing import Any
 
 import numpy as np
@@ -20,26 +22,26 @@ from . import store
 from .ade20k import CLASS_NAMES
 from .backbones.base import Backbone
 from .config import prompt_text
+from .fingerprint import Fingerprint
 from .progress import progress
-from .specs import model_spec, requested_keys
+from .specs import model_spec
 
 log = logging.getLogger("layerprobe.extract")
 
 
-def make_layout(name: str, model: dict[str, Any], prompt_id: str, data: Any, chunk_images: int,
-                seed: int) -> store.Layout:
+def make_layout(name: str, model: dict[str, Any], prompt_id: str, data: Any, chunk_images: int, seed: int,
+                fingerprint: Fingerprint) -> store.Layout:
+    """A store's geometry from the model spec and the data store; `fingerprint` = fingerprint.store()."""
     spec = model_spec(name, model)
-    keys = requested_keys(model)
     orders, ids = {}, {}
     for split in store.SPLITS:
         all_ids = data.attrs[f"{split}_image_ids"]
         orders[split] = store.shuffled_order(len(all_ids), seed, split)
         ids[split] = [all_ids[i] for i in orders[split]]
-    dims = {k: spec.dims()[k] for k in keys}
-    return store.Layout(model=name, prompt_id=prompt_id, prompt_text=prompt_text(model, prompt_id), keys=keys,
-                        dims=dims, tokens=spec.tokens, grid=spec.grid, label_size=spec.image_size,
+    return store.Layout(model=name, prompt_id=prompt_id, prompt_text=prompt_text(model, prompt_id),
+                        dims=spec.dims(), tokens=spec.tokens, grid=spec.grid, label_size=spec.image_size,
                         has_cls=spec.has_cls, chunk_images=chunk_images, orders=orders, image_ids=ids,
-                        extra={"model_config": {k: v for k, v in model.items() if k != "prompts"}})
+                        fingerprint=fingerprint)
 
 
 class ChunkWriter:
@@ -78,41 +80,69 @@ class ChunkWriter:
                 self.error = err
 
     def _write(self, split: str, chunk: int, start: int, arrays: dict[str, np.ndarray], info: dict) -> None:
-        stop = start + len(arrays["labels"])
+        stop = start + len(next(iter(arrays.values())))
         for name, values in arrays.items():
             self.group[f"{split}/{name}"][start:stop] = values
-        store.mark_done(self.store_path, split, chunk, info)
+        store.write_marker(self.store_path, split, chunk, info)  # only after the chunk is on disk
 
 
-def run_part(name: str, model: dict[str, Any], prompt_id: str, backbone: Backbone, data: Any,
-             store_path: str | Path, part: int, parts: int, chunk_images: int, seed: int) -> dict[str, Any]:
-    """Extract the chunks of one part that are not yet marked done; returns timing stats."""
+def extract_part(backbone: Backbone | Callable[[], Backbone], data: Any, store_path: str | Path,
+                 layout: store.Layout, keys: list[str], part: int, parts: int, batch_size: int) -> dict[str, Any]:
+    """Write the (chunk, layer) pairs of one part that no marker lists yet; returns counts and timings.
+
+    The store must be prepared (`store.prepare`) for `keys`: a part only writes chunks. Each
+    forward stops after the deepest layer its chunk still lacks, so extending a store with a
+    shallow layer costs a shallow forward. `backbone` may be a callable that loads it: a part
+    with nothing to do never loads the model.
+    """
     store_path = Path(store_path)
-    layout = make_layout(name, model, prompt_id, data, chunk_images, seed)
-    group = store.open_for_writing(store_path, layout)
-    todo = [c for c in store.part_chunks(layout, part, parts) if not store.is_done(store_path, *c)]
-    total = sum(layout.bytes_per_split(s) for s in store.SPLITS)
-    log.info("store %s: %d layers x %s images x %d tokens -> %s on disk; part %d/%d: %d chunks to do",
-             store_path, len(layout.keys), {s: layout.count(s) for s in store.SPLITS}, layout.tokens,
-             store.human_bytes(total), part + 1, parts, len(todo))
+    group = store.open_for_parts(store_path, layout, keys)
+    mine = store.part_chunks(layout, part, parts)
+    todo = store.missing_work(store_path, mine, keys)
+    pairs = sum(len([k for k in missing if k != store.LABELS]) for _, _, missing in todo)
+    lacking = sorted({k for _, _, missing in todo for k in missing if k != store.LABELS})
+    new_bytes = sum(layout.layer_bytes(k, s) // layout.count(s) * (layout.rows(c, s)[1] - layout.rows(c, s)[0])
+                    for s, c, missing in todo for k in missing if k != store.LABELS)
+    log.info("store %s: %d layers x %s images x %d tokens; part %d/%d: %d of %d chunks to do, "
+             "%d (chunk, layer) pairs missing %s, %s to write", store_path, len(keys),
+             {s: layout.count(s) for s in store.SPLITS}, layout.tokens, part + 1, parts, len(todo), len(mine),
+             pairs, lacking, store.human_bytes(new_bytes))
+    stats = {"chunks": len(todo), "pairs": pairs, "layers": lacking, "forward_seconds": 0.0,
+             "writer_wait_seconds": 0.0}
+    if not todo:
+        return stats
+    if not isinstance(backbone, Backbone):
+        backbone = backbone()
     writer = ChunkWriter(group, store_path)
-    text = layout.prompt_text
     names = data.attrs.get("class_names", list(CLASS_NAMES))
-    forward_seconds = 0.0
     try:
-        for split, chunk in progress(todo, desc=f"extract {name}/{prompt_id} part {part + 1}/{parts}", unit="chunk"):
+        for split, chunk, missing in progress(todo, desc=f"extract {layout.model}/{layout.prompt_id} "
+                                              f"part {part + 1}/{parts}", unit="chunk"):
             start, stop = layout.rows(chunk, split)
-            rows = layout.orders[split][start:stop]
-            images, labels = _gather(data, split, rows)
-            prompts = _fill_prompts(text, labels, names)
+            images, labels = _gather(data, split, layout.orders[split][start:stop])
+            prompts = _fill_prompts(layout.prompt_text, labels, names)
+            wanted = [k for k in missing if k != store.LABELS]
             t0 = time.perf_counter()
-            arrays = _forward_chunk(backbone, images, prompts, layout.keys, model["batch_size"])
-            forward_seconds += time.perf_counter() - t0
-            arrays["labels"] = labels
-            writer.put((split, chunk, start, arrays, {"prompts": prompts or []}))
+            arrays = _forward_chunk(backbone, images, prompts, wanted, batch_size) if wanted else {}
+            stats["forward_seconds"] += time.perf_counter() - t0
+            if store.LABELS in missing:
+                arrays[store.LABELS] = labels
+            done = store.chunk_layers(store_path, split, chunk)
+            writer.put((split, chunk, start, arrays, {"layers": sorted(set(done) | set(missing)),
+                                                      "prompts": prompts or []}))
     finally:
         writer.close()
-    return {"chunks": len(todo), "forward_seconds": forward_seconds, "writer_wait_seconds": writer.wait_seconds}
+    stats["writer_wait_seconds"] = writer.wait_seconds
+    return stats
+
+
+def build_store(backbone: Backbone, data: Any, store_path: str | Path, manifest_path: str | Path,
+                layout: store.Layout, keys: list[str], batch_size: int, parts: int = 1) -> dict[str, Any]:
+    """prepare, every part in turn, finalize: a whole store in one process (tests, benchmarks)."""
+    store.prepare(store_path, layout, keys)
+    for part in range(parts):
+        extract_part(backbone, data, store_path, layout, keys, part, parts, batch_size)
+    return store.finalize(store_path, manifest_path, keys)
 
 
 def _fill_prompts(text: str | None, labels: np.ndarray, names: list[str]) -> list[str] | None:

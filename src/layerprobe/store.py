@@ -1,35 +1,57 @@
 """Feature stores: one Zarr group per (model, prompt), one fp16 array per layer (docs/DESIGN.md).
 
-Completion is tracked per chunk: `.progress/{split}/{chunk}.json` is written only after every
-array of that chunk is on disk, so a killed job resumes by redoing only unmarked chunks, and a
-store is finalized (manifest written) only when every chunk of every split is marked.
+A store's life, one writer per step, so parallel jobs never race on metadata:
+
+- `prepare` (one small job, before any part) is the only step that creates, extends or deletes.
+  It discards the store when its fingerprint (what shapes every layer: model, prompt, data,
+  chunking) changed; creates a new store under a temporary name and renames it into place, so a
+  store either has all its metadata or does not exist; and adds arrays for newly requested
+  layers, listing them in the group attrs only once they exist. Arrays of layers no longer
+  requested stay (removing a layer deletes nothing).
+- The parts (`extract.extract_part`) only write chunks of arrays that exist: each part a disjoint,
+  chunk-aligned range, and after each chunk a marker naming the layers that chunk now holds.
+- `finalize` checks that every chunk holds every requested layer, records the complete layers in
+  the group attrs and writes the manifest, the rule's output, last.
+
+Markers: `.progress/{split}/{chunk:06d}.json` = {"layers": [...], "prompts": [...]}, rewritten
+atomically by the one part that owns the chunk after its arrays are on disk. A killed job redoes
+exactly the (chunk, layer) pairs no marker lists.
 """
 
 from __future__ import annotations
 
-import hashlib
 import json
+import logging
 import os
 import shutil
-from dataclasses import dataclass, field
+import uuid
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import zarr
 
+from .fingerprint import Fingerprint
+from .layers import sort_keys
+
 SPLITS = ("training", "validation")
+LABELS = "labels"
+log = logging.getLogger("layerprobe.store")
+
+
+class StoreNotPrepared(RuntimeError):
+    """A part found a store whose fingerprint or arrays differ from what it was asked to write."""
 
 
 @dataclass
 class Layout:
-    """Everything that fixes the bytes of a store; its hash guards against stale partial stores."""
+    """The geometry and identity of a store, from the config and the data store."""
 
     model: str
     prompt_id: str
     prompt_text: str | None
-    keys: list[str]
-    dims: dict[str, int]
+    dims: dict[str, int]  # every key the model can extract -> width
     tokens: int
     grid: int
     label_size: int
@@ -37,11 +59,7 @@ class Layout:
     chunk_images: int
     orders: dict[str, list[int]]  # split -> data-store indices in store order
     image_ids: dict[str, list[str]]  # split -> ids in store order
-    extra: dict[str, Any] = field(default_factory=dict)
-
-    def fingerprint(self) -> str:
-        blob = json.dumps(self.__dict__, sort_keys=True, default=str).encode()
-        return hashlib.sha256(blob).hexdigest()[:16]
+    fingerprint: Fingerprint  # fingerprint.store(): a change discards the whole store
 
     def count(self, split: str) -> int:
         return len(self.orders[split])
@@ -56,10 +74,15 @@ class Layout:
         start = chunk * self.chunk_images
         return start, min(start + self.chunk_images, self.count(split))
 
-    def bytes_per_split(self, split: str) -> int:
-        per_image = sum(self.tokens * d * 2 for d in self.dims.values())
-        per_image += sum(d * 2 for d in self.dims.values()) if self.has_cls else 0
-        return self.count(split) * (per_image + self.label_size ** 2)
+    def layer_bytes(self, key: str, split: str) -> int:
+        per_image = self.tokens * self.dims[key] * 2 + (self.dims[key] * 2 if self.has_cls else 0)
+        return self.count(split) * per_image
+
+    def bytes_per_split(self, split: str, keys: list[str]) -> int:
+        return sum(self.layer_bytes(k, split) for k in keys) + self.count(split) * self.label_size ** 2
+
+    def layer_fingerprint(self, key: str) -> Fingerprint:
+        return self.fingerprint | {"layer": key}
 
 
 def shuffled_order(n: int, seed: int, split: str) -> list[int]:
@@ -75,94 +98,216 @@ def part_chunks(layout: Layout, part: int, parts: int) -> list[tuple[str, int]]:
     return chunks[bounds[part]:bounds[part + 1]]
 
 
-def open_for_writing(path: str | Path, layout: Layout) -> zarr.Group:
-    """Open the store, creating arrays if absent; a store from another layout is discarded."""
+# --------------------------------------------------------------------------------------------
+# prepare: the one step that creates, extends or discards
+# --------------------------------------------------------------------------------------------
+
+def read_attrs(path: str | Path) -> dict[str, Any] | None:
+    """The group attrs from `zarr.json`, or None when absent or unreadable. Plain JSON: cheap
+    enough for DAG build."""
+    try:
+        return json.loads((Path(path) / "zarr.json").read_text()).get("attributes", {})
+    except (OSError, ValueError):
+        return None
+
+
+def prepare(path: str | Path, layout: Layout, keys: list[str]) -> dict[str, Any]:
+    """Make the store at `path` hold arrays for `keys` under `layout`'s fingerprint.
+
+    Returns what was done: {"discarded": [reasons] | None, "created": bool, "added": [keys],
+    "layers": [every key with an array]}.
+    """
     path = Path(path)
-    fingerprint = layout.fingerprint()
-    if path.exists():
-        try:
-            existing = zarr.open_group(path, mode="r").attrs.get("fingerprint")
-        except Exception:  # unreadable metadata: a store killed while being created
-            existing = None
-        if existing == fingerprint:
-            return zarr.open_group(path, mode="r+")
-        shutil.rmtree(path)
-    return _create(path, layout, fingerprint)
+    _remove_leftovers(path)
+    attrs = read_attrs(path)
+    discarded = None
+    if path.exists() and not layout.fingerprint.matches((attrs or {}).get("fingerprint")):
+        discarded = layout.fingerprint.differences((attrs or {}).get("fingerprint"))
+        log.info("discarding %s, made with another config: %s", path, "; ".join(discarded))
+        _discard(path)
+    created = not path.exists()
+    if created:
+        _create(path, layout)
+    group = zarr.open_group(path, mode="r+")
+    existing = list(group.attrs["layers"])
+    added = [k for k in sort_keys(list(keys)) if k not in existing]
+    for key in added:
+        _create_layer(group, layout, key)
+    if added:  # listed only once every array of the layer exists
+        group.attrs["layers"] = sort_keys(existing + added)
+    layers = list(group.attrs["layers"])
+    log.info("store %s: %s; layers %s%s", path, "created" if created else "kept",
+             layers, f" (added {added})" if added else "")
+    return {"discarded": discarded, "created": created, "added": added, "layers": layers,
+            "fingerprint": layout.fingerprint.hash}
 
 
-def _create(path: Path, layout: Layout, fingerprint: str) -> zarr.Group:
-    # Parallel parts may race here; they write identical metadata, so the race is harmless.
-    group = zarr.open_group(path, mode="a")
+def _siblings(path: Path, tag: str) -> list[Path]:
+    return sorted(path.parent.glob(f"{path.name}.{tag}-*")) if path.parent.is_dir() else []
+
+
+def _remove_leftovers(path: Path) -> None:
+    """Temporary and discarded copies left by a prepare that was killed."""
+    for leftover in _siblings(path, "tmp") + _siblings(path, "discard"):
+        log.info("removing %s (left by an interrupted prepare)", leftover)
+        shutil.rmtree(leftover)
+
+
+def _discard(path: Path) -> None:
+    # Rename first (atomic): a kill during the slow delete leaves a leftover, never a half store.
+    trash = path.with_name(f"{path.name}.discard-{uuid.uuid4().hex[:8]}")
+    os.rename(path, trash)
+    shutil.rmtree(trash)
+
+
+def _create(path: Path, layout: Layout) -> None:
+    """Group metadata and label arrays under a temporary name, then renamed into place."""
+    tmp = path.with_name(f"{path.name}.tmp-{uuid.uuid4().hex[:8]}")
+    group = zarr.open_group(tmp, mode="w")
+    c, s = layout.chunk_images, layout.label_size
     for split in SPLITS:
-        n, c = layout.count(split), layout.chunk_images
-        for key in layout.keys:
-            # Uncompressed: chunks are raw bytes, read at disk speed by the loader.
-            group.require_array(f"{split}/{key}", shape=(n, layout.tokens, layout.dims[key]), dtype="float16",
-                                chunks=(c, layout.tokens, layout.dims[key]), compressors=None, fill_value=0)
-            if layout.has_cls:
-                group.require_array(f"{split}/{key}_cls", shape=(n, layout.dims[key]), dtype="float16",
-                                    chunks=(c, layout.dims[key]), compressors=None, fill_value=0)
-        s = layout.label_size
-        group.require_array(f"{split}/labels", shape=(n, s, s), dtype="uint8", chunks=(c, s, s),
-                            compressors=None, fill_value=255)
-    attrs = {"model": layout.model, "prompt_id": layout.prompt_id, "prompt_text": layout.prompt_text,
-             "layers": layout.keys, "dims": layout.dims, "grid": layout.grid, "tokens": layout.tokens,
-             "has_cls": layout.has_cls, "chunk_images": layout.chunk_images, "fingerprint": fingerprint,
-             **{f"{s}_image_ids": layout.image_ids[s] for s in SPLITS},
-             **{f"{s}_order": layout.orders[s] for s in SPLITS}, **layout.extra}
-    group.attrs.update(attrs)
-    return group
+        group.create_array(f"{split}/{LABELS}", shape=(layout.count(split), s, s), dtype="uint8",
+                           chunks=(c, s, s), compressors=None, fill_value=255)
+    group.attrs.update({"model": layout.model, "prompt_id": layout.prompt_id, "prompt_text": layout.prompt_text,
+                        "layers": [], "complete_layers": [], "dims": {}, "grid": layout.grid,
+                        "tokens": layout.tokens, "has_cls": layout.has_cls, "chunk_images": c,
+                        "fingerprint": layout.fingerprint.record(),
+                        **{f"{s}_image_ids": layout.image_ids[s] for s in SPLITS},
+                        **{f"{s}_order": layout.orders[s] for s in SPLITS}})
+    path.parent.mkdir(parents=True, exist_ok=True)
+    os.rename(tmp, path)
+
+
+def _create_layer(group: zarr.Group, layout: Layout, key: str) -> None:
+    """Arrays of one layer (and its CLS tokens); overwrite=True clears a leftover of a killed prepare,
+    which no marker can reference because the layer was never listed."""
+    c, d, t = layout.chunk_images, layout.dims[key], layout.tokens
+    attrs = {"model": layout.model, "prompt_id": layout.prompt_id, "layer": key, "grid": layout.grid,
+             "fingerprint": layout.layer_fingerprint(key).hash}
+    for split in SPLITS:
+        n = layout.count(split)
+        # Uncompressed: chunks are raw bytes, read at disk speed by the loader.
+        array = group.create_array(f"{split}/{key}", shape=(n, t, d), dtype="float16", chunks=(c, t, d),
+                                   compressors=None, fill_value=0, overwrite=True)
+        array.attrs.update(attrs)
+        if layout.has_cls:
+            cls = group.create_array(f"{split}/{key}_cls", shape=(n, d), dtype="float16", chunks=(c, d),
+                                     compressors=None, fill_value=0, overwrite=True)
+            cls.attrs.update({**attrs, "token": "cls"})
+    dims = {**group.attrs["dims"], key: d}
+    group.attrs["dims"] = {k: dims[k] for k in sort_keys(list(dims))}  # same bytes however it grew
+
+
+# --------------------------------------------------------------------------------------------
+# parts: only chunks and their markers
+# --------------------------------------------------------------------------------------------
+
+def open_for_parts(path: str | Path, layout: Layout, keys: list[str]) -> zarr.Group:
+    """The prepared store, checked: a part never creates, extends or deletes anything."""
+    path = Path(path)
+    attrs = read_attrs(path)
+    if attrs is None:
+        raise StoreNotPrepared(f"{path}: no store here; the prepare_store job creates it before the parts run")
+    if not layout.fingerprint.matches(attrs.get("fingerprint")):
+        raise StoreNotPrepared(f"{path}: prepared for another config "
+                               f"({'; '.join(layout.fingerprint.differences(attrs.get('fingerprint')))}); "
+                               "the prepare_store job must run first")
+    missing = [k for k in keys if k not in attrs.get("layers", [])]
+    if missing:
+        raise StoreNotPrepared(f"{path}: has no arrays for {missing}; the prepare_store job adds them")
+    return zarr.open_group(path, mode="r+")
 
 
 def marker(path: str | Path, split: str, chunk: int) -> Path:
     return Path(path) / ".progress" / split / f"{chunk:06d}.json"
 
 
-def mark_done(path: str | Path, split: str, chunk: int, info: dict[str, Any]) -> None:
+def read_marker(path: str | Path, split: str, chunk: int) -> dict[str, Any] | None:
+    try:
+        return json.loads(marker(path, split, chunk).read_text())
+    except FileNotFoundError:
+        return None
+
+
+def write_marker(path: str | Path, split: str, chunk: int, info: dict[str, Any]) -> None:
     """Atomic: write a temp file then rename, so a marker is never half-written."""
     target = marker(path, split, chunk)
     target.parent.mkdir(parents=True, exist_ok=True)
-    tmp = target.with_suffix(".tmp")
+    tmp = target.with_name(f"{target.name}.{uuid.uuid4().hex[:8]}.tmp")
     tmp.write_text(json.dumps(info))
     os.replace(tmp, target)
 
 
-def is_done(path: str | Path, split: str, chunk: int) -> bool:
-    return marker(path, split, chunk).is_file()
+def chunk_layers(path: str | Path, split: str, chunk: int) -> list[str]:
+    """Layers (and 'labels') a chunk holds on disk, per its marker."""
+    info = read_marker(path, split, chunk)
+    return [] if info is None else list(info.get("layers", []))
 
 
-def missing_chunks(path: str | Path, layout: Layout) -> list[tuple[str, int]]:
-    return [(s, c) for s, c in layout.all_chunks() if not is_done(path, s, c)]
+def missing_work(path: str | Path, chunks: list[tuple[str, int]],
+                 keys: list[str]) -> list[tuple[str, int, list[str]]]:
+    """(split, chunk, missing layers) for chunks that lack any of `keys` or their labels."""
+    work = []
+    for split, chunk in chunks:
+        done = set(chunk_layers(path, split, chunk))
+        missing = [k for k in [LABELS, *keys] if k not in done]
+        if missing:
+            work.append((split, chunk, missing))
+    return work
 
 
-def finalize(path: str | Path, manifest_path: str | Path) -> dict[str, Any]:
-    """Verify every chunk is marked, record per-image prompts, write the manifest last."""
+# --------------------------------------------------------------------------------------------
+# finalize and reading
+# --------------------------------------------------------------------------------------------
+
+def finalize(path: str | Path, manifest_path: str | Path, keys: list[str]) -> dict[str, Any]:
+    """Verify every chunk holds every layer in `keys`, record them, write the manifest last."""
     path = Path(path)
     group = zarr.open_group(path, mode="r+")
     attrs = dict(group.attrs)
     chunk = attrs["chunk_images"]
+    listed = list(attrs["layers"])
     missing, filled = [], {}
+    held: dict[str, int] = {k: 0 for k in listed}
+    total = 0
     for split in SPLITS:
-        n = len(attrs[f"{split}_image_ids"])
         texts: list[str] = []
-        for c in range(-(-n // chunk)):
-            if not is_done(path, split, c):
-                missing.append(f"{split}/{c}")
+        for c in range(-(-len(attrs[f"{split}_image_ids"]) // chunk)):
+            total += 1
+            info = read_marker(path, split, c) or {}
+            done = set(info.get("layers", []))
+            lacking = [k for k in [LABELS, *keys] if k not in done]
+            if lacking:
+                missing.append(f"{split}/{c}: {lacking}")
                 continue
-            texts += json.loads(marker(path, split, c).read_text()).get("prompts", [])
+            for k in done & set(held):
+                held[k] += 1
+            texts += info.get("prompts", [])
         filled[split] = texts
     if missing:
         raise RuntimeError(f"{path}: incomplete store, chunks not written: {missing[:10]}"
                            f"{' …' if len(missing) > 10 else ''} ({len(missing)} missing); rerun extraction")
+    complete = sort_keys([k for k in listed if held[k] == total])
+    group.attrs["complete_layers"] = complete
     if attrs.get("prompt_text") is not None:
         group.attrs["filled_prompts"] = filled
+    layer_fps = {k: group[f"training/{k}"].attrs["fingerprint"] for k in complete}
     manifest = {"store": str(path), "fingerprint": attrs["fingerprint"], "model": attrs["model"],
-                "prompt_id": attrs["prompt_id"], "layers": attrs["layers"], "bytes": disk_bytes(path),
-                "images": {s: len(attrs[f"{s}_image_ids"]) for s in SPLITS}}
-    tmp = Path(str(manifest_path) + ".tmp")
+                "prompt_id": attrs["prompt_id"], "layers": complete, "layer_fingerprints": layer_fps,
+                "bytes": disk_bytes(path), "images": {s: len(attrs[f"{s}_image_ids"]) for s in SPLITS}}
+    tmp = Path(f"{manifest_path}.tmp")
     tmp.write_text(json.dumps(manifest, indent=2))
     os.replace(tmp, manifest_path)
     return manifest
+
+
+def keys_after_run(path: str | Path, fingerprint: Fingerprint, requested: list[str]) -> list[str]:
+    """The layers a store holds once its jobs have run: those requested plus those already
+    complete in it (under the same fingerprint). The store jobs' params: adding a layer changes
+    it (one extension runs); removing one does not (nothing is deleted, nothing reruns)."""
+    attrs = read_attrs(path) or {}
+    complete = attrs.get("complete_layers", []) if fingerprint.matches(attrs.get("fingerprint")) else []
+    return sort_keys(list(dict.fromkeys([*requested, *complete])))
 
 
 def disk_bytes(path: str | Path) -> int:
@@ -171,6 +316,22 @@ def disk_bytes(path: str | Path) -> int:
 
 def open_store(path: str | Path) -> zarr.Group:
     return zarr.open_group(path, mode="r")
+
+
+def check_layer(group: zarr.Group, key: str, expected: Fingerprint, where: str) -> None:
+    """A probe's guard: the layer exists, is complete and was made under the expected fingerprint."""
+    from .fingerprint import StaleResultError
+
+    if key not in group.attrs.get("complete_layers", []):
+        raise RuntimeError(f"{where}: layer {key} is not complete in this store "
+                           f"(complete: {group.attrs.get('complete_layers', [])}); rerun extraction")
+    recorded = group[f"training/{key}"].attrs.get("fingerprint")
+    if recorded != expected.hash:
+        made = group.attrs.get("fingerprint") or {}
+        layer = {"inputs": {**made.get("inputs", {}), "layer": key}} if made else None
+        raise StaleResultError(f"{where}/{key}: features made with another config (layer fingerprint {recorded}, "
+                               f"the config gives {expected.hash}); differing: "
+                               f"{'; '.join(expected.differences(layer))}")
 
 
 def human_bytes(n: float) -> str:
