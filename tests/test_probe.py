@@ -1,8 +1,10 @@
 """Probe training: learns the demo classes, resumes exactly after interruption."""
 
+import json
 import os
 import signal
-import threading
+import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -54,12 +56,13 @@ def test_probe_learns_separable_classes(feature_store, tmp_path):
     rows = pd.read_csv(tmp_path / "out" / "epochs.csv")
     assert len(rows) == 15 and rows.loss.iloc[-1] < rows.loss.iloc[0]
     preds = np.load(tmp_path / "out" / "predictions.npz")
-    assert preds["pred"].shape[1:] == (32, 32) and len(preds["ids"]) == 4
+    assert preds["pred"].shape[1:] == (32, 32) and len(preds["ids"]) == 8
 
 
 def test_concat_cls_doubles_input(feature_store, tmp_path):
-    metrics = train_probe(feature_store, "layer_04", settings(epochs=1, concat_cls=True), tmp_path, tmp_path / "c.pt")
-    assert 0 <= metrics["miou"] <= 1
+    metrics = train_probe(feature_store, "layer_04", settings(epochs=1, concat_cls=True), tmp_path, tmp_path / "c.pt",
+                          name="layer_04+cls")
+    assert 0 <= metrics["miou"] <= 1 and metrics["concat_cls"] and metrics["probe"] == "layer_04+cls"
 
 
 def _run(feature_store, tmp_path, name, **kw) -> pd.DataFrame:
@@ -68,14 +71,87 @@ def _run(feature_store, tmp_path, name, **kw) -> pd.DataFrame:
     return pd.read_csv(out / "epochs.csv")
 
 
-def test_killed_between_epochs_resumes_identically(feature_store, tmp_path):
+class _Killed(Exception):
+    """Stands in for SIGKILL right after a checkpoint is on disk."""
+
+
+def _kill_after_epoch(monkeypatch, epoch: int) -> None:
+    original = ProbeTrainer.save
+
+    def save_then_die(self):
+        original(self)
+        if self.epoch == epoch and self.batch == 0:
+            raise _Killed
+
+    monkeypatch.setattr(ProbeTrainer, "save", save_then_die)
+
+
+def test_killed_between_epochs_resumes_identically(feature_store, tmp_path, monkeypatch):
     reference = _run(feature_store, tmp_path, "ref")
-    # First job: only 2 epochs survive (as if killed after epoch 2's checkpoint).
-    out = tmp_path / "resumed"
-    train_probe(feature_store, "layer_03", settings(epochs=2), out, tmp_path / "resumed.pt")
-    train_probe(feature_store, "layer_03", settings(epochs=4), out, tmp_path / "resumed.pt")
-    resumed = pd.read_csv(out / "epochs.csv")
-    pd.testing.assert_frame_equal(resumed, reference)
+    out, ck = tmp_path / "resumed", tmp_path / "resumed.pt"
+    with monkeypatch.context() as patch:
+        _kill_after_epoch(patch, 2)  # only 2 of 4 epochs survive
+        with pytest.raises(_Killed):
+            train_probe(feature_store, "layer_03", settings(), out, ck)
+    assert torch.load(ck, weights_only=False)["epoch"] == 2
+    train_probe(feature_store, "layer_03", settings(), out, ck)
+    pd.testing.assert_frame_equal(pd.read_csv(out / "epochs.csv"), reference)
+    assert not ck.exists()  # a finished probe leaves nothing a forced rerun could resume
+
+
+def test_checkpoint_of_other_settings_is_discarded_not_resumed(feature_store, tmp_path, monkeypatch, caplog):
+    """lr 0.1 -> 0.05 (and 4 -> 5 epochs) after a killed run: the rerun starts from epoch 1 and
+    equals a from-scratch run with the new settings."""
+    reference = _run(feature_store, tmp_path, "new", lr=0.05, epochs=5)
+    out, ck = tmp_path / "edited", tmp_path / "edited.pt"
+    with monkeypatch.context() as patch:
+        _kill_after_epoch(patch, 3)
+        with pytest.raises(_Killed):
+            train_probe(feature_store, "layer_03", settings(), out, ck)
+    assert ck.exists()
+    with caplog.at_level("INFO", logger="layerprobe.probe"):
+        train_probe(feature_store, "layer_03", settings(lr=0.05, epochs=5), out, ck)
+    assert "discarding checkpoint" in caplog.text and "settings.lr: 0.1 -> 0.05" in caplog.text
+    pd.testing.assert_frame_equal(pd.read_csv(out / "epochs.csv"), reference)
+
+
+KILL_SCRIPT = """
+import sys, time
+sys.path.insert(0, {root!r})
+from layerprobe.probe import ProbeTrainer, train_probe
+from tests.test_probe import settings
+original = ProbeTrainer.evaluate
+def slow_final(self, keep_rows=None):
+    if keep_rows is not None:  # the final evaluation, after the last epoch's checkpoint
+        open({flag!r}, "w").close()
+        time.sleep(60)
+    return original(self, keep_rows)
+ProbeTrainer.evaluate = slow_final
+train_probe({store!r}, "layer_03", settings(), {out!r}, {ck!r})
+"""
+
+
+def test_sigkill_after_the_last_epoch_before_outputs_finishes_on_rerun(feature_store, tmp_path):
+    """The window between the last checkpoint and metrics.json (a final evaluation over 2,000
+    LLaVA images takes a while; a time limit can land there): the rerun must finish."""
+    reference = _run(feature_store, tmp_path, "ref3")
+    out, ck, flag = tmp_path / "late", tmp_path / "late.pt", tmp_path / "in_final_eval"
+    root = Path(__file__).resolve().parents[1]
+    script = KILL_SCRIPT.format(root=str(root), flag=str(flag), store=str(feature_store), out=str(out), ck=str(ck))
+    proc = subprocess.Popen([sys.executable, "-c", script], cwd=root)
+    deadline = time.time() + 120
+    while not flag.exists() and proc.poll() is None and time.time() < deadline:
+        time.sleep(0.05)
+    assert flag.exists(), "the probe never reached its final evaluation"
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait()
+    assert torch.load(ck, weights_only=False)["epoch"] == 4 and not (out / "metrics.json").exists()
+    for left in out.iterdir():  # Snakemake deletes a failed job's declared outputs
+        left.unlink()
+    metrics = train_probe(feature_store, "layer_03", settings(), out, ck)
+    pd.testing.assert_frame_equal(pd.read_csv(out / "epochs.csv"), reference)
+    assert metrics["epochs"] == 4 and (out / "metrics.json").is_file() and not ck.exists()
+    assert json.loads((out / "metrics.json").read_text())["miou"] == metrics["miou"]
 
 
 def test_sigterm_mid_epoch_checkpoints_and_resumes_identically(feature_store, tmp_path):

@@ -2,9 +2,11 @@
 
 Head: optional BatchNorm, then a 1x1 linear map to 150 classes (DINOv2's linear protocol);
 logits are bilinearly upsampled to the label size; cross-entropy ignores 255; AdamW.
-A checkpoint (head, optimizer, RNG, running metrics, epoch rows) is written atomically every
-epoch, every `checkpoint_every_batches` batches and on SIGTERM/SIGUSR1, to a path that is not a
-declared Snakemake output, so a restarted job continues exactly where it stopped.
+A checkpoint (head, optimizer, RNG, running metrics, epoch rows, and the probe's fingerprint) is
+written atomically every epoch, every `checkpoint_every_batches` batches and on SIGTERM/SIGUSR1,
+to a path that is not a declared Snakemake output, so a restarted job continues exactly where it
+stopped. A checkpoint with another fingerprint (other settings, other features) is discarded,
+never resumed; a finished probe deletes its checkpoint after writing its outputs, metrics.json last.
 """
 
 from __future__ import annotations
@@ -15,7 +17,7 @@ import logging
 import os
 import signal
 import time
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
@@ -25,6 +27,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from .ade20k import CLASS_NAMES, IGNORE, NUM_CLASSES
+from .fingerprint import Fingerprint
 from .loader import ChunkShuffleLoader
 from .metrics import SegmentationMeter
 from .progress import progress
@@ -103,9 +106,18 @@ def _save_atomic(obj: Any, path: Path) -> None:
     os.replace(tmp, path)
 
 
+def default_fingerprint(group: Any, key: str, settings: ProbeSettings) -> Fingerprint:
+    """For a probe run outside the workflow: the store's fingerprint, the layer and the settings."""
+    return Fingerprint({"store": (group.attrs.get("fingerprint") or {}).get("hash"), "layer": key,
+                        **{f"settings.{k}": v for k, v in asdict(settings).items()
+                           if k not in ("checkpoint_every_batches",)}})
+
+
 class ProbeTrainer:
-    def __init__(self, group: Any, key: str, settings: ProbeSettings, checkpoint: Path) -> None:
+    def __init__(self, group: Any, key: str, settings: ProbeSettings, checkpoint: Path,
+                 fingerprint: Fingerprint | None = None) -> None:
         self.s, self.key, self.checkpoint = settings, key, Path(checkpoint)
+        self.fingerprint = fingerprint or default_fingerprint(group, key, settings)
         self.device = torch.device(settings.device)
         self.train_loader = self._loader(group, "training", shuffle=True)
         self.test_loader = self._loader(group, "validation", shuffle=False)
@@ -131,15 +143,21 @@ class ProbeTrainer:
         return {"head": self.head.state_dict(), "opt": self.opt.state_dict(), "rows": self.rows,
                 "epoch": self.epoch, "batch": self.batch, "loss_sum": self.loss_sum,
                 "loss_count": self.loss_count, "train_meter": self.train_meter.state(),
-                "rng": torch.get_rng_state()}
+                "rng": torch.get_rng_state(), "fingerprint": self.fingerprint.record()}
 
     def save(self) -> None:
         _save_atomic(self.state(), self.checkpoint)
 
     def resume(self) -> bool:
+        """Continue from the checkpoint if it was made by this very probe; discard it otherwise."""
         if not self.checkpoint.is_file():
             return False
         state = torch.load(self.checkpoint, map_location=self.device, weights_only=False)
+        if not self.fingerprint.matches(state.get("fingerprint")):
+            log.info("discarding checkpoint %s: made by another probe (%s); starting from epoch 1", self.checkpoint,
+                     "; ".join(self.fingerprint.differences(state.get("fingerprint"))))
+            self.checkpoint.unlink()
+            return False
         self.head.load_state_dict(state["head"])
         self.opt.load_state_dict(state["opt"])
         self.rows, self.epoch, self.batch = state["rows"], state["epoch"], state["batch"]
@@ -151,6 +169,8 @@ class ProbeTrainer:
 
     # --- training ------------------------------------------------------------------------------
     def fit(self, csv_path: Path) -> list[dict[str, float]]:
+        """Train the remaining epochs; epochs.csv holds every epoch, also when none was left
+        (a job killed after its last checkpoint but before its outputs)."""
         with _SignalFlag() as flag:
             while self.epoch < self.s.epochs:
                 self._train_epoch(flag)
@@ -160,6 +180,7 @@ class ProbeTrainer:
                          row["test_acc"])
                 _write_csv(csv_path, self.rows)
                 self.save()
+        _write_csv(csv_path, self.rows)
         return self.rows
 
     def _train_epoch(self, flag: _SignalFlag) -> None:
@@ -220,19 +241,24 @@ def _write_csv(path: Path, rows: list[dict[str, float]]) -> None:
 
 
 def train_probe(store_path: str | Path, key: str, settings: ProbeSettings, out_dir: str | Path,
-                checkpoint: str | Path, qualitative_images: int = 4) -> dict[str, Any]:
-    """Train (or resume) one probe; write epochs.csv, metrics.json and predictions.npz."""
+                checkpoint: str | Path, saved_predictions: int = 8, fingerprint: Fingerprint | None = None,
+                name: str | None = None) -> dict[str, Any]:
+    """Train (or resume) one probe; write epochs.csv, predictions.npz and metrics.json (last).
+
+    `fingerprint` (fingerprint.probe() in the workflow) goes into the checkpoint and metrics.json;
+    `name` is the probe's id (layer key, '+cls' for the CLS variant).
+    """
     from .store import open_store
 
-    out_dir = Path(out_dir)
+    out_dir, checkpoint = Path(out_dir), Path(checkpoint)
     out_dir.mkdir(parents=True, exist_ok=True)
     group = open_store(store_path)
-    trainer = ProbeTrainer(group, key, settings, Path(checkpoint))
+    trainer = ProbeTrainer(group, key, settings, checkpoint, fingerprint)
     trainer.resume()
     start = time.perf_counter()
     rows = trainer.fit(out_dir / "epochs.csv")
     ids = group.attrs["validation_image_ids"]
-    chosen = sorted(ids)[:qualitative_images]
+    chosen = sorted(ids)[:saved_predictions]
     keep = {ids.index(i) for i in chosen}
     final = trainer.evaluate(keep_rows=keep)
     preds = np.stack([trainer.kept[ids.index(i)] for i in chosen]) if chosen else np.zeros((0, 1, 1), np.uint8)
@@ -240,10 +266,15 @@ def train_probe(store_path: str | Path, key: str, settings: ProbeSettings, out_d
     best = max(rows, key=lambda r: r["test_miou"])
     iou = final.per_class_iou()
     metrics = {"model": group.attrs["model"], "prompt": group.attrs["prompt_id"], "layer": key,
+               "probe": name or key, "concat_cls": settings.concat_cls,
                "miou": final.miou(), "acc": final.accuracy(), "best_epoch": int(best["epoch"]),
                "best_test_miou": best["test_miou"], "epochs": len(rows),
                "per_class_iou": [None if np.isnan(v) else float(v) for v in iou],
                "class_names": list(CLASS_NAMES), "loader_mode": trainer.train_loader.mode,
-               "train_seconds_this_run": time.perf_counter() - start}
-    (out_dir / "metrics.json").write_text(json.dumps(metrics, indent=2))
+               "train_seconds_this_run": time.perf_counter() - start,
+               "fingerprint": trainer.fingerprint.record()}
+    tmp = out_dir / "metrics.json.tmp"
+    tmp.write_text(json.dumps(metrics, indent=2))
+    os.replace(tmp, out_dir / "metrics.json")  # last: a probe with metrics.json is whole
+    checkpoint.unlink(missing_ok=True)  # finished: nothing a forced rerun could resume
     return metrics
