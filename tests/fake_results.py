@@ -18,7 +18,9 @@ import numpy as np
 import zarr
 
 from layerprobe import config as lp_config
+from layerprobe import fingerprint as lp_fp
 from layerprobe.ade20k import CLASS_NAMES
+from layerprobe.layers import parse_probe_id
 from layerprobe.specs import model_spec, requested_keys
 
 CLASSES = [0, 2, 3, 4, 6, 12, 20, 26]  # wall, sky, floor, tree, road, person, car, sea
@@ -59,18 +61,19 @@ def fabricate(workdir: Path, config: dict[str, Any], seed: int = 0, classes: lis
     classes = list(CLASSES if classes is None else classes)
     results = workdir / "results"
     n_val = (config["dataset"]["synthetic"] or {}).get("validation", 6)
-    labels = {res: _data_store(results, res, n_val, rng, classes) for res in lp_config.resolutions(config)}
+    labels = {res: _data_store(results, res, n_val, rng, classes, config) for res in lp_config.resolutions(config)}
     for name, model in config["models"].items():
         spec = model_spec(name, model)
         for prompt in lp_config.prompt_ids(model):
             _store_manifest(results, name, prompt, model, config)
-            for key in requested_keys(model):
-                score = _profile(name, prompt, key, spec)
-                _probe(results / "probes" / name / prompt / key, name, prompt, key, score,
-                       labels[spec.image_size], config["report"]["qualitative_images"], classes,
-                       config["probe"]["epochs"])
-            if config["scan"]["enabled"]:
-                _scan(results, name, prompt, spec, rng)
+            for probe in lp_config.probe_ids(model):
+                key, cls = parse_probe_id(probe)
+                score = _profile(name, prompt, key, spec) + (0.02 if cls else 0.0)
+                _probe(results / "probes" / name / prompt / probe, name, prompt, key, score,
+                       labels[spec.image_size], config["probe"]["saved_predictions"], classes,
+                       config["probe"]["epochs"], lp_fp.probe(config, name, prompt, probe))
+            if (name, prompt) in lp_config.scan_targets(config):
+                _scan(results, name, prompt, spec, rng, lp_fp.scan(config, name, prompt))
     _benchmarks(results, config, rng)
     return results
 
@@ -88,7 +91,8 @@ def _profile(model: str, prompt: str, key: str, spec: Any) -> float:
     return 0.26 + 0.12 * math.sin(math.pi * 0.7 * index / spec.depth) + bonus - (0.02 if index == 1 else 0.0)
 
 
-def _data_store(results: Path, res: int, n: int, rng: np.random.Generator, classes: list[int]) -> np.ndarray:
+def _data_store(results: Path, res: int, n: int, rng: np.random.Generator, classes: list[int],
+                config: dict[str, Any]) -> np.ndarray:
     path = results / "data" / f"{res}px.zarr"
     group = zarr.open_group(path, mode="w")
     labels = np.zeros((n, res, res), np.uint8)
@@ -109,13 +113,14 @@ def _data_store(results: Path, res: int, n: int, rng: np.random.Generator, class
     ids = [f"ADE_val_{i:08d}" for i in range(1, n + 1)]
     group.attrs.update({"resolution": res, "validation_image_ids": ids, "training_image_ids": [],
                         "class_names": list(CLASS_NAMES)})
-    manifest = {"store": f"results/data/{res}px.zarr", "resolution": res, "images": {"training": 40, "validation": n}}
+    manifest = {"store": f"results/data/{res}px.zarr", "resolution": res, "images": {"training": 40, "validation": n},
+                "fingerprint": lp_fp.data(config, res).record()}
     (results / "data" / f"{res}px.json").write_text(json.dumps(manifest))
     return labels
 
 
 def _probe(folder: Path, model: str, prompt: str, key: str, score: float, labels: np.ndarray, keep: int,
-           classes: list[int], epochs: int) -> None:
+           classes: list[int], epochs: int, fingerprint: lp_fp.Fingerprint) -> None:
     folder.mkdir(parents=True, exist_ok=True)
     key_rng = np.random.default_rng(zlib.crc32(f"{model}/{key}".encode()))  # identical across prompts
     per_class = [None] * len(CLASS_NAMES)
@@ -127,7 +132,8 @@ def _probe(folder: Path, model: str, prompt: str, key: str, score: float, labels
     best = max(rows, key=lambda r: r["test_miou"])
     metrics = {"model": model, "prompt": prompt, "layer": key, "miou": miou, "acc": min(0.95, miou + 0.35),
                "best_epoch": best["epoch"], "best_test_miou": best["test_miou"], "epochs": epochs,
-               "per_class_iou": per_class, "class_names": list(CLASS_NAMES), "loader_mode": "chunk-shuffle"}
+               "per_class_iou": per_class, "class_names": list(CLASS_NAMES), "loader_mode": "chunk-shuffle",
+               "fingerprint": fingerprint.record()}
     (folder / "metrics.json").write_text(json.dumps(metrics, indent=2))
     header = "epoch,loss,train_miou,train_acc,test_miou,test_acc\n"
     (folder / "epochs.csv").write_text(header + "".join(
@@ -163,14 +169,16 @@ def _epochs(final: float, rng: np.random.Generator, epochs: int) -> list[dict[st
     return rows
 
 
-def _scan(results: Path, model: str, prompt: str, spec: Any, rng: np.random.Generator) -> None:
+def _scan(results: Path, model: str, prompt: str, spec: Any, rng: np.random.Generator,
+          fingerprint: lp_fp.Fingerprint) -> None:
     path = results / "scan" / model / f"{prompt}.csv"
     path.parent.mkdir(parents=True, exist_ok=True)
-    lines = ["model,prompt,layer,best_lambda,miou,acc"]
+    lines = ["model,prompt,layer,variant,best_lambda,miou,acc"]
     for key in _all_keys(spec):
         miou = _profile(model, prompt, key, spec) * 0.8 + rng.normal(0, 0.01)
-        lines.append(f"{model},{prompt},{key},{rng.choice([0.1, 1.0, 10.0])},{miou:.6f},{miou + 0.3:.6f}")
+        lines.append(f"{model},{prompt},{key},patch,{rng.choice([0.1, 1.0, 10.0])},{miou:.6f},{miou + 0.3:.6f}")
     path.write_text("\n".join(lines) + "\n")
+    lp_fp.write(path.with_suffix(".json"), fingerprint)
 
 
 def _all_keys(spec: Any) -> list[str]:
@@ -184,7 +192,8 @@ def _store_manifest(results: Path, model: str, prompt: str, cfg: dict[str, Any],
     path.parent.mkdir(parents=True, exist_ok=True)
     keys = requested_keys(cfg)
     manifest = {"store": f"results/features/{model}/{prompt}.zarr", "model": model, "prompt_id": prompt,
-                "layers": keys, "bytes": 123_456 * len(keys), "images": {"training": 40, "validation": 6}}
+                "layers": keys, "bytes": 123_456 * len(keys), "images": {"training": 40, "validation": 6},
+                "fingerprint": lp_fp.store(config, model, prompt).record()}
     path.write_text(json.dumps(manifest))
 
 
@@ -197,9 +206,10 @@ def _benchmarks(results: Path, config: dict[str, Any], rng: np.random.Generator)
     for name, model in config["models"].items():
         jobs.append(("build_tiny_model", name))
         for prompt in lp_config.prompt_ids(model):
+            jobs += [("prepare_store", f"{name}/{prompt}")]
             jobs += [("extract", f"{name}/{prompt}.part{p}") for p in range(config["store"]["parts"])]
             jobs += [("finalize_store", f"{name}/{prompt}"), ("scan", f"{name}/{prompt}")]
-            jobs += [("probe", f"{name}/{prompt}/{k}") for k in requested_keys(model)]
+            jobs += [("probe", f"{name}/{prompt}/{k}") for k in lp_config.probe_ids(model)]
     for rule, job in jobs:
         path = results / "benchmarks" / rule / f"{job}.tsv"
         path.parent.mkdir(parents=True, exist_ok=True)

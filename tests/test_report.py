@@ -286,3 +286,40 @@ def test_snakemake_report_of_the_demo(demo_run: Path, tmp_path: Path) -> None:
     assert {p.name for p in (demo_run / "results" / "report_files").glob("*.png")} <= figures_in_zip
     assert sum(n.endswith("/report.html") for n in names) == 2  # Snakemake's page and ours, marked
     assert "A figure of the layerprobe report" in page and "Config: 2 model(s)" in page
+
+
+def test_a_result_of_another_config_is_refused_naming_file_and_keys(fake_run: tuple[dict, Path]) -> None:
+    """Results made before an edit never appear as current: the report names the file and keys."""
+    from layerprobe.fingerprint import StaleResultError
+
+    config, results = fake_run
+    edited = json.loads(json.dumps(config))
+    edited["probe"]["lr"] = config["probe"]["lr"] * 2
+    with pytest.raises(StaleResultError, match=r"probes/tiny_vit/none/layer_00/metrics.json.*probe.lr"):
+        build_report(edited, results, results / "stale.html")
+    assert not (results / "stale.html").exists()
+    prompt = json.loads(json.dumps(config))
+    prompt["models"]["tiny_llava"]["prompts"][0]["text"] = "Describe this picture"
+    with pytest.raises(StaleResultError, match=r"data/48px.json|features/tiny_llava/describe.manifest.json"):
+        build_report(prompt, results, results / "stale.html")
+    metrics = results / "probes/tiny_vit/none/layer_01/metrics.json"
+    record = json.loads(metrics.read_text())
+    record.pop("fingerprint")  # a result written by an older layerprobe, or by hand
+    metrics.write_text(json.dumps(record))
+    with pytest.raises(StaleResultError, match="layer_01/metrics.json.*no fingerprint recorded"):
+        build_report(config, results, results / "stale.html")
+
+
+def test_cls_variant_is_its_own_line_and_the_report_shows_fingerprints(tmp_path: Path) -> None:
+    config = fake_config(tmp_path)
+    config["models"]["tiny_vit"]["concat_cls"] = [False, True]
+    results = fabricate(tmp_path, config)
+    found = collect(config, results)
+    vit = found.probes[found.probes["model"] == "tiny_vit"]
+    assert set(vit["prompt"]) == {"none", "none+cls"} and len(vit) == 10
+    assert set(vit[vit["prompt"] == "none+cls"]["probe"]) == {f"layer_{i:02d}+cls" for i in range(5)}
+    assert figures.store_label(("tiny_vit", "none+cls")) == "tiny_vit +CLS"
+    build_report(config, results, results / "report.html")
+    html = (results / "report.html").read_text()
+    assert "tiny_vit +CLS" in html
+    assert all(fp in html for _, fp in found.fingerprints) and "layer_03+cls/metrics.json" in html

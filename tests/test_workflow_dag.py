@@ -19,6 +19,7 @@ def test_real_config_dry_run_lists_full_dag(workdir):
     for name in ("clip_b16", "clip_l14", "clip_l14_336"):
         for layer in real["models"][name]["layers"]:
             assert f"results/probes/{name}/none/layer_{layer:02d}/metrics.json" in out
+            assert f"results/probes/{name}/none/layer_{layer:02d}+cls/metrics.json" in out  # concat_cls: both
     for prompt in ("describe", "describe_category", "imagine_category"):
         assert f"results/features/llava15_7b_prompted/{prompt}.manifest.json" in out
         assert f"results/probes/llava15_7b_prompted/{prompt}/layer_32/metrics.json" in out

@@ -23,6 +23,8 @@ import pandas as pd
 
 from . import config as lp_config
 from . import resources
+from .fingerprint import Fingerprint
+from .layers import CLS_SUFFIX
 from .specs import ModelSpec, model_spec, requested_keys
 from .store import SPLITS, Layout, human_bytes
 
@@ -106,15 +108,14 @@ def capped(config: dict[str, Any], sizes: dict[str, int]) -> dict[str, int]:
 # Bytes
 # --------------------------------------------------------------------------------------------
 
-def store_layout(name: str, model: dict[str, Any], prompt: str, keys: list[str], sizes: dict[str, int],
+def store_layout(name: str, model: dict[str, Any], prompt: str, sizes: dict[str, int],
                  chunk_images: int) -> Layout:
     """The same Layout the extraction writes, so the plan's bytes are the store's bytes."""
     spec = model_spec(name, model)
-    dims = {k: spec.dims()[k] for k in keys}
     orders = {s: range(sizes[s]) for s in SPLITS}  # only the counts matter for bytes
-    return Layout(model=name, prompt_id=prompt, prompt_text=None, keys=keys, dims=dims, tokens=spec.tokens,
+    return Layout(model=name, prompt_id=prompt, prompt_text=None, dims=spec.dims(), tokens=spec.tokens,
                   grid=spec.grid, label_size=spec.image_size, has_cls=spec.has_cls, chunk_images=chunk_images,
-                  orders=orders, image_ids={})  # type: ignore[arg-type]
+                  orders=orders, image_ids={}, fingerprint=Fingerprint({}))  # type: ignore[arg-type]
 
 
 def layer_bytes(spec: ModelSpec, key: str, images: int) -> int:
@@ -129,8 +130,8 @@ def store_rows(config: dict[str, Any], sizes: dict[str, int]) -> pd.DataFrame:
         spec = model_spec(name, model)
         keys = requested_keys(model)
         for prompt in lp_config.prompt_ids(model):
-            layout = store_layout(name, model, prompt, keys, sizes, config["store"]["chunk_images"])
-            split_bytes = {s: layout.bytes_per_split(s) for s in SPLITS}
+            layout = store_layout(name, model, prompt, sizes, config["store"]["chunk_images"])
+            split_bytes = {s: layout.bytes_per_split(s, keys) for s in SPLITS}
             largest = max(keys, key=lambda k: spec.dims()[k])
             rows.append({"model": name, "prompt": prompt, "layers": len(keys), "tokens": spec.tokens,
                          "dim": spec.dims()[largest],
@@ -207,7 +208,9 @@ def rule_rows(config: dict[str, Any], sizes: dict[str, int], stores: pd.DataFram
         write_s = store["bytes"] / (ASSUMED_WRITE_GB_PER_S * 1e9)
         rows.append(_rule_row("extract", config, store["model"], parts, max(compute_s, write_s) / parts / 3600))
         longest, total = _probe_hours(store["model"], model, sizes, epochs)
-        rows.append(_rule_row("probe", config, store["model"], int(store["layers"]), longest, total))
+        for cls in lp_config.cls_variants(model):  # a line per CLS variant; both read the one store
+            rows.append(_rule_row("probe", config, store["model"] + (CLS_SUFFIX if cls else ""),
+                                  int(store["layers"]), longest, total))
     for _, row in scan.iterrows():
         model = config["models"][row["model"]]
         forward_s = (row["training_passes"] * sizes["training"] + sizes["validation"]) / images_per_s(model)
@@ -241,16 +244,14 @@ def _merge_models(rows: pd.DataFrame) -> pd.DataFrame:
 # --------------------------------------------------------------------------------------------
 
 def scanned_models(config: dict[str, Any]) -> list[str]:
-    if not config["scan"]["enabled"]:
-        return []
-    chosen = config["scan"]["models"]
-    return list(config["models"]) if chosen == "all" else [m for m in chosen if m in config["models"]]
+    return lp_config.scanned_models(config) if config["scan"]["enabled"] else []
 
 
 def scan_rows(config: dict[str, Any], sizes: dict[str, int]) -> pd.DataFrame:
     """Per scanned (model, prompt): the bytes extracting every scanned layer would write (the scan
     itself writes one CSV), what of that the probes extract anyway, and the scan's compute."""
-    from .scan import _select_keys, plan_groups  # local: the scan module imports torch
+    from .ridge import plan_groups  # local: these modules import torch
+    from .scan import _select_keys
 
     columns = ["model", "prompt", "scanned_layers", "also_probed", "full_extraction_bytes", "probed_bytes",
                "bytes_saved_beyond_probed", "training_passes", "gram_tflop"]

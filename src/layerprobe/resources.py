@@ -13,9 +13,10 @@ from .specs import model_spec
 
 # Measured peaks of the demo jobs (results/benchmarks) plus headroom; see docs/BENCHMARKS.md.
 BASE_MEM_MB = {"synthetic_dataset": 1024, "preprocess": 2048, "build_tiny_model": 2048,
-               "finalize_store": 1024, "report": 2048}
-BASE_RUNTIME_MIN = {"synthetic_dataset": 10, "preprocess": 60, "build_tiny_model": 10, "finalize_store": 30,
-                    "report": 30, "extract": 240, "probe": 120, "scan": 360}
+               "prepare_store": 1024, "finalize_store": 1024, "report": 2048}
+# prepare_store may delete a discarded store of terabytes: an hour on a slow parallel file system.
+BASE_RUNTIME_MIN = {"synthetic_dataset": 10, "preprocess": 60, "build_tiny_model": 10, "prepare_store": 60,
+                    "finalize_store": 30, "report": 30, "extract": 240, "probe": 120, "scan": 360}
 OVERHEAD_MB = 1024  # python + torch + CUDA context beside the loader buffers
 
 

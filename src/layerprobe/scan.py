@@ -31,7 +31,8 @@ from .upsample import CellLabels, UpsampleArgmax, count_sparse
 
 log = logging.getLogger("layerprobe.scan")
 
-COLUMNS = ["model", "prompt", "layer", "best_lambda", "miou", "acc"]
+COLUMNS = ["model", "prompt", "layer", "variant", "best_lambda", "miou", "acc"]
+VARIANT = "patch"  # the probe variant the scan fits: patch tokens, no CLS concatenated
 # Gets the batch's uint8 labels (B, H, W) and returns one prompt per image (e.g. {category} filled).
 PromptsFn = Callable[[np.ndarray], list[str]]
 # A solved probe per layer for scoring: weights (L, D, K), bias (L, 1, K), class ids (K,).
@@ -133,9 +134,10 @@ def run_scan(backbone: Backbone, data_group: Any, split_rows: dict[str, Sequence
     """Rank layers: ridge statistics on the training split, solve, score on the validation split.
 
     split_rows: rows per split of the data store to use (None: all). Returns one row per layer
-    with columns model, prompt, layer, best_lambda, miou, acc. `df.attrs` (plain data, so frames
-    still concatenate) holds the full grid (`grid`: records layer, lambda, miou, acc), the wall
-    time per phase (`seconds`) and each layer's absolute penalty per unit lambda (`lambda_scale`).
+    with columns model, prompt, layer, variant ("patch": the probe without CLS), best_lambda, miou,
+    acc. `df.attrs` (plain data, so frames still concatenate) holds the full grid (`grid`: records
+    layer, lambda, miou, acc), the wall time per phase (`seconds`) and each layer's absolute
+    penalty per unit lambda (`lambda_scale`).
     """
     device = torch.device(device)
     keys = sort_keys(list(keys))
@@ -199,7 +201,8 @@ def _summarise(model: str, prompt: str, keys: list[str], lambdas: list[float],
         best = int(np.argmax(np.where(np.isnan(mious), -np.inf, mious)))  # first = smallest lambda on ties
         if len(lambdas) > 1 and best in (0, len(lambdas) - 1):
             edge.append(key)
-        records.append({"model": model, "prompt": prompt, "layer": key, "best_lambda": lambdas[best],
+        records.append({"model": model, "prompt": prompt, "layer": key, "variant": VARIANT,
+                        "best_lambda": lambdas[best],
                         "miou": float(mious[best]), "acc": float(accs[best])})
         grid += [{"layer": key, "lambda": lam, "miou": float(mi), "acc": float(ac)}
                  for lam, mi, ac in zip(lambdas, mious, accs)]

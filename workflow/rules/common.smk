@@ -1,4 +1,6 @@
-# Config validation (at DAG build) and the input functions every rule uses. No rule logic here.
+# Config validation (at DAG build), the input functions and the fingerprint params every rule uses.
+# Fingerprints (layerprobe/fingerprint.py) are the config slices that shape each output: passed as
+# params, an edit reruns exactly the jobs whose outputs it changes. No rule logic here.
 import sys
 from pathlib import Path
 
@@ -7,7 +9,9 @@ sys.path.insert(0, str(Path(workflow.basedir) / "src"))
 from snakemake.exceptions import WorkflowError
 
 from layerprobe import config as lp_config
+from layerprobe import fingerprint as lp_fp
 from layerprobe import resources as lp_resources
+from layerprobe import store as lp_store
 from layerprobe.ade20k import DatasetError, check_layout
 from layerprobe.specs import model_spec, requested_keys
 
@@ -46,7 +50,7 @@ PARTS = CFG["store"]["parts"]
 wildcard_constraints:
     model="|".join(MODELS),
     prompt="[A-Za-z0-9][A-Za-z0-9_-]*",
-    layer="(layer|vision)_[0-9]{2,3}|projector",
+    probe="((layer|vision)_[0-9]{2,3}|projector)([+]cls)?",
     res="[0-9]+",
     part="[0-9]+",
 
@@ -69,6 +73,14 @@ def model_inputs(wildcards):
     return [f"results/models/{wildcards.model}.built"] if MODELS[wildcards.model].get("tiny") else []
 
 
+def store_path(wildcards):
+    return f"results/features/{wildcards.model}/{wildcards.prompt}.zarr"
+
+
+def store_layout(wildcards):
+    return f"results/features/{wildcards.model}/{wildcards.prompt}.layout.json"
+
+
 def store_parts(wildcards):
     return [f"results/features/{wildcards.model}/{wildcards.prompt}.part{p}.json" for p in range(PARTS)]
 
@@ -77,28 +89,25 @@ def store_manifest(wildcards):
     return f"results/features/{wildcards.model}/{wildcards.prompt}.manifest.json"
 
 
-def probe_dir(model, prompt, layer):
-    return f"results/probes/{model}/{prompt}/{layer}"
+def probe_fingerprint_file(wildcards):
+    return f"results/fingerprints/probes/{wildcards.model}/{wildcards.prompt}/{wildcards.probe}.txt"
+
+
+def probe_dir(model, prompt, probe):
+    return f"results/probes/{model}/{prompt}/{probe}"
 
 
 def all_probe_outputs():
     return [
         f"{probe_dir(m, p, k)}/{f}"
         for m, p in stores()
-        for k in requested_keys(MODELS[m])
+        for k in lp_config.probe_ids(MODELS[m])
         for f in ("metrics.json", "epochs.csv", "predictions.npz")
     ]
 
 
-def scanned_models():
-    chosen = CFG["scan"]["models"]
-    return list(MODELS) if chosen == "all" else [m for m in chosen if m in MODELS]
-
-
 def all_scan_outputs():
-    if not CFG["scan"]["enabled"]:
-        return []
-    return [f"results/scan/{m}/{p}.csv" for m in scanned_models() for p in lp_config.prompt_ids(MODELS[m])]
+    return [f"results/scan/{m}/{p}.{ext}" for m, p in lp_config.scan_targets(CFG) for ext in ("csv", "json")]
 
 
 def all_store_manifests():
@@ -106,7 +115,39 @@ def all_store_manifests():
 
 
 def all_data_manifests():
-    return [f"results/data/{r}px.json" for r in sorted({s.image_size for s in SPECS.values()})]
+    return [f"results/data/{r}px.json" for r in lp_config.resolutions(CFG)]
+
+
+# Fingerprint params (hashes): Snakemake reruns a job when its params change.
+def data_fingerprint(wildcards):
+    return lp_fp.data(CFG, int(wildcards.res)).hash
+
+
+def tiny_model_fingerprint(wildcards):
+    return lp_fp.tiny_model(CFG, wildcards.model).hash
+
+
+def store_fingerprint(wildcards):
+    return lp_fp.store(CFG, wildcards.model, wildcards.prompt).hash
+
+
+def store_keys(wildcards):
+    """Layers the store holds after its jobs: requested ones plus those already complete in it.
+    Adding a layer changes this (one extension runs); removing one does not."""
+    fingerprint = lp_fp.store(CFG, wildcards.model, wildcards.prompt)
+    return lp_store.keys_after_run(store_path(wildcards), fingerprint, requested_keys(MODELS[wildcards.model]))
+
+
+def probe_fingerprint(wildcards):
+    return lp_fp.probe(CFG, wildcards.model, wildcards.prompt, wildcards.probe).hash
+
+
+def scan_fingerprint(wildcards):
+    return lp_fp.scan(CFG, wildcards.model, wildcards.prompt).hash
+
+
+def report_fingerprint(wildcards):
+    return lp_fp.report(CFG).hash
 
 
 def mem_mb(rule_name):

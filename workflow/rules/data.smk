@@ -1,4 +1,6 @@
 # Stage 1: the dataset (synthetic for the demo) preprocessed once per model input resolution.
+# `fingerprint` covers the dataset's content (a digest of the files, or the synthetic settings),
+# the subset and the resolution: data changed in place under the same names reruns everything.
 
 
 rule synthetic_dataset:
@@ -26,8 +28,8 @@ rule preprocess:
     params:
         root=DATASET["root"],
         max_images=DATASET["max_images"],
-        chunk_images=CFG["store"]["chunk_images"],
         store="results/data/{res}px.zarr",
+        fingerprint=data_fingerprint,
     log:
         "results/logs/preprocess/{res}px.log",
     benchmark:

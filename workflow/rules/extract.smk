@@ -1,4 +1,6 @@
 # Stage 2: per-layer features into one chunked Zarr store per (model, prompt).
+# prepare_store alone creates, extends (new layers) or discards (fingerprint changed) the store;
+# the parts then only write disjoint chunk ranges; finalize_store checks and writes the manifest.
 # The declared outputs are small JSON files written last; the store itself is not declared, so a
 # failed or killed job keeps its finished chunks and the retry resumes from them.
 
@@ -7,7 +9,7 @@ rule build_tiny_model:
     output:
         "results/models/{model}.built",
     params:
-        model=lambda wildcards: MODELS[wildcards.model],
+        fingerprint=tiny_model_fingerprint,  # the `tiny` block only: new layers never rebuild it
     log:
         "results/logs/build_tiny_model/{model}.log",
     benchmark:
@@ -19,15 +21,38 @@ rule build_tiny_model:
         "../scripts/build_tiny_model.py"
 
 
+rule prepare_store:
+    input:
+        data=data_manifest,
+    output:
+        "results/features/{model}/{prompt}.layout.json",
+    params:
+        store=store_path,
+        fingerprint=store_fingerprint,
+        layers=store_keys,
+    log:
+        "results/logs/prepare_store/{model}/{prompt}.log",
+    benchmark:
+        "results/benchmarks/prepare_store/{model}/{prompt}.tsv"
+    resources:
+        mem_mb=mem_mb("prepare_store"),
+        runtime=runtime("prepare_store"),
+    script:
+        "../scripts/prepare_store.py"
+
+
 rule extract:
     input:
+        layout=store_layout,
         data=data_manifest,
         model=model_inputs,
     output:
         "results/features/{model}/{prompt}.part{part}.json",
     params:
-        store="results/features/{model}/{prompt}.zarr",
+        store=store_path,
         parts=PARTS,
+        fingerprint=store_fingerprint,
+        layers=store_keys,
     log:
         "results/logs/extract/{model}/{prompt}.part{part}.log",
     benchmark:
@@ -42,11 +67,14 @@ rule extract:
 
 rule finalize_store:
     input:
-        store_parts,
+        layout=store_layout,
+        parts=store_parts,
     output:
         "results/features/{model}/{prompt}.manifest.json",
     params:
-        store="results/features/{model}/{prompt}.zarr",
+        store=store_path,
+        fingerprint=store_fingerprint,
+        layers=store_keys,
     log:
         "results/logs/finalize_store/{model}/{prompt}.log",
     benchmark:

@@ -1,21 +1,44 @@
-# Stage 3: one linear probe per (model, prompt, layer). Checkpoints go to results/checkpoints/,
-# which is not a declared output, so Snakemake's cleanup of a failed job keeps them.
+# Stage 3: one linear probe per (model, prompt, layer, CLS variant). Checkpoints go to
+# results/checkpoints/, which is not a declared output, so Snakemake's cleanup of a failed job
+# keeps them.
+#
+# Why the store manifest is `ancient` and the fingerprint is a file: extending a store (a new
+# layer) rewrites its manifest, which must not rerun the probes of the layers it already had.
+# A probe reruns when its own fingerprint file changes, which happens exactly when the
+# fingerprint (its layer's features + probe settings) does. A job rule with no inputs is never
+# masked by Snakemake's needrun propagation, so this holds also when a store is extended and
+# probe settings change in the same edit.
+
+
+localrules:
+    probe_fingerprint,
+
+
+rule probe_fingerprint:
+    output:
+        "results/fingerprints/probes/{model}/{prompt}/{probe}.txt",
+    params:
+        fingerprint=probe_fingerprint,
+    shell:
+        "echo {params.fingerprint:q} > {output:q}"
 
 
 rule probe:
     input:
-        store_manifest,
+        store=ancient(store_manifest),
+        fingerprint=probe_fingerprint_file,
     output:
-        metrics="results/probes/{model}/{prompt}/{layer}/metrics.json",
-        epochs="results/probes/{model}/{prompt}/{layer}/epochs.csv",
-        predictions="results/probes/{model}/{prompt}/{layer}/predictions.npz",
+        metrics="results/probes/{model}/{prompt}/{probe}/metrics.json",
+        epochs="results/probes/{model}/{prompt}/{probe}/epochs.csv",
+        predictions="results/probes/{model}/{prompt}/{probe}/predictions.npz",
     params:
-        store="results/features/{model}/{prompt}.zarr",
-        checkpoint="results/checkpoints/{model}/{prompt}/{layer}.pt",
+        store=store_path,
+        checkpoint="results/checkpoints/{model}/{prompt}/{probe}.pt",
+        fingerprint=probe_fingerprint,
     log:
-        "results/logs/probe/{model}/{prompt}/{layer}.log",
+        "results/logs/probe/{model}/{prompt}/{probe}.log",
     benchmark:
-        "results/benchmarks/probe/{model}/{prompt}/{layer}.tsv"
+        "results/benchmarks/probe/{model}/{prompt}/{probe}.tsv"
     # The script pins torch to this many threads, so float reductions (and so the metrics) are
     # the same under every executor; a resumed SLURM job must match an uninterrupted local run.
     threads: 1

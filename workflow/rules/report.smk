@@ -11,6 +11,8 @@ rule report:
         scans=all_scan_outputs(),
         stores=all_store_manifests(),
         data=all_data_manifests(),
+    params:
+        fingerprint=report_fingerprint,
     output:
         html=report(
             "results/report.html",

@@ -1,5 +1,6 @@
 # Stage 3b: the layer scan. Closed-form ridge probes for every layer of a (model, prompt), fitted
-# while the model runs (no feature store): one CSV ranking the layers per (model, prompt).
+# while the model runs (no feature store): one CSV ranking the layers per (model, prompt), and a
+# JSON sidecar with its fingerprint (data, model, prompt and scan settings).
 from layerprobe import scan as lp_scan
 
 
@@ -19,6 +20,9 @@ rule scan:
         model=model_inputs,
     output:
         table="results/scan/{model}/{prompt}.csv",
+        fingerprint="results/scan/{model}/{prompt}.json",
+    params:
+        fingerprint=scan_fingerprint,
     log:
         "results/logs/scan/{model}/{prompt}.log",
     benchmark:

@@ -2,11 +2,12 @@
 import json
 from pathlib import Path
 
+from layerprobe import config as lp_config
 from layerprobe.backbones import tiny_clip
 from layerprobe.logs import redirect_output
 
 with redirect_output(snakemake.log[0]):
-    model = snakemake.params.model
+    model = lp_config.validate(snakemake.config)["models"][snakemake.wildcards.model]
     tiny = model["tiny"]
     if model["kind"] == "open_clip":
         path = tiny_clip.build(model["arch"], model["pretrained"], tiny)
@@ -17,4 +18,5 @@ with redirect_output(snakemake.log[0]):
                                 vision_width=tiny["width"], vision_layers=tiny["layers"],
                                 text_width=tiny["text_width"], text_layers=tiny["text_layers"], heads=tiny["heads"],
                                 seed=tiny["seed"], mixing=tiny["mixing"])
-    Path(snakemake.output[0]).write_text(json.dumps({"path": str(path), **tiny}, indent=2))
+    Path(snakemake.output[0]).write_text(json.dumps({"path": str(path), **tiny,
+                                                     "fingerprint": snakemake.params.fingerprint}, indent=2))

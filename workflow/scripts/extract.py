@@ -1,22 +1,26 @@
-"""Rule extract: one part of a (model, prompt) feature store; resumes from finished chunks."""
+"""Rule extract: one part of a (model, prompt) feature store; writes only the missing (chunk, layer) pairs."""
 import json
 import time
 
 from layerprobe import config as lp_config
+from layerprobe import fingerprint as lp_fp
 from layerprobe.backbones import load_backbone
 from layerprobe.data import open_data
-from layerprobe.extract import run_part
+from layerprobe.extract import extract_part, make_layout
 from layerprobe.logs import redirect_output
 
 with redirect_output(snakemake.log[0]):
     cfg = lp_config.validate(snakemake.config)
     name, prompt = snakemake.wildcards.model, snakemake.wildcards.prompt
+    model = cfg["models"][name]
+    fingerprint = lp_fp.expect(lp_fp.store(cfg, name, prompt), snakemake.params.fingerprint, snakemake.params.store)
     data = open_data(json.load(open(snakemake.input.data))["store"])
+    layout = make_layout(name, model, prompt, data, cfg["store"]["chunk_images"], cfg["store"]["shuffle_seed"],
+                         fingerprint)
+    keys = json.load(open(snakemake.input.layout))["keys"]  # what prepare_store made room for
     start = time.time()
-    backbone = load_backbone(name, cfg["models"][name], cfg["probe"]["device"])
-    stats = run_part(name, cfg["models"][name], prompt, backbone, data, snakemake.params.store,
-                     int(snakemake.wildcards.part), snakemake.params.parts, cfg["store"]["chunk_images"],
-                     cfg["store"]["shuffle_seed"])
+    stats = extract_part(lambda: load_backbone(name, model, cfg["probe"]["device"]), data, snakemake.params.store,
+                         layout, keys, int(snakemake.wildcards.part), snakemake.params.parts, model["batch_size"])
     stats["seconds"] = time.time() - start
     with open(snakemake.output[0], "w") as f:
         json.dump(stats, f, indent=2)

@@ -1,7 +1,10 @@
-"""Rule finalize_store: verify every chunk of every part is written, then write the manifest."""
+"""Rule finalize_store: verify every chunk holds every layer, then write the manifest."""
+import json
+
 from layerprobe.logs import redirect_output
 from layerprobe.store import finalize
 
 with redirect_output(snakemake.log[0]):
-    manifest = finalize(snakemake.params.store, snakemake.output[0])
-    print(f"store complete: {manifest['store']} ({manifest['bytes']} bytes)")
+    keys = json.load(open(snakemake.input.layout))["keys"]
+    manifest = finalize(snakemake.params.store, snakemake.output[0], keys)
+    print(f"store complete: {manifest['store']} ({manifest['bytes']} bytes), layers {manifest['layers']}")

@@ -2,6 +2,7 @@
 import json
 
 from layerprobe import config as lp_config
+from layerprobe import fingerprint as lp_fp
 from layerprobe.backbones import load_backbone, resolve_device
 from layerprobe.data import open_data
 from layerprobe.logs import redirect_output
@@ -13,6 +14,7 @@ with redirect_output(snakemake.log[0]):
     cfg = lp_config.validate(snakemake.config)
     name, prompt = snakemake.wildcards.model, snakemake.wildcards.prompt
     model, settings = cfg["models"][name], cfg["scan"]
+    fingerprint = lp_fp.expect(lp_fp.scan(cfg, name, prompt), snakemake.params.fingerprint, snakemake.output.table)
     data = open_data(json.load(open(snakemake.input.data))["store"])
     device = resolve_device(cfg["probe"]["device"])
     backbone = load_backbone(name, model, device)
@@ -22,3 +24,4 @@ with redirect_output(snakemake.log[0]):
     table = run_scan(backbone, data, None, keys, prompts_fn, settings["lambdas"], settings["batch_size"],
                      prompt=prompt, device=device, max_stats_bytes=None if max_mb is None else int(max_mb * 2**20))
     table.to_csv(snakemake.output.table, index=False)
+    lp_fp.write(snakemake.output.fingerprint, fingerprint)

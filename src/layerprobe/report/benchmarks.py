@@ -15,7 +15,7 @@ from ..plan import requested
 
 BENCHMARK_COLUMNS = ["s", "h:m:s", "max_rss", "max_vms", "max_uss", "max_pss", "io_in", "io_out", "mean_load",
                      "cpu_time"]
-MODEL_RULES = ("build_tiny_model", "extract", "finalize_store", "probe", "scan")
+MODEL_RULES = ("build_tiny_model", "prepare_store", "extract", "finalize_store", "probe", "scan")
 COLUMNS = ["rule", "job", "model", "mem_mb", "runtime_min", "gpus"] + [c for c in BENCHMARK_COLUMNS if c != "h:m:s"]
 
 

@@ -2,6 +2,12 @@
 
 Nothing here draws: figures and HTML take a `Results`. Files the config expects but that are
 missing are listed (`Results.missing`) instead of failing, so a partial run still gets a report.
+A result that exists but was made with another config (its recorded fingerprint differs from the
+config's) is an error naming the file and the differing keys: it never appears as current.
+
+Series: one line per (model, prompt, CLS variant). A CLS-variant probe's rows carry the prompt
+`<prompt>+cls` (e.g. `none+cls`), so every figure keyed by (model, prompt) draws it as a line of
+its own; `store_prompt` and `probe` keep the store's prompt and the probe's name.
 """
 
 from __future__ import annotations
@@ -15,8 +21,10 @@ import numpy as np
 import pandas as pd
 
 from .. import config as lp_config
+from .. import fingerprint as lp_fp
 from ..ade20k import CLASS_NAMES
-from ..specs import model_spec, requested_keys
+from ..layers import CLS_SUFFIX, parse_probe_id
+from ..specs import model_spec
 from .axis import LayerAxis
 from .benchmarks import read_benchmarks
 
@@ -38,6 +46,7 @@ class Results:
     benchmarks: pd.DataFrame
     class_names: list[str]
     missing: list[str] = field(default_factory=list)
+    fingerprints: list[tuple[str, str]] = field(default_factory=list)  # (result file, fingerprint hash)
 
     def store_list(self) -> list[Store]:
         """(model, prompt) pairs with probe results, in config order."""
@@ -56,32 +65,54 @@ class Results:
 
 
 def collect(config: dict[str, Any], results: Path) -> Results:
+    """Read every result the config expects; raises fingerprint.StaleResultError for one made
+    with another config."""
     results = Path(results)
     axis = LayerAxis.from_config(config)
     missing: list[str] = []
-    probes, curves, per_class, predictions, names = _read_probes(config, results, axis, missing)
+    seen: list[tuple[str, str]] = []
+    data = _read_data_manifests(config, results, seen)
+    stores = _read_store_manifests(config, results, seen)
+    probes, curves, per_class, predictions, names = _read_probes(config, results, axis, missing, seen)
+    scan = _read_scan(config, results, axis, missing, seen)
     return Results(root=results, config=config, axis=axis, probes=probes, curves=curves, per_class=per_class,
-                   predictions=predictions, scan=_read_scan(config, results, axis, missing),
-                   stores=_read_store_manifests(config, results), data=_read_data_manifests(config, results),
-                   benchmarks=read_benchmarks(results, config), class_names=names, missing=missing)
+                   predictions=predictions, scan=scan, stores=stores, data=data,
+                   benchmarks=read_benchmarks(results, config), class_names=names, missing=missing,
+                   fingerprints=seen)
+
+
+def _checked(fingerprint: lp_fp.Fingerprint, recorded: dict[str, Any] | None, path: Path,
+             seen: list[tuple[str, str]]) -> None:
+    fingerprint.check(recorded, str(path))
+    seen.append((str(path), fingerprint.hash))
 
 
 def expected_probes(config: dict[str, Any]) -> list[tuple[str, str, str]]:
+    """(model, prompt, probe name) of every probe the config defines."""
     return [(m, p, k) for m, cfg in config["models"].items() for p in lp_config.prompt_ids(cfg)
-            for k in requested_keys(cfg)]
+            for k in lp_config.probe_ids(cfg)]
 
 
-def _read_probes(config: dict[str, Any], results: Path, axis: LayerAxis, missing: list[str]):  # noqa: ANN202
+def series_prompt(prompt: str, probe: str) -> str:
+    """The prompt a probe's line is drawn under: `<prompt>+cls` for the CLS variant."""
+    return prompt + (CLS_SUFFIX if parse_probe_id(probe)[1] else "")
+
+
+def _read_probes(config: dict[str, Any], results: Path, axis: LayerAxis, missing: list[str],  # noqa: ANN202
+                 seen: list[tuple[str, str]]):
     rows, curve_frames, ious, predictions = [], [], {}, {}
     names = list(CLASS_NAMES)
-    for model, prompt, layer in expected_probes(config):
-        folder = results / "probes" / model / prompt / layer
+    for model, store_prompt, probe in expected_probes(config):
+        folder = results / "probes" / model / store_prompt / probe
         if not (folder / "metrics.json").is_file():
             missing.append(str(folder / "metrics.json"))
             continue
         metrics = json.loads((folder / "metrics.json").read_text())
+        _checked(lp_fp.probe(config, model, store_prompt, probe), metrics.get("fingerprint"),
+                 folder / "metrics.json", seen)
+        layer, prompt = parse_probe_id(probe)[0], series_prompt(store_prompt, probe)
         names = metrics.get("class_names") or names
-        rows.append(_probe_row(metrics, model, prompt, layer, axis))
+        rows.append({**_probe_row(metrics, model, prompt, layer, axis), "store_prompt": store_prompt, "probe": probe})
         ious[(model, prompt, layer)] = [np.nan if v is None else v for v in metrics.get("per_class_iou", [])]
         curve_frames.append(_read_curve(folder / "epochs.csv", model, prompt, layer, missing))
         if (folder / "predictions.npz").is_file():
@@ -94,7 +125,7 @@ def _read_probes(config: dict[str, Any], results: Path, axis: LayerAxis, missing
 
 
 PROBE_COLUMNS = ["model", "prompt", "layer", "x", "segment", "miou", "acc", "best_epoch", "best_test_miou",
-                 "epochs", "loader_mode"]
+                 "epochs", "loader_mode", "store_prompt", "probe"]
 CURVE_COLUMNS = ["model", "prompt", "layer", "epoch", "loss", "train_miou", "train_acc", "test_miou", "test_acc"]
 
 
@@ -126,18 +157,19 @@ def _per_class_tables(ious: dict[tuple[str, str, str], list[float]], names: list
             for store, rows in tables.items()}
 
 
-def _read_scan(config: dict[str, Any], results: Path, axis: LayerAxis, missing: list[str]) -> pd.DataFrame:
+def _read_scan(config: dict[str, Any], results: Path, axis: LayerAxis, missing: list[str],
+               seen: list[tuple[str, str]]) -> pd.DataFrame:
     columns = ["model", "prompt", "layer", "best_lambda", "miou", "acc", "x", "segment"]
-    if not config["scan"]["enabled"]:
-        return pd.DataFrame(columns=columns)
     frames = []
-    for model in _scanned(config):
-        for prompt in lp_config.prompt_ids(config["models"][model]):
-            path = results / "scan" / model / f"{prompt}.csv"
-            if not path.is_file():
-                missing.append(str(path))
-                continue
-            frames.append(pd.read_csv(path, dtype={"model": str, "prompt": str, "layer": str}))
+    for model, prompt in lp_config.scan_targets(config):
+        path = results / "scan" / model / f"{prompt}.csv"
+        if not path.is_file():
+            missing.append(str(path))
+            continue
+        sidecar = path.with_suffix(".json")
+        recorded = json.loads(sidecar.read_text()) if sidecar.is_file() else None
+        _checked(lp_fp.scan(config, model, prompt), recorded, path, seen)
+        frames.append(pd.read_csv(path, dtype={"model": str, "prompt": str, "layer": str}))
     if not frames:
         return pd.DataFrame(columns=columns)
     scan = pd.concat(frames, ignore_index=True)
@@ -146,12 +178,7 @@ def _read_scan(config: dict[str, Any], results: Path, axis: LayerAxis, missing: 
     return scan[columns]
 
 
-def _scanned(config: dict[str, Any]) -> list[str]:
-    chosen = config["scan"]["models"]
-    return list(config["models"]) if chosen == "all" else [m for m in chosen if m in config["models"]]
-
-
-def _read_store_manifests(config: dict[str, Any], results: Path) -> pd.DataFrame:
+def _read_store_manifests(config: dict[str, Any], results: Path, seen: list[tuple[str, str]]) -> pd.DataFrame:
     rows = []
     for model, cfg in config["models"].items():
         for prompt in lp_config.prompt_ids(cfg):
@@ -159,6 +186,7 @@ def _read_store_manifests(config: dict[str, Any], results: Path) -> pd.DataFrame
             if not path.is_file():
                 continue
             manifest = json.loads(path.read_text())
+            _checked(lp_fp.store(config, model, prompt), manifest.get("fingerprint"), path, seen)
             images = manifest.get("images", {})
             rows.append({"model": model, "prompt": prompt, "layers": len(manifest.get("layers", [])),
                          "training_images": images.get("training"), "validation_images": images.get("validation"),
@@ -167,12 +195,14 @@ def _read_store_manifests(config: dict[str, Any], results: Path) -> pd.DataFrame
                                        "store"])
 
 
-def _read_data_manifests(config: dict[str, Any], results: Path) -> dict[int, dict[str, Any]]:
+def _read_data_manifests(config: dict[str, Any], results: Path,
+                         seen: list[tuple[str, str]]) -> dict[int, dict[str, Any]]:
     out = {}
     for res in lp_config.resolutions(config):
         path = results / "data" / f"{res}px.json"
         if path.is_file():
             out[res] = json.loads(path.read_text())
+            _checked(lp_fp.data(config, res), out[res].get("fingerprint"), path, seen)
     return out
 
 

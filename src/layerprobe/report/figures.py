@@ -21,6 +21,7 @@ from matplotlib.lines import Line2D  # noqa: E402
 from matplotlib.patches import Patch  # noqa: E402
 from matplotlib.transforms import blended_transform_factory  # noqa: E402
 
+from ..layers import CLS_SUFFIX  # noqa: E402
 from .axis import LayerAxis  # noqa: E402
 from .collect import Results, Store  # noqa: E402
 
@@ -31,8 +32,10 @@ plt.rcParams.update({"font.size": 10, "axes.titlesize": 11, "axes.labelsize": 10
 
 
 def store_label(store: Store) -> str:
+    """'model', 'model · prompt', and ' +CLS' for a CLS-variant series (prompt '<prompt>+cls')."""
     model, prompt = store
-    return model if prompt == "none" else f"{model} · {prompt}"
+    base, cls = (prompt[:-len(CLS_SUFFIX)], True) if prompt.endswith(CLS_SUFFIX) else (prompt, False)
+    return (model if base == "none" else f"{model} · {base}") + (" +CLS" if cls else "")
 
 
 def colours(stores: list[Store]) -> dict[Store, Any]:

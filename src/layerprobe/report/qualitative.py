@@ -140,6 +140,9 @@ def qualitative_panel(results: Results, store: Store) -> Figure | None:
     if group is None or not layers:
         return None
     ids, _ = results.predictions[(*store, layers[0][1])]
+    ids = ids[:results.config["report"]["qualitative_images"]]  # probes save probe.saved_predictions
+    if not ids:
+        return None
     all_ids = list(group.attrs["validation_image_ids"])
     rows = [all_ids.index(i) for i in ids if i in all_ids]
     if not rows:

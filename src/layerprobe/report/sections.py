@@ -202,9 +202,16 @@ def facts_section(results: Results) -> str:
     facts = "".join(f"<tr><th>{esc(k)}</th><td>{esc(v)}</td></tr>" for k, v in run_facts(results.root))
     config = yaml.dump(results.config, Dumper=_ConfigDumper, sort_keys=False, allow_unicode=True,
                        default_flow_style=None, width=110)
+    prints = "".join(f"<tr><td><code>{esc(path)}</code></td><td><code>{esc(fp)}</code></td></tr>"
+                     for path, fp in results.fingerprints)
+    fingerprints = details(f"Fingerprints of the {len(results.fingerprints)} results shown (each matches the config)",
+                           '<p class="muted">A fingerprint is the hash of the config keys (and data digest) that '
+                           "shape a result (<code>layerprobe/fingerprint.py</code>); every result records its own, "
+                           "and the report refuses one that differs from the config's.</p>"
+                           f"<table><tr><th>result</th><th>fingerprint</th></tr>{prints}</table>")
     return section("facts", "Run facts and config",
                    f"<table>{facts}</table>" + details("Config (validated, defaults filled in)",
-                                                       f"<pre>{esc(config)}</pre>"))
+                                                       f"<pre>{esc(config)}</pre>") + fingerprints)
 
 
 class _ConfigDumper(yaml.SafeDumper):

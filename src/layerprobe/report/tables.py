@@ -81,8 +81,8 @@ def scanned_stores(results: Results) -> list[Store]:
     return [(m, p) for m, p in seen.itertuples(index=False)]
 
 
-RULE_ORDER = ["synthetic_dataset", "preprocess", "build_tiny_model", "extract", "finalize_store", "scan", "probe",
-              "report"]
+RULE_ORDER = ["synthetic_dataset", "preprocess", "build_tiny_model", "prepare_store", "extract", "finalize_store",
+              "scan", "probe", "report"]
 
 
 def resources_table(results: Results) -> pd.DataFrame:
