@@ -1,0 +1,238 @@
+"""The config is the experiment: each edit reruns exactly the jobs it changes, and afterwards every
+output equals what a from-scratch run with the edited config produces.
+
+One small base run (tests/configs/edit_matrix.yaml). Per edit, the dry run's jobs on a copy of it
+(.snakemake metadata included) equal the set written here. Then the edits are applied and run,
+in two groups that together hold every edit (one Snakemake run plus a from-scratch run costs
+about a minute, so one pair per edit would take 20): the store-layout edits (extend a store, new
+store, new probe variants, removal, scan settings) and the edits that discard and redo (prompt
+text, model weights, chunking, probe settings, data). After each group's run a second dry run
+has nothing to do, and a from-scratch run of the edited config in a fresh directory gives
+identical feature bytes, metrics, epochs.csv, predictions and scan tables.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import re
+import shutil
+from pathlib import Path
+from typing import Any, Callable
+
+import numpy as np
+import pytest
+import torch
+import yaml
+
+from layerprobe import config as lp_config
+from layerprobe import fingerprint as lp_fp
+from layerprobe.specs import requested_keys
+from tests.conftest import ROOT, copy_repo, snakemake
+
+BASE = yaml.safe_load((ROOT / "tests/configs/edit_matrix.yaml").read_text())
+CONFIG = "config/edit_matrix.yaml"
+Jobs = dict[str, set[str]]
+
+pytestmark = pytest.mark.slow
+
+
+def run(workdir: Path, *args: str):
+    return snakemake(workdir, "--profile", "profiles/local", "--cores", "2", "--configfile", CONFIG, *args)
+
+
+def planned_jobs(workdir: Path) -> Jobs:
+    """{rule: {wildcard values joined by '/'}} of a dry run ('' for a job without wildcards)."""
+    out = snakemake(workdir, "-n", "--configfile", CONFIG).stdout
+    jobs: Jobs = {}
+    for match in re.finditer(r"^(?:local)?rule (\w+):\n((?:    .*\n?)*)", out, re.M):
+        wildcards = re.search(r"^    wildcards: (.*)$", match.group(2), re.M)
+        values = "/".join(kv.split("=", 1)[1] for kv in wildcards.group(1).split(", ")) if wildcards else ""
+        jobs.setdefault(match.group(1), set()).add(values)
+    return jobs
+
+
+def write_config(workdir: Path, config: dict[str, Any]) -> None:
+    (workdir / CONFIG).write_text(yaml.safe_dump(config, sort_keys=False))
+
+
+# --------------------------------------------------------------------------------------------
+# Expected job sets
+# --------------------------------------------------------------------------------------------
+
+def jobs(*parts: Jobs) -> Jobs:
+    """Union of job sets, plus the report and the default target, which every edit reruns."""
+    out: Jobs = {"report": {""}, "all": {""}}
+    for part in parts:
+        for rule, ids in part.items():
+            out.setdefault(rule, set()).update(ids)
+    return out
+
+
+def store(model: str, prompt: str) -> Jobs:
+    ids = f"{model}/{prompt}"
+    return {"prepare_store": {ids}, "extract": {f"{ids}/0", f"{ids}/1"}, "finalize_store": {ids}}
+
+
+def probes(model: str, prompt: str, *names: str) -> Jobs:
+    ids = {f"{model}/{prompt}/{n}" for n in names}
+    return {"probe_fingerprint": set(ids), "probe": set(ids)}
+
+
+def scan(model: str, prompt: str) -> Jobs:
+    return {"scan": {f"{model}/{prompt}"}}  # the base config scans tiny_vit only
+
+
+VIT, LLAVA = ("tiny_vit", "none"), ("tiny_llava", "describe")
+VIT_PROBES = probes(*VIT, "layer_01", "layer_03")
+LLAVA_PROBES = probes(*LLAVA, "vision_02", "layer_01", "layer_03")
+ALL_STORES_AND_PROBES = jobs(store(*VIT), store(*LLAVA), VIT_PROBES, LLAVA_PROBES)
+
+
+def _add_prompt(c: dict) -> None:
+    c["models"]["tiny_llava"]["prompts"].append({"id": "describe_category",
+                                                 "text": "Describe the {category} in the image in detail"})
+
+
+def _new_data(c: dict) -> None:
+    c["dataset"]["synthetic"]["seed"] = 1  # new images and labels under the same file names
+
+
+EDITS: dict[str, tuple[Callable[[dict], None], Jobs]] = {
+    "add an LLM layer": (lambda c: c["models"]["tiny_llava"]["layers"].insert(1, 2),
+                         jobs(store(*LLAVA), probes(*LLAVA, "layer_02"))),
+    "add a vision layer": (lambda c: c["models"]["tiny_llava"]["vision_layers"].insert(0, 1),
+                           jobs(store(*LLAVA), probes(*LLAVA, "vision_01"))),
+    "remove a layer": (lambda c: c["models"]["tiny_vit"]["layers"].remove(1), jobs()),
+    "add a prompt": (_add_prompt, jobs(store("tiny_llava", "describe_category"),
+                                       probes("tiny_llava", "describe_category", "vision_02", "layer_01", "layer_03"))),
+    "change a prompt's text": (lambda c: c["models"]["tiny_llava"]["prompts"][0].update(text="Describe this picture"),
+                               jobs(store(*LLAVA), LLAVA_PROBES)),
+    "change probe.lr and epochs": (lambda c: c["probe"].update(lr=0.05, epochs=3), jobs(VIT_PROBES, LLAVA_PROBES)),
+    "switch concat_cls to both": (lambda c: c["models"]["tiny_vit"].update(concat_cls=[False, True]),
+                                  jobs(probes(*VIT, "layer_01+cls", "layer_03+cls"))),
+    "change the scan's lambdas": (lambda c: c["scan"].update(lambdas=[0.01, 1.0]), jobs(scan(*VIT))),
+    "change dataset.max_images": (lambda c: c["dataset"].update(max_images={"training": 12}),
+                                  jobs(ALL_STORES_AND_PROBES, {"preprocess": {"32"}}, scan(*VIT))),
+    "change images and labels under the same names": (
+        _new_data, jobs(ALL_STORES_AND_PROBES, {"synthetic_dataset": {""}, "preprocess": {"32"}}, scan(*VIT))),
+    "change the model's weights": (lambda c: c["models"]["tiny_vit"]["tiny"].update(seed=1),
+                                   jobs(store(*VIT), VIT_PROBES, scan(*VIT), {"build_tiny_model": {"tiny_vit"}})),
+    "change store.chunk_images": (lambda c: c["store"].update(chunk_images=8), ALL_STORES_AND_PROBES),
+    # Extending a store masks its probes in Snakemake's needrun propagation; the fingerprint
+    # files must still rerun every probe whose settings changed.
+    "add a layer and change probe.lr at once": (
+        lambda c: (c["models"]["tiny_llava"]["layers"].insert(1, 2), c["probe"].update(lr=0.05)),
+        jobs(store(*LLAVA), VIT_PROBES, LLAVA_PROBES, probes(*LLAVA, "layer_02"))),
+}
+GROUPS = {
+    "layout edits": ["add an LLM layer", "add a vision layer", "remove a layer", "add a prompt",
+                     "switch concat_cls to both", "change the scan's lambdas"],
+    "discard-and-redo edits": ["change a prompt's text", "change the model's weights", "change store.chunk_images",
+                               "change probe.lr and epochs", "change dataset.max_images",
+                               "change images and labels under the same names"],
+}
+assert {e for g in GROUPS.values() for e in g} | {"add a layer and change probe.lr at once"} == set(EDITS)
+
+
+def edited(*names: str) -> dict[str, Any]:
+    config = copy.deepcopy(BASE)
+    for name in names:
+        EDITS[name][0](config)
+    return config
+
+
+# --------------------------------------------------------------------------------------------
+# Comparing two results trees
+# --------------------------------------------------------------------------------------------
+
+def _files(folder: Path) -> dict[str, bytes]:
+    return {str(p.relative_to(folder)): p.read_bytes() for p in sorted(folder.rglob("*")) if p.is_file()}
+
+
+def _attrs(path: Path) -> dict[str, Any]:
+    attrs = json.loads((path / "zarr.json").read_text())["attributes"]
+    # Which arrays a store holds beyond those asked for depends on its history (removing a
+    # layer deletes nothing); everything else must match.
+    return {k: v for k, v in attrs.items() if k not in ("layers", "complete_layers", "dims")}
+
+
+def assert_same_results(done: Path, scratch: Path, config: dict[str, Any]) -> None:
+    cfg = lp_config.validate(config)
+    for res in lp_config.resolutions(cfg):
+        assert _files(done / f"results/data/{res}px.zarr") == _files(scratch / f"results/data/{res}px.zarr")
+    for name, model in cfg["models"].items():
+        for prompt in lp_config.prompt_ids(model):
+            a, b = (w / f"results/features/{name}/{prompt}.zarr" for w in (done, scratch))
+            assert _attrs(a) == _attrs(b), (name, prompt)
+            arrays = [*requested_keys(model), "labels"] + [f"{k}_cls" for k in requested_keys(model)
+                                                            if (b / "training" / f"{k}_cls").exists()]
+            for split in ("training", "validation"):
+                for key in arrays:
+                    assert _files(a / split / key) == _files(b / split / key), (name, prompt, split, key)
+            for probe in lp_config.probe_ids(model):
+                pa, pb = (w / f"results/probes/{name}/{prompt}/{probe}" for w in (done, scratch))
+                ma, mb = (json.loads((p / "metrics.json").read_text()) for p in (pa, pb))
+                ma.pop("train_seconds_this_run"), mb.pop("train_seconds_this_run")
+                assert ma == mb, (name, prompt, probe)
+                assert (pa / "epochs.csv").read_bytes() == (pb / "epochs.csv").read_bytes(), (name, prompt, probe)
+                with np.load(pa / "predictions.npz") as x, np.load(pb / "predictions.npz") as y:
+                    assert np.array_equal(x["pred"], y["pred"]) and np.array_equal(x["ids"], y["ids"])
+    for name, prompt in lp_config.scan_targets(cfg):
+        for ext in ("csv", "json"):
+            path = f"results/scan/{name}/{prompt}.{ext}"
+            assert (done / path).read_bytes() == (scratch / path).read_bytes(), path
+
+
+# --------------------------------------------------------------------------------------------
+
+@pytest.fixture(scope="module")
+def base(tmp_path_factory) -> Path:
+    workdir = copy_repo(tmp_path_factory.mktemp("matrix_base"))
+    write_config(workdir, BASE)
+    run(workdir)
+    return workdir
+
+
+@pytest.fixture(scope="module")
+def planner(base, tmp_path_factory) -> Path:
+    """A copy of the base run for dry runs (they change nothing, so one copy serves every edit)."""
+    workdir = tmp_path_factory.mktemp("matrix_plans") / "w"
+    shutil.copytree(base, workdir, symlinks=True)
+    return workdir
+
+
+@pytest.mark.parametrize("edit", list(EDITS))
+def test_dry_run_plans_exactly_the_jobs_an_edit_changes(planner, edit):
+    write_config(planner, edited(edit))
+    assert planned_jobs(planner) == EDITS[edit][1]
+
+
+@pytest.mark.parametrize("group", list(GROUPS))
+def test_edited_run_equals_a_from_scratch_run(base, tmp_path, group):
+    config = edited(*GROUPS[group])
+    done = tmp_path / "incremental"
+    shutil.copytree(base, done, symlinks=True)
+    write_config(done, config)
+    stale = done / "results/checkpoints/tiny_vit/none/layer_03.pt"
+    if group == "discard-and-redo edits":  # a checkpoint left by a killed probe of the old config
+        stale.parent.mkdir(parents=True, exist_ok=True)
+        old = lp_fp.probe(lp_config.validate(BASE), "tiny_vit", "none", "layer_03")
+        torch.save({"fingerprint": old.record(), "epoch": 1, "batch": 0}, stale)
+    run(done)
+    assert planned_jobs(done) == {}, "a second run still has work: the edits did not converge"
+    assert not stale.exists()
+    if group == "discard-and-redo edits":
+        log = (done / "results/logs/probe/tiny_vit/none/layer_03.log").read_text()
+        assert "discarding checkpoint" in log and "probe.lr: 0.1 -> 0.05" in log and "resumed" not in log
+    scratch = copy_repo(tmp_path / "scratch")
+    write_config(scratch, config)
+    run(scratch)
+    assert_same_results(done, scratch, config)
+    if group == "discard-and-redo edits":
+        # --forcerun of a finished probe after its settings changed: it starts from epoch 1 (its
+        # checkpoint is gone; one of other settings would be discarded) and matches scratch.
+        probe = "results/probes/tiny_vit/none/layer_03"
+        run(done, "--forcerun", f"{probe}/metrics.json")
+        assert (done / probe / "epochs.csv").read_bytes() == (scratch / probe / "epochs.csv").read_bytes()
+        assert "resumed" not in (done / "results/logs/probe/tiny_vit/none/layer_03.log").read_text()
