@@ -26,7 +26,7 @@ import torch
 
 from layerprobe.backbones import load_backbone, tiny_clip
 from layerprobe.data import open_data, preprocess
-from layerprobe.ridge import stats_bytes
+from layerprobe.scan_cost import stats_bytes
 from layerprobe.scan import _batches, run_scan, score_pass, tune_malloc
 from layerprobe.synthetic import write_dataset
 

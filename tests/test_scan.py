@@ -13,7 +13,7 @@ import torch
 import torch.nn.functional as F
 import zarr
 
-from layerprobe import ridge, scan
+from layerprobe import ridge, scan, scan_cost
 from layerprobe import upsample as ups
 from layerprobe.backbones.base import Backbone
 from layerprobe.metrics import SegmentationMeter
@@ -74,14 +74,14 @@ def test_update_with_class_subset_equals_full_targets() -> None:
 def test_stats_bytes_and_groups() -> None:
     stats = ridge.RidgeStats(12, 7)
     stats.update(torch.randn(5, 12), torch.rand(5, 7))
-    assert stats.nbytes() == ridge.stats_bytes([12], 7)
+    assert stats.nbytes() == scan_cost.stats_bytes([12], 7)
     dims = {"layer_00": 100, "layer_01": 100, "layer_02": 100}
-    one = ridge.stats_bytes([100])
-    assert ridge.plan_groups(list(dims), dims, None) == [list(dims)]
-    assert ridge.plan_groups(list(dims), dims, 2 * one) == [["layer_00", "layer_01"], ["layer_02"]]
-    assert ridge.plan_groups(list(dims), dims, 1) == [["layer_00"], ["layer_01"], ["layer_02"]]
+    one = scan_cost.stats_bytes([100])
+    assert scan_cost.plan_groups(list(dims), dims, None) == [list(dims)]
+    assert scan_cost.plan_groups(list(dims), dims, 2 * one) == [["layer_00", "layer_01"], ["layer_02"]]
+    assert scan_cost.plan_groups(list(dims), dims, 1) == [["layer_00"], ["layer_01"], ["layer_02"]]
     # LLaVA-1.5-7B, 33 LLM layers at 4096: the figure quoted in docs/BENCHMARKS.md.
-    assert ridge.stats_bytes([4096] * 33) / 2**30 == pytest.approx(4.28, abs=0.01)
+    assert scan_cost.stats_bytes([4096] * 33) / 2**30 == pytest.approx(4.28, abs=0.01)
 
 
 # ---------------------------------------------------------------------------- token targets
@@ -256,7 +256,7 @@ def test_scan_in_groups_and_with_prompts(tmp_path: Path, caplog: pytest.LogCaptu
         seen.append(len(labels))
         return [f"image of class {int(label.max())}" for label in labels]
 
-    budget = ridge.stats_bytes([12])  # room for one layer: two fit passes
+    budget = scan_cost.stats_bytes([12])  # room for one layer: two fit passes
     with caplog.at_level("INFO", logger="layerprobe.scan"):
         table = scan.run_scan(backbone, data, {"training": list(range(12)), "validation": [1, 3, 5, 7]},
                               ["layer_00", "layer_01"], prompts, [1.0], batch_size=4, prompt="p1",
@@ -298,7 +298,7 @@ def test_rank_agreement() -> None:
 
 def test_scan_keys() -> None:
     dims = {"layer_01": 8, "vision_02": 4, "projector": 8, "layer_00": 8}
-    assert scan.scan_keys(dims, "all") == ["vision_02", "projector", "layer_00", "layer_01"]
-    assert scan.scan_keys(dims, ["layer_01", "vision_05", "projector"]) == ["projector", "layer_01"]
+    assert scan_cost.scan_keys(dims, "all") == ["vision_02", "projector", "layer_00", "layer_01"]
+    assert scan_cost.scan_keys(dims, ["layer_01", "vision_05", "projector"]) == ["projector", "layer_01"]
     with pytest.raises(ValueError, match="scan.layers"):
-        scan.scan_keys(dims, ["vision_07"])
+        scan_cost.scan_keys(dims, ["vision_07"])

@@ -24,6 +24,7 @@ import pandas as pd
 from . import config as lp_config
 from . import resources
 from .fingerprint import Fingerprint
+from .scan_cost import host_stats_mb, plan_groups, select_keys
 from .layers import CLS_SUFFIX
 from .specs import ModelSpec, model_spec, requested_keys
 from .store import SPLITS, Layout, human_bytes
@@ -170,8 +171,6 @@ def requested(rule: str, config: dict[str, Any], model: str | None = None, attem
     mem = resources.mem_mb(rule, config, wildcards, attempt)
     gpus = resources.gpus(rule, config)
     if rule == "scan" and model in config["models"]:
-        from .scan import host_stats_mb  # local: the scan module imports torch
-
         mem += host_stats_mb(config, model, gpus > 0)
     return {"mem_mb": int(mem), "runtime_min": int(resources.runtime_min(rule, config, wildcards, attempt)),
             "gpus": int(gpus)}
@@ -250,8 +249,6 @@ def scanned_models(config: dict[str, Any]) -> list[str]:
 def scan_rows(config: dict[str, Any], sizes: dict[str, int]) -> pd.DataFrame:
     """Per scanned (model, prompt): the bytes extracting every scanned layer would write (the scan
     itself writes one CSV), what of that the probes extract anyway, and the scan's compute."""
-    from .ridge import plan_groups  # local: these modules import torch
-    from .scan import _select_keys
 
     columns = ["model", "prompt", "scanned_layers", "also_probed", "full_extraction_bytes", "probed_bytes",
                "bytes_saved_beyond_probed", "training_passes", "gram_tflop"]
@@ -262,7 +259,7 @@ def scan_rows(config: dict[str, Any], sizes: dict[str, int]) -> pd.DataFrame:
     for name in scanned_models(config):
         model = config["models"][name]
         spec = model_spec(name, model)
-        keys, _ = _select_keys(spec.dims(), settings["layers"])
+        keys, _ = select_keys(spec.dims(), settings["layers"])
         if not keys:
             continue
         extracted = set(requested_keys(model))

@@ -18,7 +18,7 @@ from collections.abc import Sequence
 import numpy as np
 import torch
 
-NUM_CLASSES = 150
+from .scan_cost import NUM_CLASSES, stats_nbytes
 
 
 def token_label_distribution(labels: torch.Tensor | np.ndarray, grid: int,
@@ -81,8 +81,8 @@ class RidgeStats:
 
     @staticmethod
     def nbytes_for(dim: int, num_classes: int = NUM_CLASSES) -> int:
-        """Bytes of the accumulators."""
-        return 8 * (dim * dim + dim * num_classes + dim + num_classes) + 4 * dim
+        """Bytes of the accumulators (scan_cost.stats_nbytes, which the plan uses without torch)."""
+        return stats_nbytes(dim, num_classes)
 
     def nbytes(self) -> int:
         tensors = (self.shift, self.sum_x, self.sum_y, self.xtx, self.xty)
@@ -156,30 +156,3 @@ class RidgeStats:
 def _scale(gram: torch.Tensor) -> float:
     scale = float(torch.trace(gram)) / gram.shape[0]
     return scale if scale > 0 else 1.0  # constant features: any positive scale regularises
-
-
-def stats_bytes(dims: list[int], num_classes: int = NUM_CLASSES) -> int:
-    """Memory of the ridge statistics for layers of the given widths (see RidgeStats)."""
-    return sum(RidgeStats.nbytes_for(d, num_classes) for d in dims)
-
-
-def plan_groups(keys: list[str], dims: dict[str, int], max_stats_bytes: int | None,
-                num_classes: int = NUM_CLASSES) -> list[list[str]]:
-    """Consecutive layers (forward order) whose statistics fit in max_stats_bytes together.
-
-    Consecutive, because each group's forward stops after its deepest layer: the early groups
-    then cost less than a full forward. A layer larger than the budget gets a group of its own.
-    """
-    if max_stats_bytes is None:
-        return [list(keys)]
-    groups: list[list[str]] = [[]]
-    used = 0
-    for key in keys:
-        size = RidgeStats.nbytes_for(dims[key], num_classes)
-        if groups[-1] and used + size > max_stats_bytes:
-            groups.append([])
-            used = 0
-        groups[-1].append(key)
-        used += size
-    return groups
-

@@ -26,7 +26,8 @@ from .backbones.base import Backbone
 from .layers import sort_keys
 from .metrics import SegmentationMeter
 from .progress import progress
-from .ridge import NUM_CLASSES, RidgeStats, plan_groups, stats_bytes, token_label_distribution
+from .ridge import RidgeStats, token_label_distribution
+from .scan_cost import NUM_CLASSES, plan_groups, stats_bytes
 from .upsample import CellLabels, UpsampleArgmax, count_sparse
 
 log = logging.getLogger("layerprobe.scan")
@@ -251,44 +252,6 @@ def tune_malloc(mmap_threshold: int = 32 << 20, trim_threshold: int = 512 << 20)
 # --------------------------------------------------------------------------------------------
 # Config helpers and agreement with the probes
 # --------------------------------------------------------------------------------------------
-
-def scan_keys(dims: dict[str, int], layers: str | list[str]) -> list[str]:
-    """Config `scan.layers`: "all" = every key of the model, else the listed keys it has."""
-    keys, missing = _select_keys(dims, layers)
-    if missing:
-        log.warning("scan.layers: this model has no %s; scanning the others", missing)
-    if not keys:
-        raise ValueError(f"config key scan.layers: none of {layers} exist in this model ({sorted(dims)})")
-    return keys
-
-
-def _select_keys(dims: dict[str, int], layers: str | list[str]) -> tuple[list[str], list[str]]:
-    if layers == "all":
-        return sort_keys(list(dims)), []
-    return sort_keys([k for k in layers if k in dims]), [k for k in layers if k not in dims]
-
-
-def host_stats_mb(config: dict[str, Any], name: str, on_gpu: bool, batch_tokens: int | None = None) -> int:
-    """Host RAM (MiB) the scan adds to a job beyond the model: the ridge statistics (capped by
-    the optional `scan.max_stats_mb`), their per-batch scratch and the solved heads. Zero when
-    they live on the GPU. For the rule's `resources` (no logging: runs at DAG build)."""
-    if on_gpu:
-        return 0
-    from .specs import model_spec  # local: specs is only needed for this helper
-
-    settings, model = config["scan"], config["models"][name]
-    spec = model_spec(name, model)
-    keys, _ = _select_keys(spec.dims(), settings["layers"])
-    widths = [spec.dims()[k] for k in keys] or [spec.dim]
-    stats = stats_bytes(widths)
-    if settings.get("max_stats_mb") is not None:
-        stats = min(stats, max(int(settings["max_stats_mb"] * 2**20), stats_bytes([max(widths)])))
-    d = max(widths)
-    tokens = batch_tokens or settings["batch_size"] * spec.tokens
-    scratch = 4 * (tokens * d + d * d) + 12 * d * NUM_CLASSES
-    heads = 4 * len(settings["lambdas"]) * NUM_CLASSES * sum(widths)
-    return math.ceil((stats + scratch + heads) / 2**20)
-
 
 def prompts_filler(text: str | None, class_names: list[str] | None) -> PromptsFn | None:
     """The prompt hook for a prompt template: None for prompt-free models (CLIP)."""

@@ -1,13 +1,13 @@
 # Stage 3b: the layer scan. Closed-form ridge probes for every layer of a (model, prompt), fitted
 # while the model runs (no feature store): one CSV ranking the layers per (model, prompt), and a
 # JSON sidecar with its fingerprint (data, model, prompt and scan settings).
-from layerprobe import scan as lp_scan
+from layerprobe import scan_cost as lp_scan_cost
 
 
 def scan_mem_mb(wildcards, attempt):
     """The extraction job's RAM, plus the ridge statistics when they live in host RAM (no GPU)."""
     base = lp_resources.mem_mb("scan", CFG, wildcards, attempt)
-    return base + lp_scan.host_stats_mb(CFG, wildcards.model, lp_resources.gpus("scan", CFG) > 0)
+    return base + lp_scan_cost.host_stats_mb(CFG, wildcards.model, lp_resources.gpus("scan", CFG) > 0)
 
 
 def scan_runtime(wildcards, attempt):
