@@ -73,3 +73,20 @@ def test_empty_split_fails_at_dag_build(workdir, tmp_path):
         c["dataset"] = {"root": str(root)}
     proc = snakemake(workdir, "--cores", "1", "--configfile", _write_config(workdir, mutate), check=False)
     assert proc.returncode != 0 and "images/validation: empty split" in proc.stdout + proc.stderr
+
+
+def test_duplicate_image_stems_fail_at_dag_build_naming_both_files(workdir, tmp_path):
+    from PIL import Image
+
+    from layerprobe.synthetic import write_dataset
+
+    root = write_dataset(tmp_path / "ADEChallengeData2016", training=2, validation=1)
+    jpg = root / "images/validation/ADE_val_00000001.jpg"
+    Image.open(jpg).save(jpg.with_suffix(".png"))
+
+    def mutate(c):
+        c["dataset"] = {"root": str(root)}
+    proc = snakemake(workdir, "--cores", "1", "--configfile", _write_config(workdir, mutate), check=False)
+    text = proc.stdout + proc.stderr
+    assert proc.returncode != 0 and "ADE_val_00000001.jpg and" in text and "ADE_val_00000001.png" in text
+    assert "rule preprocess" not in text

@@ -2,15 +2,23 @@
 
 Annotation PNGs hold 0..150; mmseg's `reduce_zero_label`: 0 ("other") -> 255 (ignored),
 k -> k-1, giving classes 0..149.
+
+Images are read as mmseg reads them: with their EXIF orientation applied (mmcv's default
+`color_type='color'`, like OpenCV's default decode; PIL's `Image.open` alone ignores it).
+Annotations are read unchanged (mmseg's `'unchanged'` flag applies no orientation).
 """
 
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-from PIL import Image
+from PIL import Image, ImageOps
+
+log = logging.getLogger("layerprobe.ade20k")
+EXIF_ORIENTATION = 0x0112
 
 SPLITS = ("training", "validation")
 IGNORE = 255
@@ -72,6 +80,12 @@ def list_samples(root: str | Path, split: str) -> list[Sample]:
     images = sorted(p for p in image_dir.iterdir() if p.suffix.lower() in (".jpg", ".jpeg", ".png"))
     if not images:
         raise DatasetError(f"{image_dir}: empty split (no images)")
+    seen: dict[str, Path] = {}
+    for image in images:
+        if image.stem in seen:  # X.jpg and X.png: two samples with one id and one annotation
+            raise DatasetError(f"{seen[image.stem]} and {image}: two images with the id {image.stem!r}; "
+                               "keep one of them")
+        seen[image.stem] = image
     samples = []
     for image in images:
         annotation = ann_dir / f"{image.stem}.png"
@@ -90,11 +104,18 @@ def check_layout(root: str | Path) -> dict[str, int]:
 
 
 def read_image(path: Path) -> Image.Image:
+    """RGB, with the EXIF orientation applied (as mmseg loads images); every rotated file is logged."""
     try:
         with Image.open(path) as img:
-            return img.convert("RGB")
+            orientation = img.getexif().get(EXIF_ORIENTATION, 1)
+            upright = ImageOps.exif_transpose(img) if orientation not in (None, 1) else img
+            rgb = upright.convert("RGB")
     except Exception as err:  # PIL raises many types for broken files
         raise DatasetError(f"{path}: cannot read image ({type(err).__name__}: {err})") from None
+    if orientation not in (None, 1):
+        log.info("%s: EXIF orientation %s applied (%dx%d -> %dx%d), as mmseg does", path, orientation,
+                 img.width, img.height, rgb.width, rgb.height)
+    return rgb
 
 
 def read_label(path: Path) -> np.ndarray:
@@ -111,6 +132,18 @@ def read_label(path: Path) -> np.ndarray:
 def read_sample(sample: Sample) -> tuple[Image.Image, np.ndarray]:
     image, label = read_image(sample.image), read_label(sample.annotation)
     if (image.height, image.width) != label.shape:
+        rotated = _exif_orientation(sample.image) not in (None, 1)
         raise DatasetError(f"{sample.annotation}: size {label.shape[::-1]} differs from image {sample.image} "
-                           f"size {(image.width, image.height)}")
+                           f"size {(image.width, image.height)}"
+                           + (f" after applying its EXIF orientation {_exif_orientation(sample.image)} (as mmseg "
+                              "does): the annotation was drawn on the unrotated image, or the tag is wrong"
+                              if rotated else ""))
     return image, label
+
+
+def _exif_orientation(path: Path) -> int | None:
+    try:
+        with Image.open(path) as img:
+            return img.getexif().get(EXIF_ORIENTATION, 1)
+    except Exception:  # noqa: BLE001 - only for an error message
+        return None

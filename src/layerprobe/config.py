@@ -98,7 +98,8 @@ def _fill_model_defaults(model: dict[str, Any], schema: dict[str, Any]) -> None:
             model[key] = copy.deepcopy(sub["default"])
     if "tiny" in model:
         for key, sub in schema["$defs"]["tiny"]["properties"].items():
-            model["tiny"].setdefault(key, sub["default"])
+            if "default" in sub:
+                model["tiny"].setdefault(key, sub["default"])
 
 
 def _check_models(config: dict[str, Any]) -> None:
@@ -123,6 +124,9 @@ def _check_models(config: dict[str, Any]) -> None:
 
 
 def _check_open_clip(where: str, model: dict[str, Any]) -> None:
+    if (model.get("tiny") or {}).get("preset"):
+        raise ConfigError(f"config key {where}.tiny.preset: only for kind llava (an open_clip arch with "
+                          "pretrained: none builds a real-size random model)")
     for key in ("arch", "pretrained"):
         if key not in model:
             raise ConfigError(f"config key {where}.{key}: required for kind open_clip")

@@ -33,7 +33,8 @@ from .layers import parse_probe_id
 from .specs import model_spec
 
 # Bump a stage's number when a code change alters what that stage writes.
-VERSIONS = {"data": 1, "features": 1, "probe": 1, "scan": 1, "synthetic": 1}
+# data 2: images read with their EXIF orientation applied, as mmseg does.
+VERSIONS = {"data": 2, "features": 1, "probe": 1, "scan": 1, "synthetic": 1}
 # Model-entry keys that decide the weights and the forward of a model (not which layers are kept).
 MODEL_KEYS = ("kind", "arch", "pretrained", "hub_id", "dtype", "attn_implementation", "prompt_format")
 PROBE_KEYS = ("epochs", "lr", "weight_decay", "batch_size", "seed", "batchnorm", "ram_budget_mb", "loader_mode",
@@ -115,11 +116,14 @@ def _show(value: Any) -> str:
 # --------------------------------------------------------------------------------------------
 
 def dataset(config: dict[str, Any]) -> Fingerprint:
-    """The images and labels: the generator settings (synthetic) or a content digest (real data)."""
+    """The images and labels: the generator settings (synthetic), the archive's checksum
+    (dataset.download) or a content digest of the files (real data on disk)."""
     ds = config["dataset"]
     if ds["synthetic"] is not None:
         inputs = {f"dataset.synthetic.{k}": v for k, v in ds["synthetic"].items()}
         return Fingerprint({**inputs, "version.synthetic": VERSIONS["synthetic"]})
+    if ds["download"]:  # the verified archive pins the content, before and after it is fetched
+        return Fingerprint({"dataset.url": ds["url"], "dataset.checksum": ds["checksum"]})
     return Fingerprint({"dataset.content": _content(ds["root"], ds["max_images"])})
 
 

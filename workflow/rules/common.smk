@@ -12,6 +12,7 @@ from layerprobe import config as lp_config
 from layerprobe import fingerprint as lp_fp
 from layerprobe import resources as lp_resources
 from layerprobe import store as lp_store
+from layerprobe import weights as lp_weights
 from layerprobe.ade20k import DatasetError, check_layout
 from layerprobe.specs import model_spec, requested_keys
 
@@ -31,8 +32,10 @@ except lp_config.ConfigError as err:
 
 DATASET = CFG["dataset"]
 SYNTHETIC = DATASET["synthetic"] is not None
-# Dataset-structure errors surface before any job is queued; a dry run needs no data.
-if not SYNTHETIC and workflow.is_main_process and not _is_dry_run():
+DOWNLOAD = not SYNTHETIC and DATASET["download"]
+# Dataset-structure errors surface before any job is queued; a dry run needs no data, and a
+# dataset to download is checked by fetch_ade20k once unpacked.
+if not SYNTHETIC and workflow.is_main_process and not _is_dry_run() and not (DOWNLOAD and not Path(DATASET["root"]).exists()):
     try:
         check_layout(DATASET["root"])
     except DatasetError as err:
@@ -53,6 +56,7 @@ wildcard_constraints:
     probe="((layer|vision)_[0-9]{2,3}|projector)([+]cls)?",
     res="[0-9]+",
     part="[0-9]+",
+    source="[A-Za-z0-9][A-Za-z0-9._-]*",
 
 
 def stores():
@@ -65,12 +69,21 @@ def data_manifest(wildcards):
 
 
 def dataset_marker(wildcards=None):
-    return ["results/dataset/synthetic.json"] if SYNTHETIC else []
+    """The rule that makes the dataset, if one does: synthetic (demo) or downloaded."""
+    if SYNTHETIC:
+        return ["results/dataset/synthetic.json"]
+    return ["results/dataset/ade20k.json"] if DOWNLOAD else []
 
 
 def model_inputs(wildcards):
-    """A locally built tiny model is a job output; hub ids and 'openai' are fetched at run time."""
-    return [f"results/models/{wildcards.model}.built"] if MODELS[wildcards.model].get("tiny") else []
+    """A tiny model is built by a job; hub and open_clip weights are fetched by a localrule
+    (unless weights.offline is false: then jobs download them themselves)."""
+    model = MODELS[wildcards.model]
+    if model.get("tiny"):
+        return [f"results/models/{wildcards.model}.built"]
+    if lp_weights.needs_fetch(model) and CFG["weights"]["offline"]:
+        return [str(lp_weights.manifest_path(model))]
+    return []
 
 
 def store_path(wildcards):

@@ -4,6 +4,7 @@ import time
 
 from layerprobe import config as lp_config
 from layerprobe import fingerprint as lp_fp
+from layerprobe import weights
 from layerprobe.backbones import load_backbone
 from layerprobe.data import open_data
 from layerprobe.extract import extract_part, make_layout
@@ -19,8 +20,10 @@ with redirect_output(snakemake.log[0]):
                          fingerprint)
     keys = json.load(open(snakemake.input.layout))["keys"]  # what prepare_store made room for
     start = time.time()
-    stats = extract_part(lambda: load_backbone(name, model, cfg["probe"]["device"]), data, snakemake.params.store,
-                         layout, keys, int(snakemake.wildcards.part), snakemake.params.parts, model["batch_size"])
+    options = weights.loader_options(name, model, cfg)  # offline: checks the cache before any work
+    stats = extract_part(lambda: load_backbone(name, model, cfg["probe"]["device"], **options), data,
+                         snakemake.params.store, layout, keys, int(snakemake.wildcards.part), snakemake.params.parts,
+                         model["batch_size"])
     stats["seconds"] = time.time() - start
     with open(snakemake.output[0], "w") as f:
         json.dump(stats, f, indent=2)

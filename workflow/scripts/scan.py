@@ -3,10 +3,12 @@ import json
 
 from layerprobe import config as lp_config
 from layerprobe import fingerprint as lp_fp
+from layerprobe import weights
 from layerprobe.backbones import load_backbone, resolve_device
 from layerprobe.data import open_data
 from layerprobe.logs import redirect_output
-from layerprobe.scan import prompts_filler, run_scan, scan_keys, tune_malloc
+from layerprobe.scan import prompts_filler, run_scan, tune_malloc
+from layerprobe.scan_cost import scan_keys
 from layerprobe.specs import model_spec
 
 with redirect_output(snakemake.log[0]):
@@ -17,7 +19,7 @@ with redirect_output(snakemake.log[0]):
     fingerprint = lp_fp.expect(lp_fp.scan(cfg, name, prompt), snakemake.params.fingerprint, snakemake.output.table)
     data = open_data(json.load(open(snakemake.input.data))["store"])
     device = resolve_device(cfg["probe"]["device"])
-    backbone = load_backbone(name, model, device)
+    backbone = load_backbone(name, model, device, **weights.loader_options(name, model, cfg))
     keys = scan_keys(model_spec(name, model).dims(), settings["layers"])
     prompts_fn = prompts_filler(lp_config.prompt_text(model, prompt), data.attrs.get("class_names"))
     max_mb = settings["max_stats_mb"]  # null: every layer in one fit pass

@@ -15,8 +15,13 @@ def resolve_device(device: str = "auto") -> str:
     return device
 
 
-def load_backbone(name: str, model: dict[str, Any], device: str = "auto") -> Backbone:
-    """Load a configured model by its real loading code (hub id / 'openai' / local path)."""
+def load_backbone(name: str, model: dict[str, Any], device: str = "auto", cache_dir: str | None = None,
+                  offline: bool = False) -> Backbone:
+    """Load a configured model by its real loading code (hub id / 'openai' / local path).
+
+    `cache_dir`: where fetched weights live (config `weights.cache_dir`); `offline`: read only
+    from there (see layerprobe.weights), never download.
+    """
     device = resolve_device(device)
     if model["kind"] == "open_clip":
         from . import tiny_clip
@@ -24,8 +29,9 @@ def load_backbone(name: str, model: dict[str, Any], device: str = "auto") -> Bac
 
         if model.get("tiny") is not None:
             tiny_clip.register(model["arch"], model["pretrained"])
-        return OpenClipBackbone(name, model["arch"], model["pretrained"], device)
+        return OpenClipBackbone(name, model["arch"], model["pretrained"], device, cache_dir=cache_dir)
     from .llava import LlavaBackbone
 
     return LlavaBackbone(name, model["hub_id"], dtype=model["dtype"], attn_implementation=model["attn_implementation"],
-                         device=device, prompt_format=model["prompt_format"])
+                         device=device, prompt_format=model["prompt_format"], cache_dir=cache_dir,
+                         local_files_only=offline)
