@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from .specs import model_spec
+from .specs import approx_params, model_spec
 
 # Measured peaks of the demo jobs (results/benchmarks) plus headroom; see docs/BENCHMARKS.md.
 BASE_MEM_MB = {"synthetic_dataset": 1024, "preprocess": 2048, "build_tiny_model": 2048,
@@ -17,7 +17,17 @@ BASE_MEM_MB = {"synthetic_dataset": 1024, "preprocess": 2048, "build_tiny_model"
 # prepare_store may delete a discarded store of terabytes: an hour on a slow parallel file system.
 BASE_RUNTIME_MIN = {"synthetic_dataset": 10, "preprocess": 60, "build_tiny_model": 10, "prepare_store": 60,
                     "finalize_store": 30, "report": 30, "extract": 240, "probe": 120, "scan": 360}
-OVERHEAD_MB = 1024  # python + torch + CUDA context beside the loader buffers
+# Measured on the real-size smoke run (docs/BENCHMARKS.md, "Real-size smoke run"): a probe of a
+# 4096-wide LLaVA layer peaked 1,044 MB above its 256 MB loader budget, so 1 GB was too little.
+OVERHEAD_MB = 1536  # python + torch + CUDA context beside the loader buffers
+# A model job on the CPU holds its fp32 weights: the smoke LLaVA (990 M parameters, 3.96 GB in
+# fp32, read from fp16 safetensors) peaked at 5.2-6.3 GB in extraction and 3.5-4.1 GB while being
+# built; CLIP L/14 and L/14-336 (428 M) at 2.3-2.4 GB; tiny models under 0.9 GB. Base + 1.75 x
+# the fp32 weights leaves at least a quarter of each request free.
+CPU_MODEL_BASE_MB = 2048
+CPU_WEIGHT_FACTOR = 1.75
+# On a GPU the weights load to the device; host RAM stages batches and chunks (not measured here).
+GPU_HOST_MB = {"llava": 8192, "open_clip": 4096}
 
 
 def _model(config: dict[str, Any], wildcards: Any) -> tuple[str, dict[str, Any]] | None:
@@ -28,12 +38,20 @@ def _model(config: dict[str, Any], wildcards: Any) -> tuple[str, dict[str, Any]]
 def mem_mb(rule: str, config: dict[str, Any], wildcards: Any = None, attempt: int = 1) -> int:
     if rule == "probe":
         return int(config["probe"]["ram_budget_mb"]) + OVERHEAD_MB
+    found = _model(config, wildcards)
+    if rule in ("extract", "scan", "build_tiny_model") and found is not None:
+        name, model = found
+        if rule != "build_tiny_model" and gpus(rule, config) > 0 and model.get("tiny") is None:
+            return GPU_HOST_MB[model["kind"]]
+        weights = approx_params(name, model) * 4 / 2**20  # fp32 on the CPU (dtype auto)
+        return max(BASE_MEM_MB.get(rule, 0), _round_up(CPU_MODEL_BASE_MB + CPU_WEIGHT_FACTOR * weights))
     if rule in ("extract", "scan"):
-        found = _model(config, wildcards)
-        big = found is not None and found[1].get("tiny") is None and found[1]["kind"] == "llava"
-        # LLaVA-7B: fp16 weights load straight to the GPU; host RAM stages batches and chunks.
-        return 8192 if big else 4096
+        return GPU_HOST_MB["open_clip"]
     return BASE_MEM_MB.get(rule, 2048)
+
+
+def _round_up(mb: float, step: int = 256) -> int:
+    return int(-(-mb // step) * step)
 
 
 def runtime_min(rule: str, config: dict[str, Any], wildcards: Any = None, attempt: int = 1) -> int:

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 from .layers import PROJECTOR, layer_key, sort_keys, vision_key
@@ -48,6 +48,10 @@ LLAVA_HUB_IDS = {
 }
 
 
+# Presets a `tiny` block can copy (backbones/tiny_llava.PRESETS holds their full configuration).
+LLAVA_PRESETS = {"llava-1.5-7b": LLAVA_HUB_IDS["llava-hf/llava-1.5-7b-hf"]}
+
+
 def model_spec(name: str, model: dict[str, Any]) -> ModelSpec:
     """Spec from the built-in table, or from the model's `tiny` block (demo/tests)."""
     tiny = model.get("tiny")
@@ -58,6 +62,8 @@ def model_spec(name: str, model: dict[str, Any]) -> ModelSpec:
         if arch not in OPEN_CLIP_ARCHS:
             raise KeyError(f"models.{name}.arch: unknown model {arch!r}; known: {sorted(OPEN_CLIP_ARCHS)} (or give a `tiny` block)")
         return OPEN_CLIP_ARCHS[arch]
+    if tiny is not None and tiny.get("preset"):  # a real model's shapes, fewer LLM layers
+        return replace(LLAVA_PRESETS[tiny["preset"]], depth=tiny["text_layers"])
     if tiny is not None:
         return ModelSpec("llava", tiny["text_layers"], tiny["text_width"], tiny["image_size"], tiny["patch_size"],
                          False, tiny["layers"], tiny["width"])
@@ -74,3 +80,23 @@ def requested_keys(model: dict[str, Any]) -> list[str]:
     if model.get("projector"):
         keys.append(PROJECTOR)
     return sort_keys(keys)
+
+
+# Parameter counts of the full models open_clip / transformers build (text tower included for
+# CLIP), for RAM requests; a LLaVA-1.5 LLM layer is 4 x 4096^2 + 3 x 4096 x 11008 = 202.4 M.
+OPEN_CLIP_PARAMS = {"ViT-B-16-quickgelu": 149.6e6, "ViT-L-14-quickgelu": 427.6e6, "ViT-L-14-336-quickgelu": 427.9e6}
+LLAVA_PARAMS = {"llava-hf/llava-1.5-7b-hf": (32, 7.063e9, 202.4e6), "llava-hf/llava-1.5-13b-hf": (40, 13.35e9, 314.6e6)}
+
+
+def approx_params(name: str, model: dict[str, Any]) -> float:
+    """Parameters of the model a job loads (0 for tiny models: their overhead dominates)."""
+    tiny = model.get("tiny")
+    if model["kind"] == "open_clip":
+        return 0.0 if tiny is not None else OPEN_CLIP_PARAMS.get(model.get("arch", ""), 0.0)
+    if tiny is not None and tiny.get("preset"):
+        depth, total, per_layer = LLAVA_PARAMS["llava-hf/llava-1.5-7b-hf"]
+        return total - (depth - tiny["text_layers"]) * per_layer
+    if tiny is not None:
+        return 0.0
+    depth, total, _ = LLAVA_PARAMS.get(model.get("hub_id", ""), (0, 0.0, 0.0))
+    return total

@@ -11,6 +11,11 @@ with redirect_output(snakemake.log[0]):
     tiny = model["tiny"]
     if model["kind"] == "open_clip":
         path = tiny_clip.build(model["arch"], model["pretrained"], tiny)
+    elif tiny.get("preset"):
+        from layerprobe.backbones.tiny_llava import build_preset_llava
+
+        path = build_preset_llava(Path(model["hub_id"]), tiny["preset"], text_layers=tiny["text_layers"],
+                                  seed=tiny["seed"])
     else:
         from layerprobe.backbones.tiny_llava import build_tiny_llava
 

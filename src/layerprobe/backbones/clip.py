@@ -19,9 +19,11 @@ from .base import Backbone, StopForward
 class OpenClipBackbone(Backbone):
     has_cls = True
 
-    def __init__(self, name: str, arch: str, pretrained: str, device: str = "cpu") -> None:
-        # Same call for "openai" and for a local weights file (demo/tests).
-        model = open_clip.create_model(arch, pretrained=pretrained, device=device)
+    def __init__(self, name: str, arch: str, pretrained: str, device: str = "cpu", cache_dir: str | None = None) -> None:
+        # Same call for "openai" and for a local weights file (demo/tests); "none": random weights
+        # (the real-size smoke run).
+        model = open_clip.create_model(arch, pretrained=None if pretrained == "none" else pretrained, device=device,
+                                       cache_dir=cache_dir)
         self.visual = model.visual.eval()
         self.name, self.device = name, torch.device(device)
         self.blocks = self.visual.transformer.resblocks

@@ -108,3 +108,69 @@ def build_tiny_llava(out_dir: Path, *, image_size: int = 32, patch_size: int = 8
     model.save_pretrained(out_dir)
     processor.save_pretrained(out_dir)
     return out_dir
+
+
+# llava-hf/llava-1.5-7b-hf's configuration (config.json of the hub snapshot): a CLIP ViT-L/14 at
+# 336 px, a 2-layer GELU projector, Vicuna-7B (Llama: 4096 wide, 11008 MLP, 32 heads, 32 layers,
+# vocabulary 32064), image token 32000, pad 32001. Unset Llama/CLIP fields take the libraries'
+# defaults, as the hub config's do.
+LLAVA_15_7B = {
+    "vision": {"hidden_size": 1024, "intermediate_size": 4096, "num_hidden_layers": 24, "num_attention_heads": 16,
+               "image_size": 336, "patch_size": 14, "projection_dim": 768, "hidden_act": "quick_gelu",
+               "layer_norm_eps": 1e-5},
+    "text": {"hidden_size": 4096, "intermediate_size": 11008, "num_hidden_layers": 32, "num_attention_heads": 32,
+             "num_key_value_heads": 32, "vocab_size": 32064, "max_position_embeddings": 4096, "rms_norm_eps": 1e-5,
+             "hidden_act": "silu"},
+    "image_token_index": 32000, "pad_token_id": 32001, "projector_hidden_act": "gelu",
+    "vision_feature_layer": -2, "vision_feature_select_strategy": "default", "tie_word_embeddings": False,
+}
+PRESETS = {"llava-1.5-7b": LLAVA_15_7B}
+
+
+def build_preset_tokenizer(preset: dict) -> PreTrainedTokenizerFast:
+    """A stand-in for the preset's tokenizer: its special tokens at their real ids (<unk> 0, <s> 1,
+    </s> 2, <image> and <pad> at the config's ids), the prompt and class-name words, and filler
+    entries up to the image token, so ids and vocabulary size match the real one."""
+    image_id, pad_id = preset["image_token_index"], preset["pad_token_id"]
+    words = [w for w in default_vocab_words() if w not in SPECIALS]
+    vocab = {"<unk>": 0, "<s>": 1, "</s>": 2}
+    for token in CHAT_TOKENS + words:
+        vocab[token] = len(vocab)
+    while len(vocab) < image_id:
+        vocab[f"<unused_{len(vocab)}>"] = len(vocab)
+    vocab["<image>"], vocab["<pad>"] = image_id, pad_id
+    tok = Tokenizer(models.WordLevel(vocab, unk_token="<unk>"))
+    tok.normalizer = normalizers.Lowercase()
+    tok.pre_tokenizer = pre_tokenizers.Whitespace()
+    tok.add_special_tokens([AddedToken(t, normalized=False) for t in SPECIALS])
+    tok.add_tokens([AddedToken(t, normalized=False, single_word=False) for t in CHAT_TOKENS])
+    tok.post_processor = processors.TemplateProcessing(single="<s> $A", pair="<s> $A $B", special_tokens=[("<s>", 1)])
+    return PreTrainedTokenizerFast(
+        tokenizer_object=tok, bos_token="<s>", eos_token="</s>", unk_token="<unk>", pad_token="<pad>",
+        extra_special_tokens={"image_token": "<image>"}, padding_side="right", model_max_length=4096)
+
+
+def build_preset_llava(out_dir: Path, preset: str, *, text_layers: int, seed: int = 0,
+                       save_dtype: torch.dtype = torch.float16) -> Path:
+    """A random-weight LLaVA with a real model's exact configuration but `text_layers` LLM layers
+    (the real-size smoke test: every shape as in the real model, minutes on a CPU). Saved in the
+    real checkpoint's fp16, so loading goes through the same dtype handling."""
+    spec = PRESETS[preset]
+    vision = CLIPVisionConfig(**spec["vision"])
+    text = LlamaConfig(**{**spec["text"], "num_hidden_layers": text_layers}, pad_token_id=spec["pad_token_id"],
+                       bos_token_id=1, eos_token_id=2)
+    config = LlavaConfig(vision_config=vision, text_config=text, image_token_index=spec["image_token_index"],
+                         image_seq_length=(vision.image_size // vision.patch_size) ** 2,
+                         projector_hidden_act=spec["projector_hidden_act"],
+                         vision_feature_layer=spec["vision_feature_layer"],
+                         vision_feature_select_strategy=spec["vision_feature_select_strategy"],
+                         pad_token_id=spec["pad_token_id"], tie_word_embeddings=spec["tie_word_embeddings"])
+    tokenizer = build_preset_tokenizer(spec)
+    processor = build_processor(tokenizer, vision.image_size, vision.patch_size)
+    torch.manual_seed(seed)
+    model = LlavaForConditionalGeneration(config).to(save_dtype).eval()
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    model.save_pretrained(out_dir)
+    processor.save_pretrained(out_dir)
+    return out_dir
