@@ -82,6 +82,13 @@ class SlurmCluster:
             time.sleep(1)
         raise AssertionError(f"SLURM job {job_id} not finished after {timeout} s: {self.job(job_id)}")
 
+    def wait_running(self, job_id: str | int, timeout: float = 60) -> None:
+        deadline = time.monotonic() + timeout
+        while self.state(job_id) != "RUNNING":
+            if time.monotonic() > deadline:
+                raise AssertionError(f"SLURM job {job_id} not running after {timeout} s: {self.job(job_id)}")
+            time.sleep(0.5)
+
 
 def scontrol_job(job_id: str | int) -> dict[str, str]:
     proc = subprocess.run(["scontrol", "show", "job", "-o", str(job_id)], capture_output=True, text=True)

@@ -11,13 +11,15 @@ from __future__ import annotations
 import os
 import re
 import subprocess
+import threading
+import time
 from pathlib import Path
 
 import pytest
 
 from layerprobe import submit
-from tests.conftest import BIN, ROOT, copy_repo
-from tests.slurm_cluster import memory_mb, minutes, portable_profile_args, slurm  # noqa: F401  (the fixture)
+from tests.conftest import BIN, ROOT, copy_repo, snakemake
+from tests.slurm_cluster import memory_mb, minutes, portable_profile_args, scontrol_job, slurm  # noqa: F401
 
 
 def submit_head(workdir: Path, *args: str, timeout: int = 300) -> subprocess.CompletedProcess:
@@ -94,3 +96,104 @@ def test_slurm_head_runs_as_a_small_long_job_and_submits_rule_jobs(slurm, tmp_pa
     child = slurm.job(child_logs[0].stem)
     assert child["JobState"] == "COMPLETED" and int(child_logs[0].stem) > int(job_id), child
     assert (work / target).is_file()
+
+
+def test_time_left_parsing():
+    assert submit.parse_time_left("1-02:03:04") == ((24 + 2) * 60 + 3) * 60 + 4
+    assert submit.parse_time_left("03:04") == 184 and submit.parse_time_left("UNLIMITED") is None
+
+
+def _stale_lock(work: Path) -> None:
+    """A real stale lock: a snakemake SIGKILLed while it holds its directory lock."""
+    env = {**os.environ, "PATH": f"{BIN}{os.pathsep}{os.environ.get('PATH', '')}", "HF_HUB_OFFLINE": "1"}
+    proc = subprocess.Popen([str(BIN / "snakemake"), "results/data/64px.json", "--cores", "1", "--configfile",
+                             "config/demo.yaml"], cwd=work, env=env, stdout=subprocess.DEVNULL,
+                            stderr=subprocess.DEVNULL)
+    locks = work / ".snakemake/locks"
+    deadline = time.monotonic() + 120
+    while not (locks.is_dir() and any(locks.iterdir())) and time.monotonic() < deadline and proc.poll() is None:
+        time.sleep(0.05)
+    proc.kill()
+    proc.wait()
+    assert locks.is_dir() and any(locks.iterdir()), "snakemake never took its lock"
+
+
+QUICK = ["--latency-wait", "5", "--slurm-init-seconds-before-status-checks", "2", "--seconds-between-status-checks",
+         "2"]
+
+
+def test_slurm_head_clears_a_stale_lock_and_refuses_beside_a_live_head(slurm, tmp_path):  # noqa: F811
+    work = copy_repo(tmp_path / "repo")
+    _stale_lock(work)
+    target = "results/dataset/synthetic.json"
+    proc = submit_head(work, "--cluster", "slurm", "--wait", "--profile", "profiles/local", "--configfile",
+                       "config/demo.yaml", "--", target, timeout=300)
+    assert proc.returncode == 0, f"{proc.stdout}\n{proc.stderr}"
+    job_id, log = submitted(proc, "slurm")
+    text = log.read_text()
+    assert "removing a stale lock" in text and "snakemake exited with 0" in text, text[-3000:]
+    locks = work / ".snakemake/locks"
+    assert (work / target).is_file() and not (locks.is_dir() and any(locks.iterdir()))
+    # A live head of this directory (stand-in: a sleeping job with the head's name and directory).
+    live = subprocess.run(["sbatch", "--parsable", "--job-name=layerprobe-head", f"--chdir={work}",
+                           f"--output={tmp_path}/live.out", "--wrap", "sleep 300"],
+                          capture_output=True, text=True, check=True).stdout.strip()
+    try:
+        slurm.wait_running(live)
+        proc = submit_head(work, "--cluster", "slurm", "--configfile", "config/demo.yaml", "--", target)
+        assert proc.returncode == 2 and f"head job(s) {live}" in proc.stderr, f"{proc.stdout}\n{proc.stderr}"
+        _stale_lock(work)
+        with pytest.raises(submit.LiveHead, match=f"head job\\(s\\) {live} of"):
+            submit.clear_stale_lock(work, "layerprobe-head", ["snakemake"], own_job="0")
+        assert any((work / ".snakemake/locks").iterdir())  # refused: the lock is left alone
+    finally:
+        subprocess.run(["scancel", live], check=False)
+
+
+def _release_requeued(job_id: str, stop: threading.Event) -> None:
+    """Test speed-up only: SLURM holds a requeued job for ~2 min (BeginTime) before it may start
+    again; on a cluster that is noise beside a days-long head, here it would double the test."""
+    while not stop.wait(1):
+        info = scontrol_job(job_id)
+        if info.get("JobState") == "PENDING" and info.get("Reason") == "BeginTime":
+            subprocess.run(["scontrol", "update", f"JobId={job_id}", "StartTime=now"], check=False)
+
+
+def test_slurm_head_requeues_itself_before_its_time_limit_and_finishes(slurm, tmp_path):  # noqa: F811
+    """A 1-minute head told to stop 45 s before its limit (read from squeue) stops Snakemake 15 s in,
+    which cancels the probe's SLURM job, and requeues itself; with --max-requeues 1 the next run
+    goes to the end: the probe is submitted again, resumes from its checkpoint, and the head ends
+    COMPLETED with every epoch in epochs.csv. (A real head stops 10 min before a days-long limit.)"""
+    work = copy_repo(tmp_path / "repo")
+    (work / "config/requeue.yaml").write_text("probe: {epochs: 30}\nscan: {enabled: false}\n")
+    configs = ["--configfile", "config/demo.yaml", "config/requeue.yaml"]
+    snakemake(work, "results/features/tiny_vit/none.manifest.json", "--profile", "profiles/local", "--cores", "2",
+              *configs)  # the store first, locally: the head's window goes to the probe
+    target = "results/probes/tiny_vit/none/layer_02/metrics.json"
+    head = subprocess.Popen([str(BIN / "layerprobe"), "submit-head", "--cluster", "slurm", "--wait", "--time-min", "1",
+                             "--requeue-before-min", "0.75", "--max-requeues", "1", "--profile", "profiles/slurm",
+                             *configs, "--", target, *QUICK, *portable_profile_args(ROOT / "profiles/slurm/config.yaml")],
+                            cwd=work, env={**os.environ, "PATH": f"{BIN}{os.pathsep}{os.environ.get('PATH', '')}",
+                                           "HF_HUB_OFFLINE": "1"}, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            text=True)
+    first = head.stdout.readline()
+    job_id = re.search(r"slurm job (\S+)", first).group(1)
+    stop = threading.Event()
+    releaser = threading.Thread(target=_release_requeued, args=(job_id, stop), daemon=True)
+    releaser.start()
+    try:
+        out, err = head.communicate(timeout=600)
+    finally:
+        stop.set()
+    assert head.returncode == 0, f"{first}{out}\n{err}"
+    info = slurm.wait_done(job_id, timeout=60)
+    log = Path(re.search(r"log:\s+(\S+)", out).group(1)).read_text()
+    assert info["JobState"] == "COMPLETED" and info["Restarts"] == "1", info
+    assert log.count("stopping snakemake and requeueing") == 1 and "run 2" in log and "snakemake exited with 0" in log
+    epochs = (work / target).with_name("epochs.csv").read_text().splitlines()
+    assert len(epochs) == 31 and epochs[-1].startswith("30,")  # header + every epoch, none lost across runs
+    probe_jobs = re.findall(r"submitted with SLURM jobid (\d+) \(log: \S+/rule_probe/", log)
+    assert len(probe_jobs) == 2, probe_jobs  # cancelled with the first run, submitted again by the second
+    assert scontrol_job(probe_jobs[0])["JobState"] == "CANCELLED"
+    assert "resumed from results/checkpoints/tiny_vit/none/layer_02.pt" in \
+        (work / "results/logs/probe/tiny_vit/none/layer_02.log").read_text()

@@ -8,10 +8,20 @@ a little RAM, but it must outlive the login session for days. submitit submits i
 
 Everything after `--` goes to snakemake unchanged (targets, --set-resources, ...). The job runs
 `python -m snakemake` with this interpreter in the repository directory; its stdout/stderr go to
-`--folder` (default results/logs/head/<jobid>_0_log.out). If the head job ends early (time
-limit, scancel), SLURM sends SIGTERM, Snakemake cancels the jobs it submitted, and running the
-same command again continues from the finished outputs (interrupted jobs resume from their
-checkpoints / finished chunks).
+`--folder` (default results/logs/head/<jobid>_0_log.out).
+
+A head that comes back by itself:
+- Time limit: the controller knows when its job ends (squeue's time left). `--requeue-before-min`
+  before that it stops Snakemake (SIGINT: Snakemake cancels the jobs it submitted and releases
+  its lock) and requeues its own job (`scontrol requeue`, the job is submitted `--requeue`). The
+  same job id runs again, submitit reruns the same controller, and Snakemake continues from the
+  finished outputs (interrupted jobs resume from their checkpoints / finished chunks). This does
+  not rely on SLURM's pre-timeout signal, which never reaches a controller that runs in the batch
+  shell (no srun step), nor on signals reaching the rule jobs (plugin issues #242/#243).
+- A stale lock: a Snakemake killed hard (past KillWait, a node failure) leaves
+  `.snakemake/locks`. On start, and before submitting, the controller looks for live head jobs of
+  this directory (squeue: the job name and the working directory). None: it unlocks and goes on.
+  One: it refuses, naming that job, because two controllers must never share a directory.
 """
 
 from __future__ import annotations
@@ -19,6 +29,8 @@ from __future__ import annotations
 import argparse
 import os
 import shlex
+import shutil
+import signal
 import subprocess
 import sys
 import time
@@ -28,6 +40,9 @@ from typing import Any
 DEFAULT_TIME_MIN = 3 * 24 * 60  # three days
 DEFAULT_MEM_GB = 2.0
 DEFAULT_FOLDER = "results/logs/head"
+DEFAULT_REQUEUE_BEFORE_MIN = 10.0  # stop and requeue this long before the time limit
+STOP_WAIT_S = 120  # how long Snakemake gets to cancel its jobs and release its lock
+PREFIX = "[layerprobe submit-head]"
 
 
 def parse_args(argv: list[str]) -> argparse.Namespace:
@@ -58,6 +73,11 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
                              "default: %(default)s")
     parser.add_argument("--wait", action="store_true",
                         help="block until the controller finishes and return its exit code")
+    parser.add_argument("--requeue-before-min", type=float, default=DEFAULT_REQUEUE_BEFORE_MIN,
+                        help="on SLURM, stop Snakemake and requeue the head job this many minutes before its time "
+                             "limit (default: %(default)s)")
+    parser.add_argument("--max-requeues", type=int, default=50,
+                        help="requeue at most this many times (default: %(default)s)")
     parser.add_argument("snakemake_args", nargs=argparse.REMAINDER,
                         help="extra snakemake arguments, after `--`")
     args = parser.parse_args(argv)
@@ -90,17 +110,114 @@ class SnakemakeFailed(RuntimeError):
     """The controller's snakemake exited non-zero (the head job then ends FAILED)."""
 
 
-def run_controller(command: list[str], workdir: str) -> int:
-    """Runs inside the head job: snakemake in the repository, output into the job's log."""
-    env = dict(os.environ)
-    # Rule scripts and job steps find this interpreter's tools (snakemake, python) first.
-    env["PATH"] = os.pathsep.join([str(Path(sys.executable).parent), env.get("PATH", "")])
-    print(f"[layerprobe submit-head] cwd {workdir}\n[layerprobe submit-head] {shlex.join(command)}", flush=True)
-    code = subprocess.run(command, cwd=workdir, env=env, check=False).returncode
-    print(f"[layerprobe submit-head] snakemake exited with {code}", flush=True)
-    if code != 0:
-        raise SnakemakeFailed(f"snakemake exited with {code}; see the log above")
-    return code
+class LiveHead(RuntimeError):
+    """Another head job of this directory is alive: two controllers must not share it."""
+
+
+class Controller:
+    """What the head job runs: Snakemake in the repository, stopped and requeued before the time
+    limit, after clearing a lock that no live head holds."""
+
+    def __init__(self, command: list[str], workdir: str, job_name: str, requeue_before_s: float,
+                 max_requeues: int) -> None:
+        self.command, self.workdir, self.job_name = command, workdir, job_name
+        self.requeue_before_s, self.max_requeues = requeue_before_s, max_requeues
+
+    def __call__(self) -> int:
+        job_id = os.environ.get("SLURM_JOB_ID")
+        restarts = int(os.environ.get("SLURM_RESTART_COUNT", "0") or 0)
+        print(f"{PREFIX} cwd {self.workdir}\n{PREFIX} {shlex.join(self.command)}"
+              + (f"\n{PREFIX} SLURM job {job_id}, run {restarts + 1}" if job_id else ""), flush=True)
+        clear_stale_lock(self.workdir, self.job_name, self.command, own_job=job_id)
+        deadline = job_deadline(job_id) if job_id else None
+        stop_at = None if deadline is None else deadline - self.requeue_before_s
+        env = dict(os.environ)
+        # Rule scripts and job steps find this interpreter's tools (snakemake, python) first.
+        env["PATH"] = os.pathsep.join([str(Path(sys.executable).parent), env.get("PATH", "")])
+        process = subprocess.Popen(self.command, cwd=self.workdir, env=env)
+        while True:
+            try:
+                code = process.wait(timeout=5)
+                break
+            except subprocess.TimeoutExpired:
+                if stop_at is not None and time.time() >= stop_at and restarts < self.max_requeues:
+                    self._stop_and_requeue(process, job_id)
+        print(f"{PREFIX} snakemake exited with {code}", flush=True)
+        if code != 0:
+            raise SnakemakeFailed(f"snakemake exited with {code}; see the log above")
+        return code
+
+    def _stop_and_requeue(self, process: subprocess.Popen, job_id: str) -> None:
+        print(f"{PREFIX} {self.requeue_before_s / 60:g} min before the time limit: stopping snakemake and "
+              f"requeueing job {job_id}", flush=True)
+        # SIGINT, not SIGTERM: on SIGTERM Snakemake waits for its running jobs to finish (hours);
+        # on SIGINT it cancels them (their checkpoints stay) and exits, releasing its lock.
+        process.send_signal(signal.SIGINT)
+        try:
+            process.wait(timeout=STOP_WAIT_S)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait()
+        print(f"{PREFIX} snakemake stopped ({process.returncode}); requeueing: the next run continues from "
+              "the finished outputs", flush=True)
+        subprocess.run(["scontrol", "requeue", str(job_id)], check=True, timeout=60)
+        sys.stdout.flush()
+        os._exit(0)  # no result for this run (submitit writes none): SLURM runs the job again
+
+
+def live_heads(workdir: str | Path, job_name: str, own_job: str | None = None) -> list[str]:
+    """SLURM job ids of live head jobs of this directory (name and working directory match)."""
+    if shutil.which("squeue") is None:
+        return []
+    proc = subprocess.run(["squeue", "-h", "-n", job_name, "-o", "%i|%T|%Z"], capture_output=True, text=True,
+                          check=False)
+    heads = []
+    for line in proc.stdout.splitlines():
+        job, state, where = (line.split("|") + ["", "", ""])[:3]
+        if job != own_job and state in ACTIVE_STATES and Path(where).resolve() == Path(workdir).resolve():
+            heads.append(job)
+    return heads
+
+
+def clear_stale_lock(workdir: str | Path, job_name: str, command: list[str], own_job: str | None = None) -> bool:
+    """Unlock the directory when a killed Snakemake left its lock and no live head holds it.
+
+    Raises LiveHead, naming the job, when another head of this directory is alive. Returns
+    whether a stale lock was removed.
+    """
+    others = live_heads(workdir, job_name, own_job)
+    if others:
+        raise LiveHead(f"head job(s) {', '.join(others)} of {workdir} are alive (squeue -n {job_name}); "
+                       f"two controllers must not share a directory: wait for them or `scancel {others[0]}`")
+    locks = Path(workdir) / ".snakemake" / "locks"
+    if not locks.is_dir() or not any(locks.iterdir()):
+        return False
+    if own_job is None:  # a local head cannot see a snakemake started by hand: never guess
+        print(f"{PREFIX} {locks} holds a lock; if no snakemake runs in {workdir}, run snakemake --unlock",
+              flush=True)
+        return False
+    print(f"{PREFIX} removing a stale lock in {locks} (no live head job of this directory)", flush=True)
+    subprocess.run([*command, "--unlock"], cwd=workdir, check=True, capture_output=True, text=True)
+    return True
+
+
+def job_deadline(job_id: str) -> float | None:
+    """When SLURM ends the job (epoch seconds), from squeue's time left; None if unlimited/unknown."""
+    proc = subprocess.run(["squeue", "-h", "-j", str(job_id), "-o", "%L"], capture_output=True, text=True,
+                          check=False)
+    left = parse_time_left(proc.stdout.strip())
+    return None if left is None else time.time() + left
+
+
+def parse_time_left(text: str) -> float | None:
+    """squeue %L ('days-hh:mm:ss', 'hh:mm:ss', 'mm:ss', 'UNLIMITED') -> seconds."""
+    if not text or text in ("UNLIMITED", "NOT_SET", "INVALID"):
+        return None
+    days, _, clock = text.rpartition("-")
+    parts = [int(p) for p in clock.split(":")]
+    while len(parts) < 3:
+        parts.insert(0, 0)
+    return (int(days or 0) * 24 + parts[0]) * 3600 + parts[1] * 60 + parts[2]
 
 
 ACTIVE_STATES = {"PENDING", "CONFIGURING", "RUNNING", "COMPLETING", "REQUEUED", "RESIZING", "SUSPENDED",
@@ -136,8 +253,10 @@ def make_executor(args: argparse.Namespace, folder: Path) -> Any:
                               "stderr_to_stdout": True}
     if executor.cluster == "slurm":
         # The controller starts its own jobs with sbatch; running it directly in the batch script
-        # (not in an srun step) keeps it out of a job step.
-        params.update(slurm_partition=args.partition, slurm_account=args.account, slurm_use_srun=False)
+        # (not in an srun step) keeps it out of a job step. --requeue: it requeues itself before its
+        # time limit; --chdir: squeue shows its directory, so a second head for it is refused.
+        params.update(slurm_partition=args.partition, slurm_account=args.account, slurm_use_srun=False,
+                      slurm_additional_parameters={"requeue": True, "chdir": str(Path(args.directory).resolve())})
     executor.update_parameters(**params)
     return executor
 
@@ -156,8 +275,15 @@ def main(argv: list[str] | None = None) -> int:
     folder.mkdir(parents=True, exist_ok=True)
     command = snakemake_command(args.profile, args.configfile, args.snakemake_args)
 
+    others = live_heads(workdir, args.job_name)
+    if others:
+        print(f"submit-head: head job(s) {', '.join(others)} of {workdir} are alive; not submitting another "
+              f"(two controllers must not share a directory). Wait for it, or `scancel {others[0]}`.",
+              file=sys.stderr)
+        return 2
     executor = make_executor(args, folder)
-    job = executor.submit(run_controller, command, str(workdir))
+    controller = Controller(command, str(workdir), args.job_name, args.requeue_before_min * 60, args.max_requeues)
+    job = executor.submit(controller)
     cluster = executor.cluster
     log = job.paths.stdout
     print(f"Submitted the Snakemake controller as {cluster} job {job.job_id}"
