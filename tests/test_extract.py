@@ -1,5 +1,6 @@
 """CLIP extraction: values equal the backbone's own block outputs; stores resume byte-identically."""
 
+import contextlib
 import json
 import shutil
 from pathlib import Path
@@ -72,6 +73,24 @@ class _Crash(Exception):
     pass
 
 
+@contextlib.contextmanager
+def crash_on_forward(backbone, call: int):
+    """The backbone's `call`-th forward raises _Crash (a job dying mid-extraction)."""
+    original, calls = backbone.extract, {"n": 0}
+
+    def crashing(*args, **kwargs):
+        calls["n"] += 1
+        if calls["n"] == call:
+            raise _Crash
+        return original(*args, **kwargs)
+
+    backbone.extract = crashing
+    try:
+        yield
+    finally:
+        backbone.extract = original
+
+
 @pytest.fixture(scope="module")
 def setup(tmp_path_factory):
     tmp = tmp_path_factory.mktemp("stores")
@@ -86,23 +105,10 @@ def setup(tmp_path_factory):
 
 def test_interrupted_extraction_resumes_to_identical_store(setup, tmp_path):
     cfg, backbone, data, layout, whole = setup
-    calls = {"n": 0}
-    original = backbone.extract
-
-    def crashing(*args, **kwargs):
-        calls["n"] += 1
-        if calls["n"] == 4:
-            raise _Crash
-        return original(*args, **kwargs)
-
     broken = tmp_path / "broken.zarr"
     store.prepare(broken, layout, KEYS)
-    backbone.extract = crashing
-    try:
-        with pytest.raises(_Crash):
-            extract_part(backbone, data, broken, layout, KEYS, 0, 1, 4)
-    finally:
-        backbone.extract = original
+    with crash_on_forward(backbone, 4), pytest.raises(_Crash):
+        extract_part(backbone, data, broken, layout, KEYS, 0, 1, 4)
     with pytest.raises(RuntimeError, match="incomplete store"):
         store.finalize(broken, tmp_path / "broken.json", KEYS)
     assert not (tmp_path / "broken.json").exists()
@@ -225,21 +231,8 @@ def test_resume_with_two_parts_redoes_exactly_the_unmarked_chunks(setup, tmp_pat
     path = tmp_path / "parts.zarr"
     store.prepare(path, layout, KEYS)
     extract_part(backbone, data, path, layout, KEYS, 0, 2, 4)
-    calls = {"n": 0}
-    original = backbone.extract
-
-    def crashing(*args, **kwargs):
-        calls["n"] += 1
-        if calls["n"] == 3:
-            raise _Crash
-        return original(*args, **kwargs)
-
-    backbone.extract = crashing
-    try:
-        with pytest.raises(_Crash):
-            extract_part(backbone, data, path, layout, KEYS, 1, 2, 4)
-    finally:
-        backbone.extract = original
+    with crash_on_forward(backbone, 3), pytest.raises(_Crash):
+        extract_part(backbone, data, path, layout, KEYS, 1, 2, 4)
     unmarked = store.missing_work(path, store.part_chunks(layout, 1, 2), KEYS)
     assert len(unmarked) == len(store.part_chunks(layout, 1, 2)) - 2
     with caplog.at_level("INFO", logger="layerprobe.extract"):

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import re
 from pathlib import Path
+from types import SimpleNamespace
 
 import numpy as np
 import pandas as pd
@@ -198,8 +199,12 @@ def test_requested_resources_follow_the_config() -> None:
     assert requested("probe", config, "llava15_7b", attempt=3)["runtime_min"] == \
         3 * requested("probe", config, "llava15_7b")["runtime_min"]
     demo = lp_config.load(ROOT / "config" / "demo.yaml")  # CPU only: the scan's statistics are in host RAM
-    assert requested("scan", demo, "tiny_llava")["mem_mb"] > resources.mem_mb("scan", demo, None)
+    model = SimpleNamespace(model="tiny_llava")
+    assert requested("scan", demo, "tiny_llava")["mem_mb"] > resources.mem_mb("scan", demo, model)
     assert requested("scan", demo, "tiny_llava")["gpus"] == 0
+    smoke = lp_config.load(ROOT / "config" / "smoke.yaml")  # CPU: weights in host RAM, sized by the model
+    assert requested("extract", smoke, "llava15_7b")["mem_mb"] > requested("extract", smoke, "clip_l14")["mem_mb"] \
+        > requested("extract", smoke, "clip_b16")["mem_mb"] > requested("extract", demo, "tiny_vit")["mem_mb"]
 
 
 def test_read_benchmarks(fake_run: tuple[dict, Path]) -> None:
@@ -208,7 +213,7 @@ def test_read_benchmarks(fake_run: tuple[dict, Path]) -> None:
     assert {"synthetic_dataset", "preprocess", "extract", "probe", "scan", "finalize_store"} <= set(bench["rule"])
     probe = bench[bench["rule"] == "probe"]
     assert (probe["model"].isin(["tiny_vit", "tiny_llava"])).all()
-    assert (probe["mem_mb"] == config["probe"]["ram_budget_mb"] + 1024).all()
+    assert (probe["mem_mb"] == config["probe"]["ram_budget_mb"] + resources.OVERHEAD_MB).all()
     assert set(bench.loc[bench["rule"] == "extract", "job"]) >= {"tiny_vit/none.part0", "tiny_llava/describe.part1"}
     too_short = (bench["rule"] == "scan") & (bench["job"] == "tiny_vit/none")
     assert bench.loc[too_short, "max_rss"].isna().all()  # "NA": too short to sample
