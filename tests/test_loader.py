@@ -1,5 +1,6 @@
 """Chunk-shuffled loader: exact data, full coverage, real randomness, bounded memory, resume."""
 
+import errno
 import gc
 import weakref
 
@@ -8,6 +9,7 @@ import pytest
 import zarr
 
 from layerprobe import loader as loader_mod
+from layerprobe.chunkfiles import ChunkFiles
 from layerprobe.loader import BATCH_BUFFERS, ChunkShuffleLoader, LoaderBudgetError, chunk_file, read_chunk_into
 
 N, TOKENS, DIM, SIDE, CHUNK = 203, 4, 6, 5, 8  # 203: the last chunk is partial
@@ -110,24 +112,28 @@ def test_batches_draw_from_many_chunks(store):
     assert [b[3].tolist() for b in collect(ordered)][0] == list(range(16))
 
 
-def test_at_most_two_windows_alive(store, monkeypatch):
+@pytest.mark.parametrize("on_disk", [True, False])
+def test_at_most_two_windows_alive(store, monkeypatch, on_disk):
+    """Two windows at most (the one batches are drawn from, the next one being read), whether
+    chunks are read whole (not in the page cache) or row by row (cached)."""
     alive, peak = set(), [0]
     original = ChunkShuffleLoader._read_window
 
     def tracked(self, chunks, rng):
         window = original(self, chunks, rng)
-        key = id(window.feats)
-        alive.add(key)
-        weakref.finalize(window.feats, alive.discard, key)
+        alive.add(id(window))
+        weakref.finalize(window, alive.discard, id(window))
         peak[0] = max(peak[0], len(alive))
         return window
 
     monkeypatch.setattr(ChunkShuffleLoader, "_read_window", tracked)
+    monkeypatch.setattr(ChunkFiles, "cached", lambda self, chunk: not on_disk)
     loader = make(store, 4 * CHUNK)
     assert loader.mode == "chunks" and loader.window_chunks == 2
     for _ in loader.iterate():
         gc.collect()
     assert 1 <= peak[0] <= 2
+    assert loader.stats["disk_chunks" if on_disk else "cached_chunks"] == loader.n_chunks
     chunk_bytes = loader.row_bytes * CHUNK
     assert 2 * loader.window_chunks * chunk_bytes + BATCH_BUFFERS * 16 * loader.row_bytes <= loader.budget
 
@@ -148,7 +154,7 @@ def test_damaged_chunk_file_is_reported_with_the_store(store, tmp_path):
     g = group["training"]
     bad = ChunkShuffleLoader(g["layer_01"], g["labels"], batch_size=16, ram_budget_bytes=2**20, seed=0, mode="chunks",
                              shuffle=False)
-    with pytest.raises(RuntimeError, match=r"layer_01.*chunk file has 10 bytes"):
+    with pytest.raises(RuntimeError, match=r"layer_01.*chunk file (has 10 bytes|ends after 10 bytes).*store damaged"):
         collect(bad)
 
 
@@ -161,3 +167,93 @@ def test_missing_chunk_reads_as_fill_value(tmp_path):
     out = np.zeros((8, 2, 2), np.uint8)
     loader_mod.read_chunk_into(labels, 0, out)
     assert (out == 255).all()
+
+
+@pytest.fixture(scope="module")
+def aligned(tmp_path_factory):
+    """Chunk files whose sizes are multiples of the 4 KiB page (features and labels; the CLS
+    arrays' 2 KiB chunks are not): the sizes O_DIRECT accepts."""
+    n, tokens, dim, side = 60, 16, 128, 32
+    group = zarr.open_group(tmp_path_factory.mktemp("aligned") / "a.zarr", mode="w")
+    feats = group.require_array("f", shape=(n, tokens, dim), dtype="float16", chunks=(CHUNK, tokens, dim),
+                                compressors=None, fill_value=0)
+    cls = group.require_array("c", shape=(n, dim), dtype="float16", chunks=(CHUNK, dim), compressors=None,
+                              fill_value=0)
+    labels = group.require_array("l", shape=(n, side, side), dtype="uint8", chunks=(CHUNK, side, side),
+                                 compressors=None, fill_value=255)
+    rows = np.arange(n)
+    feats[:] = (rows[:, None, None] + np.zeros((1, tokens, dim))).astype(np.float16)
+    cls[:] = (-rows[:, None] + np.zeros((1, dim))).astype(np.float16)
+    labels[:] = rows[:, None, None].astype(np.uint8) + np.zeros((1, side, side), np.uint8)
+    return group
+
+
+def _check_batches(batches, n):
+    rows = np.concatenate([b[3] for b in batches])
+    assert sorted(rows.tolist()) == list(range(n))
+    for feats, cls, labels, r in batches:
+        np.testing.assert_array_equal(feats[:, -1, -1].numpy(), r.astype(np.float16))
+        np.testing.assert_array_equal(cls[:, -1].numpy(), (-r).astype(np.float16))
+        np.testing.assert_array_equal(labels[:, -1, -1].numpy(), r.astype(np.uint8))
+
+
+@pytest.mark.parametrize("case", ["direct", "einval", "cached", "mixed"])
+def test_disk_and_cache_paths_give_identical_batches(aligned, monkeypatch, case, caplog):
+    """O_DIRECT whole-chunk reads, their buffered fallback when the file system refuses O_DIRECT
+    (EINVAL), row reads from the page cache, and a mix: the same batches in the same order."""
+    def loader():
+        return ChunkShuffleLoader(aligned["f"], aligned["l"], cls=aligned["c"], batch_size=8, seed=1,
+                                  ram_budget_bytes=10 * CHUNK * (16 * 128 * 2 + 32 * 32 + 256), mode="chunks")
+
+    reference = [tuple(x.clone() if hasattr(x, "clone") else x for x in b) for b in loader().iterate()]
+    cached = {"direct": False, "einval": False, "cached": True}.get(case)
+    monkeypatch.setattr(ChunkFiles, "cached", lambda self, chunk: chunk % 2 == 0 if cached is None else cached)
+    if case == "einval":
+        def refuse(path, view):
+            raise OSError(errno.EINVAL, "Invalid argument")
+        monkeypatch.setattr(ChunkFiles, "_read_direct", staticmethod(refuse))
+    test = loader()
+    with caplog.at_level("INFO", logger="layerprobe.loader"):
+        batches = list(test.iterate())
+    _check_batches(batches, 60)
+    for a, b in zip(reference, batches):
+        for x, y in zip(a, b):
+            np.testing.assert_array_equal(np.asarray(x), np.asarray(y))
+    feats, labels, cls = test.files
+    if case == "direct":
+        assert feats.direct and labels.direct and not cls.direct  # 2 KiB CLS chunks are not page multiples
+        assert feats.stats["direct_chunks"] == labels.stats["direct_chunks"] == 8 and cls.stats["buffered_chunks"] == 8
+    if case == "einval":
+        assert "O_DIRECT refused by the file system (EINVAL)" in caplog.text and not feats.direct
+        assert feats.stats["buffered_chunks"] == 8
+    if case == "cached":
+        assert test.stats == {"cached_chunks": 8, "disk_chunks": 0, "uncached_rows": 0} and feats.stats["rows"] == 60
+
+
+def test_order_without_io_is_the_order_batches_take(store):
+    loader = make(store, 4 * CHUNK)
+    loader.set_epoch(4)
+    np.testing.assert_array_equal(loader.order(), np.concatenate([b[3] for b in collect(loader)]))
+
+
+def test_rows_missing_from_the_page_cache_are_read_from_disk_and_probing_resumes(aligned, monkeypatch):
+    """After a window that came from the page cache, rows are read with RWF_NOWAIT; one that the
+    cache lacks (EAGAIN) is read from the disk all the same, and the next window is probed."""
+    import os as os_mod
+
+    real = os_mod.preadv
+    calls = {"nowait": 0}
+
+    def flaky(fd, buffers, offset, flags=0):
+        if flags & os_mod.RWF_NOWAIT:
+            calls["nowait"] += 1
+            if calls["nowait"] % 7 == 0:
+                raise BlockingIOError(11, "Resource temporarily unavailable")
+        return real(fd, buffers, offset, flags)
+
+    monkeypatch.setattr(ChunkFiles, "cached", lambda self, chunk: True)
+    monkeypatch.setattr(os_mod, "preadv", flaky)
+    test = ChunkShuffleLoader(aligned["f"], aligned["l"], cls=aligned["c"], batch_size=8, seed=1,
+                              ram_budget_bytes=10 * CHUNK * (16 * 128 * 2 + 32 * 32 + 256), mode="chunks")
+    _check_batches(list(test.iterate()), 60)
+    assert test.stats["uncached_rows"] >= 1 and calls["nowait"] > 0

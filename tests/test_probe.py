@@ -60,7 +60,7 @@ def test_probe_learns_separable_classes(feature_store, tmp_path):
 
 
 def test_concat_cls_doubles_input(feature_store, tmp_path):
-    metrics = train_probe(feature_store, "layer_04", settings(epochs=1, concat_cls=True), tmp_path, tmp_path / "c.pt",
+    metrics = train_probe(feature_store, "layer_04", settings(epochs=1, concat_cls=True, ram_budget_bytes=96 * 2**10), tmp_path, tmp_path / "c.pt",
                           name="layer_04+cls")
     assert 0 <= metrics["miou"] <= 1 and metrics["concat_cls"] and metrics["probe"] == "layer_04+cls"
 
