@@ -250,3 +250,22 @@ def test_a_probe_refuses_features_of_another_config(setup):
     other = tiny_config(whole.parent / "other", batch_size=2)
     with pytest.raises(lp_fp.StaleResultError, match=r"layer_02: features made with another config.*batch_size: 4 -> 2"):
         store.check_layer(group, "layer_02", lp_fp.layer(other, "tiny", "none", "layer_02"), str(whole))
+
+
+def test_raw_chunk_writes_are_the_bytes_zarr_writes(tmp_path):
+    """The writer's raw chunk files (full chunks and the padded edge chunk) equal zarr's own."""
+    from layerprobe.extract import RawChunks
+
+    group = zarr.open_group(tmp_path / "w.zarr", mode="w")
+    values = np.random.default_rng(0).standard_normal((10, 3, 5)).astype(np.float16)
+    arrays = {name: group.create_array(name, shape=(10, 3, 5), chunks=(4, 3, 5), dtype="float16",
+                                       compressors=None, fill_value=0) for name in ("zarr", "raw")}
+    arrays["zarr"][:] = values
+    raw = RawChunks.of(arrays["raw"])
+    for chunk in range(3):
+        raw.write(chunk, values[chunk * 4:(chunk + 1) * 4])
+    for chunk in range(3):
+        assert (tmp_path / f"w.zarr/raw/c/{chunk}/0/0").read_bytes() == (tmp_path / f"w.zarr/zarr/c/{chunk}/0/0").read_bytes()
+    np.testing.assert_array_equal(arrays["raw"][:], values)
+    compressed = group.create_array("z", shape=(4, 2), chunks=(4, 2), dtype="float16")
+    assert RawChunks.of(compressed) is None  # zstd by default: written through zarr

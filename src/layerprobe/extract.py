@@ -8,11 +8,14 @@ Parts only write chunks; `store.prepare` has created every array before they sta
 from __future__ import annotations
 
 import logging
+import os
 import queue
 import threading
 import time
+import uuid
 from pathlib import Path
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 import numpy as np
@@ -21,6 +24,7 @@ import torch
 from . import store
 from .ade20k import CLASS_NAMES
 from .backbones.base import Backbone
+from .chunkfiles import chunk_file
 from .config import prompt_text
 from .fingerprint import Fingerprint
 from .progress import progress
@@ -45,10 +49,17 @@ def make_layout(name: str, model: dict[str, Any], prompt_id: str, data: Any, chu
 
 
 class ChunkWriter:
-    """Writes chunks on a background thread; errors (e.g. disk full) surface in the caller."""
+    """Writes chunks on a background thread; errors (e.g. disk full) surface in the caller.
+
+    A chunk of an uncompressed array is written as its file's raw bytes (`RawChunks`: one write
+    call per array and chunk, the bytes zarr itself would write); other arrays go through zarr,
+    with the array handles opened once.
+    """
 
     def __init__(self, group: Any, store_path: Path, depth: int = 2) -> None:
         self.group, self.store_path = group, store_path
+        self.arrays: dict[str, Any] = {}
+        self.raw: dict[str, RawChunks | None] = {}
         self.queue: queue.Queue = queue.Queue(maxsize=depth)
         self.error: BaseException | None = None
         self.wait_seconds = 0.0
@@ -82,8 +93,45 @@ class ChunkWriter:
     def _write(self, split: str, chunk: int, start: int, arrays: dict[str, np.ndarray], info: dict) -> None:
         stop = start + len(next(iter(arrays.values())))
         for name, values in arrays.items():
-            self.group[f"{split}/{name}"][start:stop] = values
+            key = f"{split}/{name}"
+            if key not in self.arrays:
+                self.arrays[key] = self.group[key]
+                self.raw[key] = RawChunks.of(self.arrays[key])
+            raw = self.raw[key]
+            if raw is not None and start % raw.chunk_rows == 0:
+                raw.write(start // raw.chunk_rows, values)
+            else:
+                self.arrays[key][start:stop] = values
         store.write_marker(self.store_path, split, chunk, info)  # only after the chunk is on disk
+
+
+class RawChunks:
+    """Whole chunks of an uncompressed array written as the raw little-endian bytes of their file,
+    as zarr does (`bytes` codec, no compressor): padded to the full chunk shape with the fill
+    value, written to a temporary file and renamed into place."""
+
+    def __init__(self, arr: Any) -> None:
+        self.arr = arr
+        self.chunk_rows = int(arr.chunks[0])
+        self.fill = np.full((self.chunk_rows, *arr.shape[1:]), arr.fill_value, dtype=arr.dtype)
+
+    @classmethod
+    def of(cls, arr: Any) -> "RawChunks | None":
+        full_chunks = tuple(arr.chunks[1:]) == tuple(arr.shape[1:])
+        return cls(arr) if chunk_file(arr, 0) is not None and full_chunks else None
+
+    def write(self, chunk: int, values: np.ndarray) -> None:
+        data = values
+        if len(values) < self.chunk_rows:  # the edge chunk: stored full size, the rest fill value
+            data = self.fill.copy()
+            data[:len(values)] = values
+        data = np.ascontiguousarray(data, dtype=self.arr.dtype.newbyteorder("<"))
+        path = chunk_file(self.arr, chunk)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex[:8]}.partial")
+        with open(tmp, "wb", buffering=0) as f:
+            f.write(memoryview(data.reshape(-1).view(np.uint8)))
+        os.replace(tmp, path)
 
 
 def extract_part(backbone: Backbone | Callable[[], Backbone], data: Any, store_path: str | Path,
@@ -115,11 +163,18 @@ def extract_part(backbone: Backbone | Callable[[], Backbone], data: Any, store_p
         backbone = backbone()
     writer = ChunkWriter(group, store_path)
     names = data.attrs.get("class_names", list(CLASS_NAMES))
+    # A reader thread decodes the next chunk's images while the model runs on this one.
+    reader = ThreadPoolExecutor(1, thread_name_prefix="extract-read")
+    inputs = [reader.submit(_gather, data, s_, layout.orders[s_][slice(*layout.rows(c, s_))]) for s_, c, _ in todo[:1]]
     try:
-        for split, chunk, missing in progress(todo, desc=f"extract {layout.model}/{layout.prompt_id} "
-                                              f"part {part + 1}/{parts}", unit="chunk"):
+        for i, (split, chunk, missing) in enumerate(progress(todo, desc=f"extract {layout.model}/{layout.prompt_id} "
+                                                             f"part {part + 1}/{parts}", unit="chunk")):
             start, stop = layout.rows(chunk, split)
-            images, labels = _gather(data, split, layout.orders[split][start:stop])
+            if i + 1 < len(todo):
+                s_, c, _ = todo[i + 1]
+                inputs.append(reader.submit(_gather, data, s_, layout.orders[s_][slice(*layout.rows(c, s_))]))
+            images, labels = inputs[i].result()
+            inputs[i] = None
             prompts = _fill_prompts(layout.prompt_text, labels, names)
             wanted = [k for k in missing if k != store.LABELS]
             t0 = time.perf_counter()
@@ -131,6 +186,7 @@ def extract_part(backbone: Backbone | Callable[[], Backbone], data: Any, store_p
             writer.put((split, chunk, start, arrays, {"layers": sorted(set(done) | set(missing)),
                                                       "prompts": prompts or []}))
     finally:
+        reader.shutdown(wait=True, cancel_futures=True)
         writer.close()
     stats["writer_wait_seconds"] = writer.wait_seconds
     return stats
@@ -168,9 +224,11 @@ def _forward_chunk(backbone: Backbone, images: np.ndarray, prompts: list[str] | 
     parts: dict[str, list[np.ndarray]] = {}
     for b in range(0, len(images), batch_size):
         batch = torch.from_numpy(images[b:b + batch_size])
-        tokens, cls = backbone.extract(batch, prompts[b:b + batch_size] if prompts else None, keys)
+        # float16 cast on the model's device: half the bytes cross to the host, none converted here.
+        tokens, cls = backbone.extract(batch, prompts[b:b + batch_size] if prompts else None, keys,
+                                       dtype=torch.float16)
         for key in keys:
-            parts.setdefault(key, []).append(tokens[key].to(torch.float16).numpy())
+            parts.setdefault(key, []).append(tokens[key].numpy())
             if key in cls:
-                parts.setdefault(f"{key}_cls", []).append(cls[key].to(torch.float16).numpy())
+                parts.setdefault(f"{key}_cls", []).append(cls[key].numpy())
     return {k: np.concatenate(v) for k, v in parts.items()}

@@ -23,12 +23,14 @@ class Backbone(abc.ABC):
 
     @abc.abstractmethod
     def extract(
-        self, images: torch.Tensor, prompts: list[str] | None, keys: list[str]
+        self, images: torch.Tensor, prompts: list[str] | None, keys: list[str], dtype: torch.dtype = torch.float32
     ) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor]]:
         """One forward for uint8 images (B, H, W, 3) already at ``image_size``.
 
-        Returns (tokens, cls): per key float32 CPU tensors (B, grid*grid, dim) and, when the
-        model has a CLS token, (B, dim) per key (empty dict otherwise).
+        Returns (tokens, cls): per key CPU tensors of `dtype` (B, grid*grid, dim) and, when the
+        model has a CLS token, (B, dim) per key (empty dict otherwise). The cast happens on the
+        model's device, before the copy to the host: extraction asks for float16, so a GPU
+        sends half the bytes over PCIe and the host never converts.
         """
 
     def check_keys(self, keys: list[str]) -> None:

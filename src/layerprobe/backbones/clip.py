@@ -43,8 +43,8 @@ class OpenClipBackbone(Backbone):
         return (x - self.mean) / self.std
 
     @torch.inference_mode()
-    def extract(self, images: torch.Tensor, prompts: list[str] | None,
-                keys: list[str]) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor]]:
+    def extract(self, images: torch.Tensor, prompts: list[str] | None, keys: list[str],
+                dtype: torch.dtype = torch.float32) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor]]:
         self.check_keys(keys)
         wanted = {parse_key(k)[1] for k in keys}
         captured: dict[int, torch.Tensor] = {}
@@ -66,8 +66,8 @@ class OpenClipBackbone(Backbone):
         finally:
             for hook in hooks:
                 hook.remove()
-        tokens = {layer_key(i): captured[i][:, 1:].float().cpu() for i in sorted(wanted)}
-        cls = {layer_key(i): captured[i][:, 0].float().cpu() for i in sorted(wanted)}
+        tokens = {layer_key(i): captured[i][:, 1:].to(dtype).cpu() for i in sorted(wanted)}
+        cls = {layer_key(i): captured[i][:, 0].to(dtype).cpu() for i in sorted(wanted)}
         return tokens, cls
 
 

@@ -107,8 +107,8 @@ class LlavaBackbone(Backbone):
         batch["pixel_values"] = batch["pixel_values"].to(self.dtype)
         return batch
 
-    def extract(self, images: torch.Tensor, prompts: list[str] | None,
-                keys: list[str]) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor]]:
+    def extract(self, images: torch.Tensor, prompts: list[str] | None, keys: list[str],
+                dtype: torch.dtype = torch.float32) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor]]:
         self.check_keys(keys)
         if not keys:
             return {}, {}
@@ -120,8 +120,8 @@ class LlavaBackbone(Backbone):
             raise ValueError(f"{positions.shape[1]} image tokens per sample, expected {self.grid}x{self.grid}")
         with torch.inference_mode():
             captured = self._forward(batch, positions, keys)
-        # Plain (non-inference) float32 CPU tensors, usable with autograd by callers.
-        return {k: _plain(captured[k]) for k in keys}, {}
+        # Plain (non-inference) CPU tensors, usable with autograd by callers; cast on the device.
+        return {k: _plain(captured[k], dtype) for k in keys}, {}
 
     def _forward(self, batch: dict[str, torch.Tensor], positions: torch.Tensor,
                  keys: list[str]) -> dict[str, torch.Tensor]:
@@ -169,6 +169,6 @@ def _stop_key(keys: list[str]) -> str:
     return max(keys, key=lambda k: (rank[parse_key(k)[0]], parse_key(k)[1]))
 
 
-def _plain(x: torch.Tensor) -> torch.Tensor:
-    x = x.detach().to("cpu", torch.float32)
+def _plain(x: torch.Tensor, dtype: torch.dtype = torch.float32) -> torch.Tensor:
+    x = x.detach().to(dtype).to("cpu")
     return x.clone() if x.is_inference() else x
