@@ -2,10 +2,22 @@
 
     .venv/bin/python benchmarks/io_loader.py            # ~1.2 GB store, 256 MB budget
     .venv/bin/python benchmarks/io_loader.py --quick    # smaller, for a smoke run
+    .venv/bin/python benchmarks/io_loader.py --sweep    # the loader over 32 geometries, cold and warm
 
 Every measure runs in its own subprocess so its peak RSS (VmHWM) is its own. Ratios are taken
 within one run. With --cold (needs write access to /proc/sys/vm/drop_caches) the page cache is
 dropped before each measure, so the floor is the disk, not memcpy.
+
+--sweep: shapes CLIP-B (196 x 768, 224 px labels) and LLaVA (576 x 4096, 336 px labels); chunks of 8
+and 32 images; stores 4x and 10x the RAM budget; batches of 16 and 64; cold (caches dropped before
+every measure) and warm (the store read once before). Each measure is a steady-state pass: its
+process first runs one unmeasured pass (buffers allocated and faulted in, threads started, as
+in every epoch of a probe after its first), then keeps or drops the page cache, then measures
+one pass. Per cell, floor and loader alternate `--repeats` times; the cell's ratio is the
+median of the per-repeat loader / floor ratios. Also per
+cell: the loader's peak RSS above its process's baseline (after imports, store open) against the
+budget, and the order's randomness: distinct chunks per batch, and how often two images that share
+a batch in one epoch share one again in the next, beside a uniform permutation's (B-1)/(N-1).
 """
 
 from __future__ import annotations
@@ -19,6 +31,8 @@ import tempfile
 import time
 from pathlib import Path
 
+from typing import Any
+
 import numpy as np
 
 import _common as C  # benchmarks/ is the script's directory, so first on sys.path
@@ -27,19 +41,27 @@ ROOT = Path(__file__).resolve().parents[1]
 
 
 # --- the synthetic store -------------------------------------------------------------------------
-def build_store(path: Path, images: int, tokens: int, dim: int, chunk: int, side: int) -> None:
+def build_store(path: Path, images: int, tokens: int, dim: int, chunk: int, side: int, fresh_chunks: int = 0,
+                group: str = "training") -> None:
+    """A store of random fp16 features and labels. `fresh_chunks` > 0: only that many chunks of
+    fresh random data, repeated (the bytes do not matter to IO; generating 15 GB would)."""
     import zarr
 
-    group = zarr.open_group(path, mode="w")
-    feats = group.require_array("training/layer_01", shape=(images, tokens, dim), dtype="float16",
-                                chunks=(chunk, tokens, dim), compressors=None, fill_value=0)
-    labels = group.require_array("training/labels", shape=(images, side, side), dtype="uint8",
-                                 chunks=(chunk, side, side), compressors=None, fill_value=255)
+    root = zarr.open_group(path, mode="w")
+    feats = root.require_array(f"{group}/layer_01", shape=(images, tokens, dim), dtype="float16",
+                               chunks=(chunk, tokens, dim), compressors=None, fill_value=0)
+    labels = root.require_array(f"{group}/labels", shape=(images, side, side), dtype="uint8",
+                                chunks=(chunk, side, side), compressors=None, fill_value=255)
     rng = np.random.default_rng(0)
-    for start in range(0, images, chunk):
+    made: list[tuple[np.ndarray, np.ndarray]] = []
+    for i, start in enumerate(range(0, images, chunk)):
         stop = min(start + chunk, images)
-        feats[start:stop] = rng.standard_normal((stop - start, tokens, dim), dtype=np.float32).astype(np.float16)
-        labels[start:stop] = rng.integers(0, 150, (stop - start, side, side), dtype=np.uint8)
+        if not fresh_chunks or len(made) < fresh_chunks:
+            made.append((rng.standard_normal((chunk, tokens, dim), dtype=np.float32).astype(np.float16),
+                         rng.integers(0, 150, (chunk, side, side), dtype=np.uint8)))
+        f, lab = made[-1] if not fresh_chunks else made[i % fresh_chunks]
+        feats[start:stop] = f[:stop - start]
+        labels[start:stop] = lab[:stop - start]
 
 
 def build_shards(store: Path, out: Path, shards: int) -> None:
@@ -55,37 +77,96 @@ def build_shards(store: Path, out: Path, shards: int) -> None:
 
 
 # --- measures (each in its own process) -----------------------------------------------------------
-def measure_floor(store: Path) -> dict:
-    """Every chunk file once, sequentially, as raw bytes into one reused buffer."""
-    files = sorted(p for p in (store / "training").rglob("c/*/*") if p.is_file())
-    files += sorted(p for p in (store / "training").rglob("c/*/*/*") if p.is_file())
+def drop_caches() -> None:
+    subprocess.run(["sync"], check=True)
+    Path("/proc/sys/vm/drop_caches").write_text("3\n")
+
+
+def measure_floor(store: Path, group: str = "training", steady: str = "") -> dict:
+    """Every chunk file once, sequentially, as raw bytes into one reused buffer.
+
+    steady "warm"/"cold": one unmeasured pass first (buffer allocated and faulted in, as in an
+    epoch after the first), then the page cache kept or dropped, then the measured pass."""
+    files = sorted(p for p in (store / group).rglob("c/*/*") if p.is_file())
+    files += sorted(p for p in (store / group).rglob("c/*/*/*") if p.is_file())
     buf = bytearray(max(f.stat().st_size for f in files))
     view = memoryview(buf)
-    start, total = time.perf_counter(), 0
-    for f in files:
-        with open(f, "rb", buffering=0) as fh:
-            total += fh.readinto(view)
+
+    def one_pass() -> int:
+        total = 0
+        for f in files:
+            with open(f, "rb", buffering=0) as fh:
+                total += fh.readinto(view)
+        return total
+
+    if steady:
+        one_pass()
+        if steady == "cold":
+            drop_caches()
+    start = time.perf_counter()
+    total = one_pass()
     return {"seconds": time.perf_counter() - start, "bytes": total}
 
 
-def _loader(store: Path, budget_mb: int, batch: int, threads: int | None = None):
+def _loader(store: Path, budget_mb: int, batch: int, threads: int | None = None, group: str = "training"):
     import zarr
 
     from layerprobe.loader import ChunkShuffleLoader
 
-    g = zarr.open_group(store, mode="r")["training"]
+    g = zarr.open_group(store, mode="r")[group]
     return ChunkShuffleLoader(g["layer_01"], g["labels"], batch_size=batch, ram_budget_bytes=budget_mb * 2**20,
                               seed=0, shuffle=True, mode="chunks", read_threads=threads)
 
 
-def measure_loader(store: Path, budget_mb: int, batch: int, threads: int | None = None) -> dict:
-    loader = _loader(store, budget_mb, batch, threads)
+def measure_loader(store: Path, budget_mb: int, batch: int, threads: int | None = None,
+                   group: str = "training", steady: str = "") -> dict:
+    """One shuffled epoch. steady "warm"/"cold": epoch 0 unmeasured (buffers and threads set
+    up, as for every epoch after a probe's first), page cache kept or dropped, epoch 1 measured."""
+    import torch  # noqa: F401 - imported before the baseline: the interpreter's cost, not the loader's
+    import zarr  # noqa: F401
+
+    import layerprobe.loader  # noqa: F401
+
+    baseline = C.rss_bytes()
+    C.reset_peak_rss()
+    loader = _loader(store, budget_mb, batch, threads, group)
+    if steady:
+        for _ in loader.iterate():
+            pass
+        loader.set_epoch(1)
+        loader.stats.update(cached_chunks=0, disk_chunks=0)
+        loader.files[0].stats.update(direct_chunks=0, rows=0)
+        if steady == "cold":
+            drop_caches()
     start, batches, chunks_per_batch = time.perf_counter(), 0, []
     for feats, _, labels, rows in loader.iterate():
         batches += 1
         chunks_per_batch.append(len(set((rows // loader.chunk_rows).tolist())))
-    return {"seconds": time.perf_counter() - start, "batches": batches, "window_chunks": loader.window_chunks,
-            "mean_chunks_per_batch": float(np.mean(chunks_per_batch))}
+    seconds = time.perf_counter() - start
+    return {"seconds": seconds, "batches": batches, "window_chunks": loader.window_chunks,
+            "mean_chunks_per_batch": float(np.mean(chunks_per_batch)), "baseline_mb": baseline / 2**20,
+            "above_baseline_mb": (C.peak_rss_bytes() - baseline) / 2**20, **loader.stats,
+            "direct_chunks": loader.files[0].stats["direct_chunks"], "rows_read": loader.files[0].stats["rows"],
+            **pair_repeat(loader)}
+
+
+def pair_repeat(loader: Any) -> dict:
+    """How often two images that share a batch in epoch 0 share one in epoch 1, vs a uniform
+    permutation's (B-1)/(N-1); from the loader's order (no IO)."""
+    b = loader.batch_size
+    loader.set_epoch(0)
+    first = loader.order()
+    loader.set_epoch(1)
+    batch_of = np.empty(loader.n, dtype=np.int64)
+    batch_of[loader.order()] = np.arange(loader.n) // b
+    same, pairs = 0, 0
+    for start in range(0, loader.n, b):
+        members = batch_of[first[start:start + b]]
+        counts = np.bincount(members)
+        same += int((counts * (counts - 1) // 2).sum())
+        pairs += len(members) * (len(members) - 1) // 2
+    loader.set_epoch(0)
+    return {"pair_repeat": same / max(pairs, 1), "pair_repeat_uniform": (b - 1) / (loader.n - 1)}
 
 
 def _probe_step(dim: int, grid: int, side: int):
@@ -147,8 +228,7 @@ MEASURES = {"floor": measure_floor, "loader": measure_loader, "loader_probe": me
 
 def run_child(name: str, cold: bool, **kwargs) -> dict:
     if cold:
-        subprocess.run(["sync"], check=True)
-        Path("/proc/sys/vm/drop_caches").write_text("3\n")
+        drop_caches()
     cmd = [sys.executable, __file__, "--child", name, json.dumps({k: str(v) if isinstance(v, Path) else v
                                                                     for k, v in kwargs.items()})]
     out = subprocess.run(cmd, check=True, capture_output=True, text=True, env={**os.environ, "PYTHONPATH": str(ROOT / "src")})
@@ -165,15 +245,68 @@ def child(name: str, raw: str) -> None:
     print(json.dumps(result))
 
 
+# (tokens, dim, label side, RAM budget MiB): the budget holds 2 chunks of 32 + 3 batches of 64.
+SHAPES = {"CLIP-B/16": (196, 768, 224, 128), "LLaVA-7B": (576, 4096, 336, 1536)}
+TARGET = 1.25
+
+
+def sweep(args: argparse.Namespace, work: Path) -> None:
+    shapes = {k: v for k, v in SHAPES.items() if not args.shapes or k in args.shapes}
+    print(f"machine: {C.machine()}; repeats {args.repeats} per cell, floor and loader alternating\n")
+    print("| shape | chunk | store / budget | batch | cache | floor s | loader s | loader / floor | "
+          "peak - baseline / budget MiB | chunks per batch | pair again (uniform) | read path |")
+    print("|---|---|---|---|---|---|---|---|---|---|---|---|")
+    verdicts = []
+    for name, (tokens, dim, side, budget_mb) in shapes.items():
+        row_bytes = tokens * dim * 2 + side * side
+        for chunk in (8, 32):
+            for factor in (4, 10):
+                images = int(factor * budget_mb * 2**20 // row_bytes) // chunk * chunk
+                store = work / f"{name.replace('/', '')}_{chunk}_{factor}.zarr"
+                build_store(store, images, tokens, dim, chunk, side, fresh_chunks=4)
+                size = sum(f.stat().st_size for f in store.rglob("*") if f.is_file())
+                for batch in (16, 64):
+                    for cache in ("cold", "warm"):
+                        cold = cache == "cold"
+                        floors, loaders = [], []
+                        for _ in range(args.repeats):
+                            floors.append(run_child("floor", False, store=store, steady=cache))
+                            loaders.append(run_child("loader", False, store=store, budget_mb=budget_mb, batch=batch,
+                                                     steady=cache))
+                        ratio = float(np.median([lo["seconds"] / fl["seconds"] for fl, lo in zip(floors, loaders)]))
+                        above = max(lo["above_baseline_mb"] for lo in loaders)
+                        last = loaders[-1]
+                        path = (f"{last['disk_chunks']} whole chunks ({last['direct_chunks']} O_DIRECT), "
+                                f"{last['cached_chunks']} by rows")
+                        print(f"| {name} | {chunk} | {size / 2**20 / budget_mb:.1f}x ({size / 2**30:.2f} GiB / "
+                              f"{budget_mb} MiB) | {batch} | {cache} | {np.median([f['seconds'] for f in floors]):.2f} | "
+                              f"{np.median([lo['seconds'] for lo in loaders]):.2f} | **{ratio:.2f}** | "
+                              f"{above:.0f} / {budget_mb} | {last['mean_chunks_per_batch']:.1f} | "
+                              f"{last['pair_repeat']:.4f} ({last['pair_repeat_uniform']:.4f}) | {path} |", flush=True)
+                        verdicts.append((f"{name} chunk {chunk} {factor}x batch {batch} {cache}", ratio, above, budget_mb))
+                subprocess.run(["rm", "-rf", str(store)], check=True)
+    failed = [v for v in verdicts if v[1] > TARGET or v[2] > v[3]]
+    print(f"\n{len(verdicts) - len(failed)} of {len(verdicts)} cells PASS (loader / floor <= {TARGET} and peak RSS "
+          "above baseline <= budget)")
+    for cell, ratio, above, budget in failed:
+        print(f"FAIL {cell}: ratio {ratio:.2f}, peak above baseline {above:.0f} MiB (budget {budget})")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--quick", action="store_true")
     parser.add_argument("--cold", action="store_true", help="drop the page cache before each measure")
     parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--sweep", action="store_true", help="the loader over every geometry, cold and warm")
+    parser.add_argument("--shapes", nargs="*", help="with --sweep: only these shapes")
+    parser.add_argument("--workdir", type=Path, default=None, help="where stores are built (default: a temp dir)")
     parser.add_argument("--child", nargs=2, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.child:
         return child(*args.child)
+    if args.sweep:
+        with tempfile.TemporaryDirectory(dir=args.workdir) as tmp:
+            return sweep(args, Path(tmp))
 
     images, tokens, dim, chunk, side, grid = (256, 576, 512, 16, 96, 24) if args.quick else (1024, 576, 1024, 16, 96, 24)
     budget_mb, batch, shards = (64, 16, 4) if args.quick else (256, 16, 8)
