@@ -82,11 +82,12 @@ def drop_caches() -> None:
     Path("/proc/sys/vm/drop_caches").write_text("3\n")
 
 
-def measure_floor(store: Path, group: str = "training", steady: str = "") -> dict:
+def measure_floor(store: Path, group: str = "training", steady: str = "", passes: int = 1) -> dict:
     """Every chunk file once, sequentially, as raw bytes into one reused buffer.
 
-    steady "warm"/"cold": one unmeasured pass first (buffer allocated and faulted in, as in an
-    epoch after the first), then the page cache kept or dropped, then the measured pass."""
+    steady "warm": one unmeasured pass first (the store into the page cache, the buffer faulted
+    in), then `passes` measured passes. "cold": the page cache is dropped before each measured
+    pass (not timed)."""
     files = sorted(p for p in (store / group).rglob("c/*/*") if p.is_file())
     files += sorted(p for p in (store / group).rglob("c/*/*/*") if p.is_file())
     buf = bytearray(max(f.stat().st_size for f in files))
@@ -99,13 +100,16 @@ def measure_floor(store: Path, group: str = "training", steady: str = "") -> dic
                 total += fh.readinto(view)
         return total
 
-    if steady:
+    if steady == "warm":
         one_pass()
+    seconds, total = 0.0, 0
+    for _ in range(passes):
         if steady == "cold":
             drop_caches()
-    start = time.perf_counter()
-    total = one_pass()
-    return {"seconds": time.perf_counter() - start, "bytes": total}
+        start = time.perf_counter()
+        total += one_pass()
+        seconds += time.perf_counter() - start
+    return {"seconds": seconds, "bytes": total}
 
 
 def _loader(store: Path, budget_mb: int, batch: int, threads: int | None = None, group: str = "training"):
@@ -119,9 +123,11 @@ def _loader(store: Path, budget_mb: int, batch: int, threads: int | None = None,
 
 
 def measure_loader(store: Path, budget_mb: int, batch: int, threads: int | None = None,
-                   group: str = "training", steady: str = "") -> dict:
-    """One shuffled epoch. steady "warm"/"cold": epoch 0 unmeasured (buffers and threads set
-    up, as for every epoch after a probe's first), page cache kept or dropped, epoch 1 measured."""
+                   group: str = "training", steady: str = "", passes: int = 1) -> dict:
+    """Shuffled epochs. steady: epoch 0 unmeasured (buffers and threads set up, reads in flight
+    tuned, as for every epoch after a probe's first; "cold" stops it after a few windows, its
+    bytes are not wanted in the cache), then epochs 1..`passes` measured ("cold": the page cache
+    dropped before each, not timed)."""
     import torch  # noqa: F401 - imported before the baseline: the interpreter's cost, not the loader's
     import zarr  # noqa: F401
 
@@ -131,22 +137,27 @@ def measure_loader(store: Path, budget_mb: int, batch: int, threads: int | None 
     C.reset_peak_rss()
     loader = _loader(store, budget_mb, batch, threads, group)
     if steady:
-        for _ in loader.iterate():
-            pass
-        loader.set_epoch(1)
+        warmup = len(loader) if steady == "warm" else 4 * loader.window_chunks * loader.chunk_rows // batch + 1
+        for i, _ in enumerate(loader.iterate()):
+            if i + 1 >= warmup:
+                break
         loader.stats.update(cached_chunks=0, disk_chunks=0)
         loader.files[0].stats.update(direct_chunks=0, rows=0)
+    seconds, batches, chunks_per_batch = 0.0, 0, []
+    for epoch in range(1, passes + 1) if steady else [0]:
+        loader.set_epoch(epoch)
         if steady == "cold":
             drop_caches()
-    start, batches, chunks_per_batch = time.perf_counter(), 0, []
-    for feats, _, labels, rows in loader.iterate():
-        batches += 1
-        chunks_per_batch.append(len(set((rows // loader.chunk_rows).tolist())))
-    seconds = time.perf_counter() - start
+        start = time.perf_counter()
+        for feats, _, labels, rows in loader.iterate():
+            batches += 1
+            chunks_per_batch.append(len(set((rows // loader.chunk_rows).tolist())))
+        seconds += time.perf_counter() - start
     return {"seconds": seconds, "batches": batches, "window_chunks": loader.window_chunks,
             "mean_chunks_per_batch": float(np.mean(chunks_per_batch)), "baseline_mb": baseline / 2**20,
             "above_baseline_mb": (C.peak_rss_bytes() - baseline) / 2**20, **loader.stats,
             "direct_chunks": loader.files[0].stats["direct_chunks"], "rows_read": loader.files[0].stats["rows"],
+            "reads_in_flight": loader.inflight.current,
             **pair_repeat(loader)}
 
 
@@ -265,19 +276,23 @@ def sweep(args: argparse.Namespace, work: Path) -> None:
                 store = work / f"{name.replace('/', '')}_{chunk}_{factor}.zarr"
                 build_store(store, images, tokens, dim, chunk, side, fresh_chunks=4)
                 size = sum(f.stat().st_size for f in store.rglob("*") if f.is_file())
+                # Warm epochs of a small store last tens of ms: enough passes for >= 4 GiB read.
+                warm_passes = max(1, round(4 * 2**30 / size))
                 for batch in (16, 64):
                     for cache in ("cold", "warm"):
                         cold = cache == "cold"
                         floors, loaders = [], []
+                        passes = 1 if cold else warm_passes
                         for _ in range(args.repeats):
-                            floors.append(run_child("floor", False, store=store, steady=cache))
+                            floors.append(run_child("floor", False, store=store, steady=cache, passes=passes))
                             loaders.append(run_child("loader", False, store=store, budget_mb=budget_mb, batch=batch,
-                                                     steady=cache))
+                                                     steady=cache, passes=passes))
                         ratio = float(np.median([lo["seconds"] / fl["seconds"] for fl, lo in zip(floors, loaders)]))
                         above = max(lo["above_baseline_mb"] for lo in loaders)
                         last = loaders[-1]
                         path = (f"{last['disk_chunks']} whole chunks ({last['direct_chunks']} O_DIRECT), "
-                                f"{last['cached_chunks']} by rows")
+                                f"{last['cached_chunks']} by rows; {passes} pass(es); "
+                                f"{last['reads_in_flight']} reads in flight")
                         print(f"| {name} | {chunk} | {size / 2**20 / budget_mb:.1f}x ({size / 2**30:.2f} GiB / "
                               f"{budget_mb} MiB) | {batch} | {cache} | {np.median([f['seconds'] for f in floors]):.2f} | "
                               f"{np.median([lo['seconds'] for lo in loaders]):.2f} | **{ratio:.2f}** | "

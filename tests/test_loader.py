@@ -2,6 +2,7 @@
 
 import errno
 import gc
+import math
 import weakref
 
 import numpy as np
@@ -10,7 +11,8 @@ import zarr
 
 from layerprobe import loader as loader_mod
 from layerprobe.chunkfiles import ChunkFiles
-from layerprobe.loader import BATCH_BUFFERS, ChunkShuffleLoader, LoaderBudgetError, chunk_file, read_chunk_into
+from layerprobe.loader import (BATCH_BUFFERS, OVERHEAD_FRACTION, ChunkShuffleLoader, LoaderBudgetError, chunk_file,
+                               read_chunk_into)
 
 N, TOKENS, DIM, SIDE, CHUNK = 203, 4, 6, 5, 8  # 203: the last chunk is partial
 
@@ -36,7 +38,8 @@ def store(tmp_path_factory):
 def make(store, budget_rows: float, **kw) -> ChunkShuffleLoader:
     row_bytes = TOKENS * DIM * 2 + DIM * 2 + SIDE * SIDE
     g, batch = store["training"], kw.pop("batch_size", 16)
-    budget = int((budget_rows + BATCH_BUFFERS * batch) * row_bytes)  # window rows + the batch buffers
+    # window rows + the batch buffers, and the loader's margin on top
+    budget = math.ceil((budget_rows + BATCH_BUFFERS * batch) * row_bytes / (1 - OVERHEAD_FRACTION))
     return ChunkShuffleLoader(g["layer_01"], g["labels"], cls=g["layer_01_cls"], batch_size=batch,
                               ram_budget_bytes=budget, seed=kw.pop("seed", 3), **kw)
 

@@ -27,8 +27,9 @@ import math
 import os
 import sys
 import threading
+import time
 from collections.abc import Iterator
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from queue import Queue
 from typing import Any
@@ -37,6 +38,7 @@ import numpy as np
 import torch
 
 from .chunkfiles import ChunkFiles, aligned_empty, chunk_file, read_chunk_into  # noqa: F401 - re-exported
+from .inflight import InFlightTuner
 
 log = logging.getLogger("layerprobe.loader")
 
@@ -44,7 +46,10 @@ MODES = ("auto", "resident", "chunks")
 # Batches alive at once: one being built, one queued, the one the consumer takes, and the one it
 # still holds while asking for the next (a `for` loop keeps it until `next` returns).
 BATCH_BUFFERS = 4
-READS_IN_FLIGHT = 4  # concurrent chunk reads: SSDs and parallel file systems serve several at once
+# Of the budget, kept outside windows and batches: index arrays, thread stacks, temporaries
+# (without it the peak RSS measured 1 MiB over a 128 MiB budget).
+OVERHEAD_FRACTION = 1 / 32
+READS_IN_FLIGHT = 4  # concurrent chunk reads to start with (then tuned): SSDs and parallel file systems serve several at once
 Batch = tuple[torch.Tensor, torch.Tensor | None, torch.Tensor, np.ndarray]
 
 
@@ -117,7 +122,10 @@ class ChunkShuffleLoader:
         self.files = [ChunkFiles(a, direct=direct_io) for a in self.arrays]
         self.row_bytes = sum(f.row_nbytes for f in self.files)
         self.budget = int(ram_budget_bytes)
-        self.read_threads = read_threads or READS_IN_FLIGHT
+        # Reads in flight: tuned on measured throughput, or fixed when given.
+        self.inflight = (InFlightTuner(start=READS_IN_FLIGHT) if read_threads is None
+                         else InFlightTuner(start=read_threads, lowest=read_threads, highest=read_threads))
+        self.read_threads = self.inflight.highest
         # Copies from the page cache are CPU work: one thread per core, at most two.
         self.copy_threads = max(1, min(2, len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity")
                                        else os.cpu_count() or 1, self.read_threads))
@@ -127,24 +135,28 @@ class ChunkShuffleLoader:
         chunk_bytes = self.row_bytes * self.chunk_rows
         # Batch buffers (a ring of BATCH_BUFFERS) come first; two windows alive at once (consumed +
         # prefetched) share the rest.
-        window_budget = (self.budget - BATCH_BUFFERS * self.row_bytes * batch_size) // 2
+        usable = int(self.budget * (1 - OVERHEAD_FRACTION))
+        window_budget = (usable - BATCH_BUFFERS * self.row_bytes * batch_size) // 2
         self.window_chunks = max(1, min(self.n_chunks, window_budget // chunk_bytes))
         self._window_pool = BufferPool(2 * self.window_chunks * len(self.arrays))
         self._batch_pool = BufferPool(BATCH_BUFFERS * len(self.arrays))
         self._readers: ThreadPoolExecutor | None = None
+        self._prefetcher: ThreadPoolExecutor | None = None
+        self._copy_stream: Any = None
         self.stats = {"cached_chunks": 0, "disk_chunks": 0, "uncached_rows": 0}
         self._warm = False  # the last window came wholly from the page cache
         if window_budget < chunk_bytes and not (self.mode == "resident" and self.device.type != "cuda"):
             raise LoaderBudgetError(
                 f"probe.ram_budget_mb ({_mb(self.budget)}) must hold two chunks of {arr.path} plus "
-                f"{BATCH_BUFFERS} batches ({_mb(2 * chunk_bytes + BATCH_BUFFERS * self.row_bytes * batch_size)}): "
+                f"{BATCH_BUFFERS} batches and a {OVERHEAD_FRACTION:.0%} margin "
+                f"({_mb((2 * chunk_bytes + BATCH_BUFFERS * self.row_bytes * batch_size) / (1 - OVERHEAD_FRACTION))}): "
                 f"raise probe.ram_budget_mb, lower probe.batch_size or lower "
                 f"store.chunk_images")
         log.info("loader %s: %d images in %d chunks of %d, %s, mode=%s%s", arr.path, self.n, self.n_chunks,
                  self.chunk_rows, _mb(self.row_bytes * self.n), self.mode,
                  f" (window {self.window_chunks} chunks = {_mb(self.window_chunks * chunk_bytes)}, "
                  f"x2 <= budget {_mb(self.budget)}; raw reads={self.files[0].raw}, "
-                 f"O_DIRECT={self.files[0].direct}, {self.read_threads} reads in flight)"
+                 f"O_DIRECT={self.files[0].direct}, {self.inflight.count} reads in flight, tuned)"
                  if self.mode == "chunks" else f" (resident on {self.device}, budget {_mb(self.budget)})")
 
     def _choose_mode(self, mode: str) -> str:
@@ -164,8 +176,8 @@ class ChunkShuffleLoader:
         self.epoch = epoch
 
     def _pool(self) -> ThreadPoolExecutor:
-        if self._readers is None:
-            self._readers = ThreadPoolExecutor(self.read_threads, thread_name_prefix="loader-read")
+        if self._readers is None:  # window reads in flight + row copies from the producer thread
+            self._readers = ThreadPoolExecutor(self.read_threads + self.copy_threads, thread_name_prefix="loader-read")
         return self._readers
 
     # --- the epoch's order (the same whatever the bytes' path) -----------------------------------
@@ -223,15 +235,23 @@ class ChunkShuffleLoader:
                 out = self._window_pool.get((self.chunk_rows, *f.arr.shape[1:]), f.arr.dtype, self.chunk_rows)
                 buffers[k][c] = out
                 jobs.append((f, c, out))
-        list(self._pool().map(lambda job: job[0].read_chunk(job[1], job[2]), jobs))
+        self._read_chunks(jobs)
         return Window(None, None, None, rows, order, list(chunks), buffers)
 
-    def _release(self, windows: list[Window]) -> None:
-        """Close the chunk files of windows whose rows are all in batches (a helper, so no loop
-        variable keeps a window, and its buffers, alive in the generator's frame)."""
-        for window in windows:
-            for f in self.files:
-                f.release(window.chunks)
+    def _read_chunks(self, jobs: list[tuple[ChunkFiles, int, np.ndarray]]) -> None:
+        """Whole-chunk reads, `inflight.count` at a time; the measured throughput tunes the count."""
+        if not jobs:
+            return
+        k = min(self.inflight.count, len(jobs))
+        start = time.perf_counter()
+        groups = [jobs[j::k] for j in range(k)]
+        list(self._pool().map(lambda group: [f.read_chunk(c, out) for f, c, out in group], groups))
+        self.inflight.observe(sum(out.nbytes for _, _, out in jobs), time.perf_counter() - start, k)
+
+    def _release(self, window: Window) -> None:
+        """Close the chunk files of a window whose rows are all in batches."""
+        for f in self.files:
+            f.release(window.chunks)
 
     # --- resident mode ----------------------------------------------------------------------------
     def _resident_window(self) -> Window:
@@ -315,7 +335,7 @@ class ChunkShuffleLoader:
         def produce() -> None:
             try:
                 for batch in self._assemble(windows, rngs, first, skip_rows, stop):
-                    queue.put(batch)
+                    queue.put(self._stage(batch))
                 queue.put(None)
             except BaseException as exc:  # surfaced in the consumer, with the store named
                 queue.put(exc)
@@ -326,7 +346,7 @@ class ChunkShuffleLoader:
             while (item := queue.get()) is not None:
                 if isinstance(item, BaseException):
                     raise RuntimeError(f"reading {self.arr.store}/{self.arr.path} failed: {item}") from item
-                yield self._emit(item)
+                yield self._receive(*item)
                 item = None
         finally:
             stop.set()
@@ -338,67 +358,108 @@ class ChunkShuffleLoader:
 
     def _assemble(self, windows: list[list[int]], rngs: list[Any], first: int, skip_rows: int,
                   stop: threading.Event) -> Iterator[tuple[Any, ...]]:
-        """The epoch's row sequence (windows' orders, concatenated) cut into batches."""
-        pending: list[tuple[Window, np.ndarray]] = []  # segments of the batch being built
-        finished: list[Window] = []  # every row assigned; released once no batch needs it
-        count = 0
+        """The epoch's row sequence (windows' orders, concatenated) cut into batches.
+
+        A window's rows are copied into the batch being built as soon as they are taken, so a
+        window is dropped once its last row is taken, and the next one is read in the background
+        while this one is consumed: two windows alive, whatever the batch size."""
+        prefetcher = self._prefetch_pool()
+
+        def read(i: int) -> Future[Window] | None:
+            return prefetcher.submit(self._read_window, windows[i], rngs[i]) if i < len(windows) else None
+
+        out, count, upcoming = self._new_batch_buffers(), 0, read(first)
         for i in range(first, len(windows)):
             if stop.is_set():
                 return
-            window = self._read_window(windows[i], rngs[i])
+            window = upcoming.result()  # type: ignore[union-attr]
+            upcoming = read(i + 1)
             order, skip_rows = window.order[skip_rows:], 0
             pos = 0
             while pos < len(order):
                 take = min(self.batch_size - count, len(order) - pos)
-                pending.append((window, order[pos:pos + take]))
+                self._copy_rows(window, order[pos:pos + take], out, count)
                 count, pos = count + take, pos + take
                 if count == self.batch_size:
-                    yield self._fill(pending, count)
-                    pending, count = [], 0
-                    self._release(finished)
-                    finished = []
-            finished.append(window)
-            window = order = None  # type: ignore[assignment]  # free its buffers for the next one
-        if pending:
-            yield self._fill(pending, count)
-        self._release(finished)
+                    yield self._batch(out, count)
+                    out, count = self._new_batch_buffers(), 0
+            self._release(window)
+            window = order = None  # type: ignore[assignment]  # its buffers go back to the pool
+        if count:
+            yield self._batch(out, count)
 
-    def _fill(self, segments: list[tuple[Window, np.ndarray]], n: int) -> tuple[Any, ...]:
-        """One batch from window positions: disk-read chunks copied from their buffers, cached
-        chunks read row by row into the batch, the row reads spread evenly over the copy threads
-        (on two cores, two threads copy 1.3x faster than one: the kernel copy is the work)."""
-        out = [self._batch_pool.get((self.batch_size, *a.shape[1:]), a.dtype, n) for a in self.arrays]
-        rows = np.empty(n, dtype=np.int64)
-        reads: list[tuple[int, int, int, int]] = []  # (array, chunk, local row, batch row)
-        at = 0
-        for window, positions in segments:
-            store_rows = window.rows[positions]
-            rows[at:at + len(positions)] = store_rows
-            chunks, local = np.divmod(store_rows, self.chunk_rows)
-            for j, (chunk, row) in enumerate(zip(chunks.tolist(), local.tolist())):
-                for k in range(len(self.files)):
-                    buffer = window.buffers[k].get(chunk)
-                    if buffer is not None:
-                        out[k][at + j] = buffer[row]
-                    else:
-                        reads.append((k, chunk, row, at + j))
-            at += len(positions)
-        if reads:
-            # By array, then dealt out in turn: every thread gets its share of the large (feature) rows.
-            reads.sort(key=lambda read: read[0])
-            groups = [reads[j::self.copy_threads] for j in range(min(self.copy_threads, len(reads)))]
-            list(self._pool().map(lambda group: self._read_rows(group, out), groups))
-        feats, labels = out[0], out[1]
-        cls = out[2] if self.cls is not None else None
+    def _prefetch_pool(self) -> ThreadPoolExecutor:
+        if self._prefetcher is None:
+            self._prefetcher = ThreadPoolExecutor(1, thread_name_prefix="loader-window")
+        return self._prefetcher
+
+    def _new_batch_buffers(self) -> list[np.ndarray]:
+        """Feats, labels[, cls] buffers of a full batch, and the store rows; see `_batch`."""
+        return [self._batch_pool.get((self.batch_size, *a.shape[1:]), a.dtype, self.batch_size)
+                for a in self.arrays] + [np.empty(self.batch_size, dtype=np.int64)]
+
+    def _batch(self, out: list[np.ndarray], n: int) -> tuple[Any, ...]:
+        feats, labels, rows = out[0][:n], out[1][:n], out[-1][:n]
+        cls = out[2][:n] if self.cls is not None else None
         return feats, cls, labels, rows
 
-    def _read_rows(self, reads: list[tuple[int, int, int, int]], out: list[np.ndarray]) -> None:
+    def _copy_rows(self, window: Window, positions: np.ndarray, out: list[np.ndarray], at: int) -> None:
+        """Window positions into batch rows at..: disk-read chunks copied from their buffers,
+        cached chunks read row by row into the batch, the row reads split over the copy threads
+        (on two cores, two threads copy 1.3x faster than one: the kernel copy is the work)."""
+        store_rows = window.rows[positions]
+        out[-1][at:at + len(positions)] = store_rows
+        chunks, local = np.divmod(store_rows, self.chunk_rows)
+        batch_rows = np.arange(at, at + len(positions))
+        cached = np.ones(len(positions), dtype=bool)
+        for k in range(len(self.files)):
+            for chunk, buffer in window.buffers[k].items():
+                hit = chunks == chunk
+                if hit.any():
+                    out[k][batch_rows[hit]] = buffer[local[hit]]
+                    cached &= ~hit
+        if not cached.any():
+            return
+        chunks, local, batch_rows = chunks[cached].tolist(), local[cached].tolist(), batch_rows[cached].tolist()
+        # Each thread gets every copy_threads-th row of every array: an even share of the large rows.
+        # This thread reads one share while the pool reads the others.
+        n = min(self.copy_threads, len(chunks))
+        shares = [[(k, chunks[j::n], local[j::n], batch_rows[j::n]) for k in range(len(self.files))] for j in range(n)]
+        helpers = [self._pool().submit(self._read_share, share, out) for share in shares[1:]]
+        self._read_share(shares[0], out)
+        for helper in helpers:
+            helper.result()
+
+    def _read_share(self, share: list[tuple[int, list[int], list[int], list[int]]], out: list[np.ndarray]) -> None:
         misses = 0
-        for k, chunk, row, at in reads:
-            misses += self.files[k].read_rows(chunk, [row], [out[k][at]], nowait=k == 0)
+        for k, chunks, rows, at in share:
+            misses += self.files[k].read_rows(chunks, rows, out[k], at, nowait=k == 0)
         if misses:
             self.stats["uncached_rows"] += misses
             self._warm = False
+
+    def _stage(self, batch: tuple[Any, ...]) -> tuple[Batch, Any]:
+        """The batch as tensors; on CUDA its host-to-device copy is issued here, in the producer
+        thread, from pinned memory with non_blocking on a side stream, so it overlaps the
+        consumer's step. The event tells the consumer's stream when the copy is done."""
+        if self.device.type != "cuda":
+            return self._emit(batch), None
+        if self._copy_stream is None:
+            self._copy_stream = torch.cuda.Stream(self.device)
+        with torch.cuda.stream(self._copy_stream):
+            staged = self._emit(batch)
+            event = torch.cuda.Event()
+            event.record(self._copy_stream)
+        return staged, event
+
+    def _receive(self, staged: Batch, event: Any) -> Batch:
+        if event is not None:
+            stream = torch.cuda.current_stream(self.device)
+            stream.wait_event(event)
+            for tensor in staged[:3]:
+                if tensor is not None:  # allocated on the side stream, used on this one
+                    tensor.record_stream(stream)
+        return staged
 
     def _emit(self, batch: tuple[Any, ...]) -> Batch:
         feats, cls, labels, rows = batch
@@ -416,8 +477,9 @@ class ChunkShuffleLoader:
     def close(self) -> None:
         for f in self.files:
             f.close()
-        if self._readers is not None:
-            self._readers.shutdown(wait=False)
+        for pool in (self._readers, self._prefetcher):
+            if pool is not None:
+                pool.shutdown(wait=False)
 
 
 def _mb(n: float) -> str:
