@@ -105,6 +105,39 @@ class BufferPool:
             return buffer[:rows]
 
 
+class _WindowFiles:
+    """A window's chunk files, closed once the window is wholly taken (`close`) and every batch
+    task that reads from them is done (`add`)."""
+
+    def __init__(self, loader: ChunkShuffleLoader, chunks: list[int]) -> None:
+        self.loader, self.chunks = loader, chunks
+        self.pending, self.taken, self.released = 0, False, False
+        self.lock = threading.Lock()
+
+    def add(self, future: Future[Any]) -> None:
+        with self.lock:
+            self.pending += 1
+        future.add_done_callback(self._done)
+
+    def _done(self, _: Future[Any]) -> None:
+        with self.lock:
+            self.pending -= 1
+        self._maybe_release()
+
+    def close(self) -> None:
+        with self.lock:
+            self.taken = True
+        self._maybe_release()
+
+    def _maybe_release(self) -> None:
+        with self.lock:
+            if not self.taken or self.pending or self.released:
+                return
+            self.released = True
+        for f in self.loader.files:
+            f.release(self.chunks)
+
+
 class ChunkShuffleLoader:
     """Batches `(feats fp16 (B,T,D), cls (B,D) | None, labels uint8 (B,S,S), store rows)`."""
 
@@ -248,11 +281,6 @@ class ChunkShuffleLoader:
         list(self._pool().map(lambda group: [f.read_chunk(c, out) for f, c, out in group], groups))
         self.inflight.observe(sum(out.nbytes for _, _, out in jobs), time.perf_counter() - start, k)
 
-    def _release(self, window: Window) -> None:
-        """Close the chunk files of a window whose rows are all in batches."""
-        for f in self.files:
-            f.release(window.chunks)
-
     # --- resident mode ----------------------------------------------------------------------------
     def _resident_window(self) -> Window:
         if self._resident is None:
@@ -326,16 +354,20 @@ class ChunkShuffleLoader:
                 np.empty(n, dtype=np.int64))
 
     def _pipelined(self, windows: list[list[int]], first: int, skip_rows: int) -> Iterator[Batch]:
-        """Batches assembled by a background thread, one ahead of the consumer; windows
-        are read when the first of their rows is needed and released after their last."""
+        """Batches built ahead of the consumer. A producer thread cuts the epoch's order into
+        batches and copies the rows of disk-read chunks from their window buffers; the rows of
+        cached chunks are read into the batch by one pool task per batch, so two batches are read
+        at once (one per core) with no hand-off inside a batch. The consumer takes them in order."""
         rngs = self._window_rngs(len(windows))
-        queue: Queue[Any] = Queue(maxsize=1)  # with the one being built and the consumer's two: BATCH_BUFFERS
+        # Futures of batches. Alive at once: the consumer's two, one queued, one the producer
+        # holds while waiting to queue it: BATCH_BUFFERS.
+        queue: Queue[Any] = Queue(maxsize=1)
         stop = threading.Event()
 
         def produce() -> None:
             try:
                 for batch in self._assemble(windows, rngs, first, skip_rows, stop):
-                    queue.put(self._stage(batch))
+                    queue.put(batch)
                 queue.put(None)
             except BaseException as exc:  # surfaced in the consumer, with the store named
                 queue.put(exc)
@@ -344,10 +376,15 @@ class ChunkShuffleLoader:
         thread.start()
         try:
             while (item := queue.get()) is not None:
-                if isinstance(item, BaseException):
-                    raise RuntimeError(f"reading {self.arr.store}/{self.arr.path} failed: {item}") from item
-                yield self._receive(*item)
+                try:
+                    if isinstance(item, BaseException):
+                        raise item
+                    staged = item.result()
+                except BaseException as exc:
+                    raise RuntimeError(f"reading {self.arr.store}/{self.arr.path} failed: {exc}") from exc
                 item = None
+                yield self._receive(*staged)
+                staged = None
         finally:
             stop.set()
             while thread.is_alive():  # unblock a producer waiting on a full queue
@@ -357,36 +394,56 @@ class ChunkShuffleLoader:
                     queue.get_nowait()
 
     def _assemble(self, windows: list[list[int]], rngs: list[Any], first: int, skip_rows: int,
-                  stop: threading.Event) -> Iterator[tuple[Any, ...]]:
+                  stop: threading.Event) -> Iterator[Future[tuple[Batch, Any]]]:
         """The epoch's row sequence (windows' orders, concatenated) cut into batches.
 
-        A window's rows are copied into the batch being built as soon as they are taken, so a
-        window is dropped once its last row is taken, and the next one is read in the background
-        while this one is consumed: two windows alive, whatever the batch size."""
+        A window's disk-read rows are copied into the batch being built as soon as they are
+        taken, so a window is dropped once its last row is taken, and the next one is read in the
+        background while this one is consumed: two windows alive, whatever the batch size. Its
+        chunk files are closed once every batch that reads rows from them is done."""
         prefetcher = self._prefetch_pool()
 
         def read(i: int) -> Future[Window] | None:
             return prefetcher.submit(self._read_window, windows[i], rngs[i]) if i < len(windows) else None
 
-        out, count, upcoming = self._new_batch_buffers(), 0, read(first)
+        def submit() -> Future[tuple[Batch, Any]]:
+            future = self._pool().submit(self._finish_batch, out, count, reads)
+            for use in touched:
+                use.add(future)
+            for use in closing:
+                use.close()
+            return future
+
+        out, count, reads = self._new_batch_buffers(), 0, self._no_reads()
+        touched: list[_WindowFiles] = []  # windows whose cached rows the batch being built reads
+        closing: list[_WindowFiles] = []  # windows wholly taken, closed after the batch is submitted
+        upcoming = read(first)
         for i in range(first, len(windows)):
             if stop.is_set():
                 return
             window = upcoming.result()  # type: ignore[union-attr]
             upcoming = read(i + 1)
+            use = _WindowFiles(self, window.chunks)
             order, skip_rows = window.order[skip_rows:], 0
             pos = 0
             while pos < len(order):
                 take = min(self.batch_size - count, len(order) - pos)
-                self._copy_rows(window, order[pos:pos + take], out, count)
+                if self._copy_rows(window, order[pos:pos + take], out, count, reads) and use not in touched:
+                    touched.append(use)
                 count, pos = count + take, pos + take
                 if count == self.batch_size:
-                    yield self._batch(out, count)
-                    out, count = self._new_batch_buffers(), 0
-            self._release(window)
+                    yield submit()
+                    out, count, reads, touched, closing = self._new_batch_buffers(), 0, self._no_reads(), [], []
+            if use in touched:
+                closing.append(use)
+            else:
+                use.close()
             window = order = None  # type: ignore[assignment]  # its buffers go back to the pool
         if count:
-            yield self._batch(out, count)
+            yield submit()
+        else:
+            for use in closing:
+                use.close()
 
     def _prefetch_pool(self) -> ThreadPoolExecutor:
         if self._prefetcher is None:
@@ -398,15 +455,19 @@ class ChunkShuffleLoader:
         return [self._batch_pool.get((self.batch_size, *a.shape[1:]), a.dtype, self.batch_size)
                 for a in self.arrays] + [np.empty(self.batch_size, dtype=np.int64)]
 
+    def _no_reads(self) -> list[tuple[list[int], list[int], list[int]]]:
+        """Per array: (chunks, rows in chunk, rows in batch) to read from the page cache."""
+        return [([], [], []) for _ in self.files]
+
     def _batch(self, out: list[np.ndarray], n: int) -> tuple[Any, ...]:
         feats, labels, rows = out[0][:n], out[1][:n], out[-1][:n]
         cls = out[2][:n] if self.cls is not None else None
         return feats, cls, labels, rows
 
-    def _copy_rows(self, window: Window, positions: np.ndarray, out: list[np.ndarray], at: int) -> None:
-        """Window positions into batch rows at..: disk-read chunks copied from their buffers,
-        cached chunks read row by row into the batch, the row reads split over the copy threads
-        (on two cores, two threads copy 1.3x faster than one: the kernel copy is the work)."""
+    def _copy_rows(self, window: Window, positions: np.ndarray, out: list[np.ndarray], at: int,
+                   reads: list[tuple[list[int], list[int], list[int]]]) -> bool:
+        """Window positions into batch rows at..: rows of disk-read chunks copied from their
+        buffers now, rows of cached chunks added to `reads`. True when any were added."""
         store_rows = window.rows[positions]
         out[-1][at:at + len(positions)] = store_rows
         chunks, local = np.divmod(store_rows, self.chunk_rows)
@@ -419,24 +480,25 @@ class ChunkShuffleLoader:
                     out[k][batch_rows[hit]] = buffer[local[hit]]
                     cached &= ~hit
         if not cached.any():
-            return
+            return False
         chunks, local, batch_rows = chunks[cached].tolist(), local[cached].tolist(), batch_rows[cached].tolist()
-        # Each thread gets every copy_threads-th row of every array: an even share of the large rows.
-        # This thread reads one share while the pool reads the others.
-        n = min(self.copy_threads, len(chunks))
-        shares = [[(k, chunks[j::n], local[j::n], batch_rows[j::n]) for k in range(len(self.files))] for j in range(n)]
-        helpers = [self._pool().submit(self._read_share, share, out) for share in shares[1:]]
-        self._read_share(shares[0], out)
-        for helper in helpers:
-            helper.result()
+        for read_chunks, read_rows, read_at in reads:
+            read_chunks += chunks
+            read_rows += local
+            read_at += batch_rows
+        return True
 
-    def _read_share(self, share: list[tuple[int, list[int], list[int], list[int]]], out: list[np.ndarray]) -> None:
+    def _finish_batch(self, out: list[np.ndarray], n: int,
+                      reads: list[tuple[list[int], list[int], list[int]]]) -> tuple[Batch, Any]:
+        """A pool task: the batch's cached rows read into it, then the batch staged."""
         misses = 0
-        for k, chunks, rows, at in share:
-            misses += self.files[k].read_rows(chunks, rows, out[k], at, nowait=k == 0)
+        for k, (chunks, rows, at) in enumerate(reads):
+            if chunks:
+                misses += self.files[k].read_rows(chunks, rows, out[k], at, nowait=k == 0)
         if misses:
             self.stats["uncached_rows"] += misses
             self._warm = False
+        return self._stage(self._batch(out, n))
 
     def _stage(self, batch: tuple[Any, ...]) -> tuple[Batch, Any]:
         """The batch as tensors; on CUDA its host-to-device copy is issued here, in the producer
