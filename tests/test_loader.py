@@ -11,7 +11,7 @@ import zarr
 
 from layerprobe import loader as loader_mod
 from layerprobe.chunkfiles import ChunkFiles
-from layerprobe.loader import (BATCH_BUFFERS, OVERHEAD_FRACTION, ChunkShuffleLoader, LoaderBudgetError, chunk_file,
+from layerprobe.loader import (BATCH_BUFFERS, MARGIN_FRACTION, ChunkShuffleLoader, LoaderBudgetError, chunk_file,
                                read_chunk_into)
 
 N, TOKENS, DIM, SIDE, CHUNK = 203, 4, 6, 5, 8  # 203: the last chunk is partial
@@ -39,7 +39,7 @@ def make(store, budget_rows: float, **kw) -> ChunkShuffleLoader:
     row_bytes = TOKENS * DIM * 2 + DIM * 2 + SIDE * SIDE
     g, batch = store["training"], kw.pop("batch_size", 16)
     # window rows + the batch buffers, and the loader's margin on top
-    budget = math.ceil((budget_rows + BATCH_BUFFERS * batch) * row_bytes / (1 - OVERHEAD_FRACTION))
+    budget = math.ceil((budget_rows + BATCH_BUFFERS * batch) * row_bytes / (1 - MARGIN_FRACTION))  # small: a fraction
     return ChunkShuffleLoader(g["layer_01"], g["labels"], cls=g["layer_01_cls"], batch_size=batch,
                               ram_budget_bytes=budget, seed=kw.pop("seed", 3), **kw)
 

@@ -24,7 +24,7 @@ def feature_store(tmp_path_factory):
 
 def settings(**overrides) -> ProbeSettings:
     base = dict(epochs=4, lr=0.1, weight_decay=1e-4, batch_size=8, seed=0, batchnorm=True, concat_cls=False,
-                ram_budget_bytes=84 * 2**10, device="cpu", checkpoint_every_batches=1000)
+                ram_budget_bytes=92 * 2**10, device="cpu", checkpoint_every_batches=1000)
     return ProbeSettings(**{**base, **overrides})
 
 

@@ -46,9 +46,17 @@ MODES = ("auto", "resident", "chunks")
 # Batches alive at once: one being built, one queued, the one the consumer takes, and the one it
 # still holds while asking for the next (a `for` loop keeps it until `next` returns).
 BATCH_BUFFERS = 4
-# Of the budget, kept outside windows and batches: index arrays, thread stacks, temporaries
-# (without it the peak RSS measured 1 MiB over a 128 MiB budget).
-OVERHEAD_FRACTION = 1 / 32
+# Of the budget, kept outside windows and batches: reader threads' stacks and malloc arenas,
+# index arrays, temporaries. Measured: 5-9 MiB whatever the budget (the sweep in
+# docs/BENCHMARKS.md peaked at 129-133 MiB above baseline for a 128 MiB budget without it).
+MARGIN_BYTES, MARGIN_FRACTION = 8 * 2**20, 1 / 8
+
+
+def margin_bytes(budget: int) -> int:
+    """The part of a RAM budget the loader keeps free for its own overhead."""
+    return min(MARGIN_BYTES, int(budget * MARGIN_FRACTION))
+
+
 READS_IN_FLIGHT = 4  # concurrent chunk reads to start with (then tuned): SSDs and parallel file systems serve several at once
 Batch = tuple[torch.Tensor, torch.Tensor | None, torch.Tensor, np.ndarray]
 
@@ -105,39 +113,6 @@ class BufferPool:
             return buffer[:rows]
 
 
-class _WindowFiles:
-    """A window's chunk files, closed once the window is wholly taken (`close`) and every batch
-    task that reads from them is done (`add`)."""
-
-    def __init__(self, loader: ChunkShuffleLoader, chunks: list[int]) -> None:
-        self.loader, self.chunks = loader, chunks
-        self.pending, self.taken, self.released = 0, False, False
-        self.lock = threading.Lock()
-
-    def add(self, future: Future[Any]) -> None:
-        with self.lock:
-            self.pending += 1
-        future.add_done_callback(self._done)
-
-    def _done(self, _: Future[Any]) -> None:
-        with self.lock:
-            self.pending -= 1
-        self._maybe_release()
-
-    def close(self) -> None:
-        with self.lock:
-            self.taken = True
-        self._maybe_release()
-
-    def _maybe_release(self) -> None:
-        with self.lock:
-            if not self.taken or self.pending or self.released:
-                return
-            self.released = True
-        for f in self.loader.files:
-            f.release(self.chunks)
-
-
 class ChunkShuffleLoader:
     """Batches `(feats fp16 (B,T,D), cls (B,D) | None, labels uint8 (B,S,S), store rows)`."""
 
@@ -168,7 +143,7 @@ class ChunkShuffleLoader:
         chunk_bytes = self.row_bytes * self.chunk_rows
         # Batch buffers (a ring of BATCH_BUFFERS) come first; two windows alive at once (consumed +
         # prefetched) share the rest.
-        usable = int(self.budget * (1 - OVERHEAD_FRACTION))
+        usable = self.budget - margin_bytes(self.budget)
         window_budget = (usable - BATCH_BUFFERS * self.row_bytes * batch_size) // 2
         self.window_chunks = max(1, min(self.n_chunks, window_budget // chunk_bytes))
         self._window_pool = BufferPool(2 * self.window_chunks * len(self.arrays))
@@ -181,8 +156,8 @@ class ChunkShuffleLoader:
         if window_budget < chunk_bytes and not (self.mode == "resident" and self.device.type != "cuda"):
             raise LoaderBudgetError(
                 f"probe.ram_budget_mb ({_mb(self.budget)}) must hold two chunks of {arr.path} plus "
-                f"{BATCH_BUFFERS} batches and a {OVERHEAD_FRACTION:.0%} margin "
-                f"({_mb((2 * chunk_bytes + BATCH_BUFFERS * self.row_bytes * batch_size) / (1 - OVERHEAD_FRACTION))}): "
+                f"{BATCH_BUFFERS} batches ({_mb(2 * chunk_bytes + BATCH_BUFFERS * self.row_bytes * batch_size)}) "
+                f"and the loader's own margin ({_mb(margin_bytes(self.budget))}): "
                 f"raise probe.ram_budget_mb, lower probe.batch_size or lower "
                 f"store.chunk_images")
         log.info("loader %s: %d images in %d chunks of %d, %s, mode=%s%s", arr.path, self.n, self.n_chunks,
@@ -281,6 +256,11 @@ class ChunkShuffleLoader:
         list(self._pool().map(lambda group: [f.read_chunk(c, out) for f, c, out in group], groups))
         self.inflight.observe(sum(out.nbytes for _, _, out in jobs), time.perf_counter() - start, k)
 
+    def _release(self, window: Window) -> None:
+        """Close the chunk files of a window whose rows are all in batches."""
+        for f in self.files:
+            f.release(window.chunks)
+
     # --- resident mode ----------------------------------------------------------------------------
     def _resident_window(self) -> Window:
         if self._resident is None:
@@ -354,20 +334,16 @@ class ChunkShuffleLoader:
                 np.empty(n, dtype=np.int64))
 
     def _pipelined(self, windows: list[list[int]], first: int, skip_rows: int) -> Iterator[Batch]:
-        """Batches built ahead of the consumer. A producer thread cuts the epoch's order into
-        batches and copies the rows of disk-read chunks from their window buffers; the rows of
-        cached chunks are read into the batch by one pool task per batch, so two batches are read
-        at once (one per core) with no hand-off inside a batch. The consumer takes them in order."""
+        """Batches assembled by a background thread, one ahead of the consumer; windows
+        are read when the first of their rows is needed and released after their last."""
         rngs = self._window_rngs(len(windows))
-        # Futures of batches. Alive at once: the consumer's two, one queued, one the producer
-        # holds while waiting to queue it: BATCH_BUFFERS.
-        queue: Queue[Any] = Queue(maxsize=1)
+        queue: Queue[Any] = Queue(maxsize=1)  # with the one being built and the consumer's two: BATCH_BUFFERS
         stop = threading.Event()
 
         def produce() -> None:
             try:
                 for batch in self._assemble(windows, rngs, first, skip_rows, stop):
-                    queue.put(batch)
+                    queue.put(self._stage(batch))
                 queue.put(None)
             except BaseException as exc:  # surfaced in the consumer, with the store named
                 queue.put(exc)
@@ -376,15 +352,10 @@ class ChunkShuffleLoader:
         thread.start()
         try:
             while (item := queue.get()) is not None:
-                try:
-                    if isinstance(item, BaseException):
-                        raise item
-                    staged = item.result()
-                except BaseException as exc:
-                    raise RuntimeError(f"reading {self.arr.store}/{self.arr.path} failed: {exc}") from exc
+                if isinstance(item, BaseException):
+                    raise RuntimeError(f"reading {self.arr.store}/{self.arr.path} failed: {item}") from item
+                yield self._receive(*item)
                 item = None
-                yield self._receive(*staged)
-                staged = None
         finally:
             stop.set()
             while thread.is_alive():  # unblock a producer waiting on a full queue
@@ -394,56 +365,36 @@ class ChunkShuffleLoader:
                     queue.get_nowait()
 
     def _assemble(self, windows: list[list[int]], rngs: list[Any], first: int, skip_rows: int,
-                  stop: threading.Event) -> Iterator[Future[tuple[Batch, Any]]]:
+                  stop: threading.Event) -> Iterator[tuple[Any, ...]]:
         """The epoch's row sequence (windows' orders, concatenated) cut into batches.
 
-        A window's disk-read rows are copied into the batch being built as soon as they are
-        taken, so a window is dropped once its last row is taken, and the next one is read in the
-        background while this one is consumed: two windows alive, whatever the batch size. Its
-        chunk files are closed once every batch that reads rows from them is done."""
+        A window's rows are copied into the batch being built as soon as they are taken, so a
+        window is dropped once its last row is taken, and the next one is read in the background
+        while this one is consumed: two windows alive, whatever the batch size."""
         prefetcher = self._prefetch_pool()
 
         def read(i: int) -> Future[Window] | None:
             return prefetcher.submit(self._read_window, windows[i], rngs[i]) if i < len(windows) else None
 
-        def submit() -> Future[tuple[Batch, Any]]:
-            future = self._pool().submit(self._finish_batch, out, count, reads)
-            for use in touched:
-                use.add(future)
-            for use in closing:
-                use.close()
-            return future
-
-        out, count, reads = self._new_batch_buffers(), 0, self._no_reads()
-        touched: list[_WindowFiles] = []  # windows whose cached rows the batch being built reads
-        closing: list[_WindowFiles] = []  # windows wholly taken, closed after the batch is submitted
-        upcoming = read(first)
+        out, count, upcoming = self._new_batch_buffers(), 0, read(first)
         for i in range(first, len(windows)):
             if stop.is_set():
                 return
             window = upcoming.result()  # type: ignore[union-attr]
             upcoming = read(i + 1)
-            use = _WindowFiles(self, window.chunks)
             order, skip_rows = window.order[skip_rows:], 0
             pos = 0
             while pos < len(order):
                 take = min(self.batch_size - count, len(order) - pos)
-                if self._copy_rows(window, order[pos:pos + take], out, count, reads) and use not in touched:
-                    touched.append(use)
+                self._copy_rows(window, order[pos:pos + take], out, count)
                 count, pos = count + take, pos + take
                 if count == self.batch_size:
-                    yield submit()
-                    out, count, reads, touched, closing = self._new_batch_buffers(), 0, self._no_reads(), [], []
-            if use in touched:
-                closing.append(use)
-            else:
-                use.close()
+                    yield self._batch(out, count)
+                    out, count = self._new_batch_buffers(), 0
+            self._release(window)
             window = order = None  # type: ignore[assignment]  # its buffers go back to the pool
         if count:
-            yield submit()
-        else:
-            for use in closing:
-                use.close()
+            yield self._batch(out, count)
 
     def _prefetch_pool(self) -> ThreadPoolExecutor:
         if self._prefetcher is None:
@@ -455,19 +406,15 @@ class ChunkShuffleLoader:
         return [self._batch_pool.get((self.batch_size, *a.shape[1:]), a.dtype, self.batch_size)
                 for a in self.arrays] + [np.empty(self.batch_size, dtype=np.int64)]
 
-    def _no_reads(self) -> list[tuple[list[int], list[int], list[int]]]:
-        """Per array: (chunks, rows in chunk, rows in batch) to read from the page cache."""
-        return [([], [], []) for _ in self.files]
-
     def _batch(self, out: list[np.ndarray], n: int) -> tuple[Any, ...]:
         feats, labels, rows = out[0][:n], out[1][:n], out[-1][:n]
         cls = out[2][:n] if self.cls is not None else None
         return feats, cls, labels, rows
 
-    def _copy_rows(self, window: Window, positions: np.ndarray, out: list[np.ndarray], at: int,
-                   reads: list[tuple[list[int], list[int], list[int]]]) -> bool:
-        """Window positions into batch rows at..: rows of disk-read chunks copied from their
-        buffers now, rows of cached chunks added to `reads`. True when any were added."""
+    def _copy_rows(self, window: Window, positions: np.ndarray, out: list[np.ndarray], at: int) -> None:
+        """Window positions into batch rows at..: disk-read chunks copied from their buffers,
+        cached chunks read row by row into the batch, the row reads split over the copy threads
+        (on two cores, two threads copy 1.3x faster than one: the kernel copy is the work)."""
         store_rows = window.rows[positions]
         out[-1][at:at + len(positions)] = store_rows
         chunks, local = np.divmod(store_rows, self.chunk_rows)
@@ -480,25 +427,24 @@ class ChunkShuffleLoader:
                     out[k][batch_rows[hit]] = buffer[local[hit]]
                     cached &= ~hit
         if not cached.any():
-            return False
+            return
         chunks, local, batch_rows = chunks[cached].tolist(), local[cached].tolist(), batch_rows[cached].tolist()
-        for read_chunks, read_rows, read_at in reads:
-            read_chunks += chunks
-            read_rows += local
-            read_at += batch_rows
-        return True
+        # Each thread gets every copy_threads-th row of every array: an even share of the large rows.
+        # This thread reads one share while the pool reads the others.
+        n = min(self.copy_threads, len(chunks))
+        shares = [[(k, chunks[j::n], local[j::n], batch_rows[j::n]) for k in range(len(self.files))] for j in range(n)]
+        helpers = [self._pool().submit(self._read_share, share, out) for share in shares[1:]]
+        self._read_share(shares[0], out)
+        for helper in helpers:
+            helper.result()
 
-    def _finish_batch(self, out: list[np.ndarray], n: int,
-                      reads: list[tuple[list[int], list[int], list[int]]]) -> tuple[Batch, Any]:
-        """A pool task: the batch's cached rows read into it, then the batch staged."""
+    def _read_share(self, share: list[tuple[int, list[int], list[int], list[int]]], out: list[np.ndarray]) -> None:
         misses = 0
-        for k, (chunks, rows, at) in enumerate(reads):
-            if chunks:
-                misses += self.files[k].read_rows(chunks, rows, out[k], at, nowait=k == 0)
+        for k, chunks, rows, at in share:
+            misses += self.files[k].read_rows(chunks, rows, out[k], at, nowait=k == 0)
         if misses:
             self.stats["uncached_rows"] += misses
             self._warm = False
-        return self._stage(self._batch(out, n))
 
     def _stage(self, batch: tuple[Any, ...]) -> tuple[Batch, Any]:
         """The batch as tensors; on CUDA its host-to-device copy is issued here, in the producer
