@@ -2,7 +2,8 @@
 
 What a part does after each forward, at ViT-B/16 and LLaVA-7B sizes: the captured layers
 arrive as float16 CPU tensors (the backbone casts on the model's device), become numpy arrays,
-are concatenated per chunk (`extract._forward_chunk` gathers a chunk's batches) and go through
+are gathered per chunk by the real `extract._forward_chunk` (a stand-in backbone returns the
+captured tensors instead of running a forward) and go through
 `ChunkWriter`: a writer thread behind a bounded queue, cached array handles, one raw write per
 array and chunk (`RawChunks`), then the chunk's marker.
 
@@ -30,7 +31,7 @@ import zarr
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import _common as C  # noqa: E402
 
-from layerprobe.extract import ChunkWriter  # noqa: E402
+from layerprobe.extract import ChunkWriter, _forward_chunk  # noqa: E402
 
 # name: (tokens, dim, layers written, CLS arrays, images per chunk, chunks, batch size, label side)
 SIZES = {"ViT-B/16": (196, 768, 8, True, 16, 24, 64, 224), "LLaVA-7B": (576, 4096, 2, False, 16, 6, 8, 336)}
@@ -63,19 +64,28 @@ def captured(tokens: int, dim: int, layers: int, cls: bool, batch: int, chunk: i
     return out
 
 
+class CapturedBackbone:
+    """Stands in for a backbone after its forward: `extract` hands over the captured layers as
+    float16 CPU tensors (what the real backbones return with dtype=torch.float16)."""
+
+    def __init__(self, batches: list) -> None:
+        self.batches, self.calls = batches, 0
+
+    def extract(self, batch, prompts, keys, dtype=torch.float32):
+        tokens, cls = self.batches[self.calls % len(self.batches)]
+        self.calls += 1
+        return {k: tokens[k].to(dtype) for k in keys}, {k: cls[k].to(dtype) for k in keys if k in cls}
+
+
 def path_case(store: Path, spec: tuple, batches: list, labels: np.ndarray) -> float:
     tokens, dim, layers, cls, chunk, chunks, batch, side = spec
     group = make_store(store, tokens, dim, layers, cls, chunk, chunks, side)
+    backbone, keys = CapturedBackbone(batches), [f"layer_{i:02d}" for i in range(layers)]
+    images = np.zeros((chunk, 3, 8, 8), np.uint8)  # not looked at: the forward is done
     start = time.perf_counter()
     writer = ChunkWriter(group, store)
     for c in range(chunks):
-        parts: dict[str, list[np.ndarray]] = {}
-        for tokens_, cls_ in batches:  # what _forward_chunk does with each batch's tensors
-            for key, t in tokens_.items():
-                parts.setdefault(key, []).append(t.numpy())
-                if key in cls_:
-                    parts.setdefault(f"{key}_cls", []).append(cls_[key].numpy())
-        arrays = {k: np.concatenate(v) for k, v in parts.items()}
+        arrays = _forward_chunk(backbone, images, None, keys, batch)  # the real gather and fp16 handover
         arrays["labels"] = labels
         writer.put(("training", c, c * chunk, arrays, {"layers": sorted(arrays), "prompts": []}))
     writer.close()

@@ -267,5 +267,14 @@ def test_raw_chunk_writes_are_the_bytes_zarr_writes(tmp_path):
     for chunk in range(3):
         assert (tmp_path / f"w.zarr/raw/c/{chunk}/0/0").read_bytes() == (tmp_path / f"w.zarr/zarr/c/{chunk}/0/0").read_bytes()
     np.testing.assert_array_equal(arrays["raw"][:], values)
+    # A chunk given as its forward batches (parts of 3 + 1 rows; the edge chunk as 1 + 1) is one
+    # gathered write of the same bytes.
+    parts = {0: [values[0:3], values[3:4]], 1: [values[4:5], values[5:8]], 2: [values[8:9], values[9:10]]}
+    gathered = RawChunks.of(group.create_array("gathered", shape=(10, 3, 5), chunks=(4, 3, 5), dtype="float16",
+                                               compressors=None, fill_value=0))
+    for chunk, chunk_parts in parts.items():
+        gathered.write(chunk, chunk_parts)
+        assert (tmp_path / f"w.zarr/gathered/c/{chunk}/0/0").read_bytes() == \
+            (tmp_path / f"w.zarr/zarr/c/{chunk}/0/0").read_bytes()
     compressed = group.create_array("z", shape=(4, 2), chunks=(4, 2), dtype="float16")
     assert RawChunks.of(compressed) is None  # zstd by default: written through zarr

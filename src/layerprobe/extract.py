@@ -90,8 +90,11 @@ class ChunkWriter:
             except BaseException as err:  # noqa: BLE001 - re-raised in the producer
                 self.error = err
 
-    def _write(self, split: str, chunk: int, start: int, arrays: dict[str, np.ndarray], info: dict) -> None:
-        stop = start + len(next(iter(arrays.values())))
+    def _write(self, split: str, chunk: int, start: int, arrays: dict[str, np.ndarray | list[np.ndarray]],
+               info: dict) -> None:
+        """`arrays`: per array, the chunk's rows whole or as consecutive parts."""
+        first = next(iter(arrays.values()))
+        stop = start + (sum(len(p) for p in first) if isinstance(first, list) else len(first))
         for name, values in arrays.items():
             key = f"{split}/{name}"
             if key not in self.arrays:
@@ -101,7 +104,7 @@ class ChunkWriter:
             if raw is not None and start % raw.chunk_rows == 0:
                 raw.write(start // raw.chunk_rows, values)
             else:
-                self.arrays[key][start:stop] = values
+                self.arrays[key][start:stop] = np.concatenate(values) if isinstance(values, list) else values
         store.write_marker(self.store_path, split, chunk, info)  # only after the chunk is on disk
 
 
@@ -120,17 +123,29 @@ class RawChunks:
         full_chunks = tuple(arr.chunks[1:]) == tuple(arr.shape[1:])
         return cls(arr) if chunk_file(arr, 0) is not None and full_chunks else None
 
-    def write(self, chunk: int, values: np.ndarray) -> None:
-        data = values
-        if len(values) < self.chunk_rows:  # the edge chunk: stored full size, the rest fill value
-            data = self.fill.copy()
-            data[:len(values)] = values
-        data = np.ascontiguousarray(data, dtype=self.arr.dtype.newbyteorder("<"))
+    def write(self, chunk: int, values: np.ndarray | list[np.ndarray]) -> None:
+        """The chunk's rows, given whole or as consecutive parts (a chunk's forward batches):
+        parts are written with one gathered write, never concatenated in memory."""
+        parts = list(values) if isinstance(values, list) else [values]
+        rows = sum(len(p) for p in parts)
+        if rows < self.chunk_rows:  # the edge chunk: stored full size, the rest fill value
+            parts.append(self.fill[rows:])
+        little = self.arr.dtype.newbyteorder("<")
+        views = [memoryview(np.ascontiguousarray(p, dtype=little).reshape(-1).view(np.uint8)) for p in parts]
         path = chunk_file(self.arr, chunk)
         path.parent.mkdir(parents=True, exist_ok=True)
         tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex[:8]}.partial")
-        with open(tmp, "wb", buffering=0) as f:
-            f.write(memoryview(data.reshape(-1).view(np.uint8)))
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
+        try:
+            while views:  # writev may write less than asked
+                written = os.writev(fd, views)
+                while views and written >= len(views[0]):
+                    written -= len(views[0])
+                    views.pop(0)
+                if views and written:
+                    views[0] = views[0][written:]
+        finally:
+            os.close(fd)
         os.replace(tmp, path)
 
 
@@ -220,7 +235,9 @@ def _gather(data: Any, split: str, rows: list[int]) -> tuple[np.ndarray, np.ndar
 
 
 def _forward_chunk(backbone: Backbone, images: np.ndarray, prompts: list[str] | None, keys: list[str],
-                   batch_size: int) -> dict[str, np.ndarray]:
+                   batch_size: int) -> dict[str, list[np.ndarray]]:
+    """Per key, the chunk's features as its forward batches' float16 arrays (no copy: the writer
+    writes the parts with one gathered write)."""
     parts: dict[str, list[np.ndarray]] = {}
     for b in range(0, len(images), batch_size):
         batch = torch.from_numpy(images[b:b + batch_size])
@@ -231,4 +248,4 @@ def _forward_chunk(backbone: Backbone, images: np.ndarray, prompts: list[str] | 
             parts.setdefault(key, []).append(tokens[key].numpy())
             if key in cls:
                 parts.setdefault(f"{key}_cls", []).append(cls[key].numpy())
-    return {k: np.concatenate(v) for k, v in parts.items()}
+    return parts
