@@ -260,3 +260,24 @@ def test_rows_missing_from_the_page_cache_are_read_from_disk_and_probing_resumes
                               ram_budget_bytes=10 * CHUNK * (16 * 128 * 2 + 32 * 32 + 256), mode="chunks")
     _check_batches(list(test.iterate()), 60)
     assert test.stats["uncached_rows"] >= 1 and calls["nowait"] > 0
+
+
+def test_leaving_mid_epoch_stops_reading_and_closes_every_file(store, monkeypatch):
+    """A consumer that stops (a signal, an error) in the middle of a large window: the producer
+    stops after the batch it was building, and no chunk file stays open, the prefetched
+    window's included (probed chunks open their files)."""
+    original = ChunkShuffleLoader._read_window
+
+    def always_probe(self, chunks, rng):
+        self._warm = False  # probe every window, as after a cache miss
+        return original(self, chunks, rng)
+
+    monkeypatch.setattr(ChunkShuffleLoader, "_read_window", always_probe)
+    loader = make(store, 8 * CHUNK, batch_size=2)
+    assert loader.window_chunks >= 4
+    batches = loader.iterate(skip=3 * CHUNK // 2)  # the first batch of the third window (4 chunks)
+    next(batches)
+    batches.close()
+    assert all(not f._fds for f in loader.files)
+    # The batch taken, one queued, one being built, at most one more: not the window's 4 chunks.
+    assert loader.files[0].stats["rows"] <= 4 * 2 < 4 * CHUNK

@@ -199,7 +199,12 @@ class ChunkFiles:
                 log.info("%s: O_DIRECT refused by the file system (EINVAL); buffered reads from now on", path)
                 self.direct = False
         with open(path, "rb", buffering=0) as f:
-            got = f.readinto(view)
+            got = 0
+            while got < len(view):  # network and FUSE file systems may return short reads
+                n = f.readinto(view[got:])
+                if not n:
+                    break
+                got += n
         self.stats["buffered_chunks"] += 1
         self._check(path, got)
 

@@ -116,7 +116,6 @@ class RawChunks:
     def __init__(self, arr: Any) -> None:
         self.arr = arr
         self.chunk_rows = int(arr.chunks[0])
-        self.fill = np.full((self.chunk_rows, *arr.shape[1:]), arr.fill_value, dtype=arr.dtype)
 
     @classmethod
     def of(cls, arr: Any) -> "RawChunks | None":
@@ -129,7 +128,8 @@ class RawChunks:
         parts = list(values) if isinstance(values, list) else [values]
         rows = sum(len(p) for p in parts)
         if rows < self.chunk_rows:  # the edge chunk: stored full size, the rest fill value
-            parts.append(self.fill[rows:])
+            parts.append(np.full((self.chunk_rows - rows, *self.arr.shape[1:]), self.arr.fill_value,
+                                 dtype=self.arr.dtype))
         little = self.arr.dtype.newbyteorder("<")
         views = [memoryview(np.ascontiguousarray(p, dtype=little).reshape(-1).view(np.uint8)) for p in parts]
         path = chunk_file(self.arr, chunk)
@@ -137,16 +137,20 @@ class RawChunks:
         tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex[:8]}.partial")
         fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
         try:
-            while views:  # writev may write less than asked
-                written = os.writev(fd, views)
-                while views and written >= len(views[0]):
-                    written -= len(views[0])
-                    views.pop(0)
-                if views and written:
-                    views[0] = views[0][written:]
-        finally:
-            os.close(fd)
-        os.replace(tmp, path)
+            try:
+                while views:  # writev may write less than asked
+                    written = os.writev(fd, views)
+                    while views and written >= len(views[0]):
+                        written -= len(views[0])
+                        views.pop(0)
+                    if views and written:
+                        views[0] = views[0][written:]
+            finally:
+                os.close(fd)
+            os.replace(tmp, path)
+        except BaseException:  # disk full, a signal: no partial file left behind
+            tmp.unlink(missing_ok=True)
+            raise
 
 
 def extract_part(backbone: Backbone | Callable[[], Backbone], data: Any, store_path: str | Path,

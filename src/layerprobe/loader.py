@@ -146,6 +146,8 @@ class ChunkShuffleLoader:
         usable = self.budget - margin_bytes(self.budget)
         window_budget = (usable - BATCH_BUFFERS * self.row_bytes * batch_size) // 2
         self.window_chunks = max(1, min(self.n_chunks, window_budget // chunk_bytes))
+        if self.mode == "chunks":  # one read handle per array and chunk of two windows
+            _allow_open_files(2 * self.window_chunks * len(self.arrays) + 64)
         self._window_pool = BufferPool(2 * self.window_chunks * len(self.arrays))
         self._batch_pool = BufferPool(BATCH_BUFFERS * len(self.arrays))
         self._readers: ThreadPoolExecutor | None = None
@@ -238,8 +240,8 @@ class ChunkShuffleLoader:
         self.stats["disk_chunks"] += len(cold)
         buffers: list[dict[int, np.ndarray]] = [{} for _ in self.files]
         jobs = []
-        for c in cold:
-            for k, f in enumerate(self.files):
+        for k, f in enumerate(self.files):  # array by array: dealt out in turn, every reader gets feature chunks
+            for c in cold:
                 out = self._window_pool.get((self.chunk_rows, *f.arr.shape[1:]), f.arr.dtype, self.chunk_rows)
                 buffers[k][c] = out
                 jobs.append((f, c, out))
@@ -377,24 +379,31 @@ class ChunkShuffleLoader:
             return prefetcher.submit(self._read_window, windows[i], rngs[i]) if i < len(windows) else None
 
         out, count, upcoming = self._new_batch_buffers(), 0, read(first)
-        for i in range(first, len(windows)):
-            if stop.is_set():
-                return
-            window = upcoming.result()  # type: ignore[union-attr]
-            upcoming = read(i + 1)
-            order, skip_rows = window.order[skip_rows:], 0
-            pos = 0
-            while pos < len(order):
-                take = min(self.batch_size - count, len(order) - pos)
-                self._copy_rows(window, order[pos:pos + take], out, count)
-                count, pos = count + take, pos + take
-                if count == self.batch_size:
-                    yield self._batch(out, count)
-                    out, count = self._new_batch_buffers(), 0
-            self._release(window)
-            window = order = None  # type: ignore[assignment]  # its buffers go back to the pool
-        if count:
-            yield self._batch(out, count)
+        window: Window | None = None
+        try:
+            for i in range(first, len(windows)):
+                window = upcoming.result()  # type: ignore[union-attr]
+                upcoming = read(i + 1)
+                order, skip_rows = window.order[skip_rows:], 0
+                pos = 0
+                while pos < len(order):
+                    take = min(self.batch_size - count, len(order) - pos)
+                    self._copy_rows(window, order[pos:pos + take], out, count)
+                    count, pos = count + take, pos + take
+                    if count == self.batch_size:
+                        yield self._batch(out, count)
+                        if stop.is_set():  # the consumer left (a signal, an error): no more reads
+                            return
+                        out, count = self._new_batch_buffers(), 0
+                self._release(window)
+                window = order = None  # type: ignore[assignment]  # its buffers go back to the pool
+            if count:
+                yield self._batch(out, count)
+        finally:  # on an early exit: the window being read finishes, then its files are closed too
+            if window is not None:
+                self._release(window)
+            if upcoming is not None and upcoming.exception() is None:
+                self._release(upcoming.result())
 
     def _prefetch_pool(self) -> ThreadPoolExecutor:
         if self._prefetcher is None:
@@ -488,6 +497,22 @@ class ChunkShuffleLoader:
         for pool in (self._readers, self._prefetcher):
             if pool is not None:
                 pool.shutdown(wait=False)
+
+
+def _allow_open_files(needed: int) -> None:
+    """Raise the soft limit on open files to `needed` (up to the hard limit): a large window
+    keeps more read handles open than the usual soft limit of 1024."""
+    try:
+        import resource
+    except ImportError:  # not POSIX
+        return
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft != resource.RLIM_INFINITY and soft < needed:
+        new = needed if hard == resource.RLIM_INFINITY else min(needed, hard)
+        resource.setrlimit(resource.RLIMIT_NOFILE, (new, hard))
+        if new < needed:
+            log.warning("the loader may need %d open files, the hard limit is %d: lower probe.ram_budget_mb "
+                        "or raise store.chunk_images", needed, hard)
 
 
 def _mb(n: float) -> str:
