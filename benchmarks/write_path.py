@@ -4,7 +4,7 @@ What a part does after each forward, at ViT-B/16 and LLaVA-7B sizes: the capture
 arrive as float16 CPU tensors (the backbone casts on the model's device), become numpy arrays,
 are gathered per chunk by the real `extract._forward_chunk` (a stand-in backbone returns the
 captured tensors instead of running a forward) and go through
-`ChunkWriter`: a writer thread behind a bounded queue, cached array handles, one raw write per
+`ChunkWriter` (into a store whose chunk directories exist, as `store.prepare` leaves it): a writer thread behind a bounded queue, cached array handles, one raw write per
 array and chunk (`RawChunks`), then the chunk's marker.
 
 Floor: the same bytes written by one thread, one file per array and chunk, from buffers that
@@ -31,6 +31,7 @@ import zarr
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import _common as C  # noqa: E402
 
+from layerprobe import store  # noqa: E402
 from layerprobe.extract import ChunkWriter, _forward_chunk  # noqa: E402
 
 # name: (tokens, dim, layers written, CLS arrays, images per chunk, chunks, batch size, label side)
@@ -49,6 +50,8 @@ def make_store(path: Path, tokens: int, dim: int, layers: int, cls: bool, chunk:
                                compressors=None, fill_value=0)
     group.create_array("training/labels", shape=(n, side, side), dtype="uint8", chunks=(chunk, side, side),
                        compressors=None, fill_value=255)
+    for array in group["training"].array_values():  # as store.prepare does, before any part runs
+        store.make_chunk_dirs(array)
     return group
 
 

@@ -32,6 +32,7 @@ from typing import Any
 import numpy as np
 import zarr
 
+from .chunkfiles import chunk_file
 from .fingerprint import Fingerprint
 from .layers import sort_keys
 
@@ -166,8 +167,8 @@ def _create(path: Path, layout: Layout) -> None:
     group = zarr.open_group(tmp, mode="w")
     c, s = layout.chunk_images, layout.label_size
     for split in SPLITS:
-        group.create_array(f"{split}/{LABELS}", shape=(layout.count(split), s, s), dtype="uint8",
-                           chunks=(c, s, s), compressors=None, fill_value=255)
+        make_chunk_dirs(group.create_array(f"{split}/{LABELS}", shape=(layout.count(split), s, s), dtype="uint8",
+                                            chunks=(c, s, s), compressors=None, fill_value=255))
     group.attrs.update({"model": layout.model, "prompt_id": layout.prompt_id, "prompt_text": layout.prompt_text,
                         "layers": [], "complete_layers": [], "dims": {}, "grid": layout.grid,
                         "tokens": layout.tokens, "has_cls": layout.has_cls, "chunk_images": c,
@@ -190,12 +191,25 @@ def _create_layer(group: zarr.Group, layout: Layout, key: str) -> None:
         array = group.create_array(f"{split}/{key}", shape=(n, t, d), dtype="float16", chunks=(c, t, d),
                                    compressors=None, fill_value=0, overwrite=True)
         array.attrs.update(attrs)
+        make_chunk_dirs(array)
         if layout.has_cls:
             cls = group.create_array(f"{split}/{key}_cls", shape=(n, d), dtype="float16", chunks=(c, d),
                                      compressors=None, fill_value=0, overwrite=True)
             cls.attrs.update({**attrs, "token": "cls"})
+            make_chunk_dirs(cls)
     dims = {**group.attrs["dims"], key: d}
     group.attrs["dims"] = {k: dims[k] for k in sort_keys(list(dims))}  # same bytes however it grew
+
+
+def make_chunk_dirs(array: Any) -> None:
+    """The directory of every chunk file (`c/{chunk}/0/`), made here once rather than by the
+    parts: write_path.py measured the per-chunk mkdirs as ~40% of the host write path at ViT-B/16
+    sizes (0.45 -> ~0.75 of the write floor without them)."""
+    for chunk in range(-(-array.shape[0] // array.chunks[0])):
+        path = chunk_file(array, chunk)
+        if path is None:
+            return
+        path.parent.mkdir(parents=True, exist_ok=True)
 
 
 # --------------------------------------------------------------------------------------------
