@@ -36,3 +36,37 @@ def test_predicted_but_absent_class_counts_as_zero():
     miou, _, iou = mean_iou([pred], [label], num_classes=3)
     assert iou[1] == 0.0 and np.isnan(iou[2])
     assert miou == pytest.approx((0.5 + 0.0) / 2)
+
+
+def test_per_image_counts_sum_to_the_split_counts_and_select_pairs_images():
+    from layerprobe.metrics import SegmentationMeter
+    import torch
+
+    rng = np.random.default_rng(0)
+    label = rng.integers(0, 6, (5, 7, 9))
+    label[0, :2] = I
+    pred = np.where(rng.random(label.shape) < 0.6, label % 6, rng.integers(0, 6, label.shape))
+    total, each = SegmentationMeter(6), SegmentationMeter(6, per_image=True)
+    for meter in (total, each):
+        meter.update(torch.as_tensor(pred[:3]), torch.as_tensor(label[:3]))
+        meter.update(torch.as_tensor(pred[3:]), torch.as_tensor(label[3:]))
+    counts = each.image_counts([f"img{i}" for i in range(5)])
+    assert counts.intersect.sum(0).tolist() == total.intersect.tolist()
+    assert counts.union.sum(0).tolist() == total.union.tolist()
+    assert counts.miou() == pytest.approx(total.miou()) and each.miou() == pytest.approx(total.miou())
+    assert counts.accuracy() == pytest.approx(total.accuracy())
+    one = SegmentationMeter(6)
+    one.update(torch.as_tensor(pred[2]), torch.as_tensor(label[2]))
+    picked = counts.select(["img2", "img0"])
+    assert picked.intersect[0].tolist() == one.intersect.tolist() and picked.ids == ["img2", "img0"]
+    assert picked.label_pixels[1] == (label[0] != I).sum()
+
+
+def test_image_counts_round_trip_through_npz(tmp_path):
+    from layerprobe.metrics import ImageCounts
+
+    counts = ImageCounts(["a", "b"], np.array([[1, 0], [2, 3]]), np.array([[2, 1], [2, 4]]), np.array([3, 5]))
+    counts.save(tmp_path / "c.npz")
+    back = ImageCounts.load(tmp_path / "c.npz")
+    assert back.ids == ["a", "b"] and back.intersect.tolist() == counts.intersect.tolist()
+    assert back.union.tolist() == counts.union.tolist() and back.label_pixels.tolist() == [3, 5]
