@@ -20,7 +20,9 @@ import zarr
 from layerprobe import config as lp_config
 from layerprobe import fingerprint as lp_fp
 from layerprobe.ade20k import CLASS_NAMES
-from layerprobe.layers import parse_probe_id
+from layerprobe.intervals import miou_interval
+from layerprobe.metrics import ImageCounts
+from layerprobe.layers import parse_probe_id, split_seed
 from layerprobe.specs import model_spec, requested_keys
 
 CLASSES = [0, 2, 3, 4, 6, 12, 20, 26]  # wall, sky, floor, tree, road, person, car, sea
@@ -66,9 +68,10 @@ def fabricate(workdir: Path, config: dict[str, Any], seed: int = 0, classes: lis
         spec = model_spec(name, model)
         for prompt in lp_config.prompt_ids(model):
             _store_manifest(results, name, prompt, model, config)
-            for probe in lp_config.probe_ids(model):
+            for probe in lp_config.probe_ids(model, config["probe"]["seeds"]):
                 key, cls = parse_probe_id(probe)
-                score = _profile(name, prompt, key, spec) + (0.02 if cls else 0.0)
+                seed = split_seed(probe)[1]  # a further seed: the same probe, a little noise
+                score = _profile(name, prompt, key, spec) + (0.02 if cls else 0.0) + (0.004 * seed if seed else 0.0)
                 _probe(results / "probes" / name / prompt / probe, name, prompt, key, score,
                        labels[spec.image_size], config["probe"]["saved_predictions"], classes,
                        config["probe"]["epochs"], lp_fp.probe(config, name, prompt, probe))
@@ -130,14 +133,19 @@ def _probe(folder: Path, model: str, prompt: str, key: str, score: float, labels
     miou = float(np.nanmean([v for v in per_class if v is not None]))
     rows = _epochs(miou, key_rng, epochs)
     best = max(rows, key=lambda r: r["test_miou"])
-    metrics = {"model": model, "prompt": prompt, "layer": key, "miou": miou, "acc": min(0.95, miou + 0.35),
+    counts = _image_counts(labels, per_class, key_rng)
+    counts.save(folder / "per_image.npz")
+    interval = miou_interval(counts)  # placed around this probe's mIoU, as the real one is
+    low, high = miou - (interval.estimate - interval.low), miou + (interval.high - interval.estimate)
+    metrics = {"model": model, "prompt": prompt, "layer": key, "miou": miou, "miou_low": low, "miou_high": high,
+               "acc": min(0.95, miou + 0.35),
                "best_epoch": best["epoch"], "best_test_miou": best["test_miou"], "epochs": epochs,
                "per_class_iou": per_class, "class_names": list(CLASS_NAMES), "loader_mode": "chunk-shuffle",
                "fingerprint": fingerprint.record()}
     (folder / "metrics.json").write_text(json.dumps(metrics, indent=2))
-    header = "epoch,loss,train_miou,train_acc,test_miou,test_acc\n"
+    header = "epoch,loss,running_train_miou,running_train_acc,test_miou,test_acc\n"
     (folder / "epochs.csv").write_text(header + "".join(
-        f"{r['epoch']},{r['loss']:.6f},{r['train_miou']:.6f},{r['train_acc']:.6f},{r['test_miou']:.6f},"
+        f"{r['epoch']},{r['loss']:.6f},{r['running_train_miou']:.6f},{r['running_train_acc']:.6f},{r['test_miou']:.6f},"
         f"{r['test_acc']:.6f}\n" for r in rows))
     pred = labels[:keep].copy()
     res = pred.shape[1]
@@ -149,6 +157,17 @@ def _probe(folder: Path, model: str, prompt: str, key: str, score: float, labels
     pred[pred == 255] = classes[0]
     ids = np.array([f"ADE_val_{i:08d}" for i in range(1, keep + 1)])
     np.savez_compressed(folder / "predictions.npz", ids=ids, pred=pred.astype(np.uint8))
+
+
+def _image_counts(labels: np.ndarray, per_class: list[float | None], rng: np.random.Generator) -> ImageCounts:
+    """Per-image counts whose per-class IoU is near `per_class`: each image predicts a class's
+    area once, hitting a fraction t = 2 IoU / (1 + IoU) of it (IoU = t / (2 - t)), with per-image noise."""
+    n, c = len(labels), len(CLASS_NAMES)
+    area = np.stack([np.bincount(lab[lab != 255].ravel(), minlength=c)[:c] for lab in labels]).astype(np.int64)
+    iou = np.array([0.0 if v is None else v for v in per_class])
+    hit = np.clip(2 * iou / (1 + iou) + rng.normal(0, 0.08, (n, 1)), 0, 1)
+    intersect = np.round(area * hit).astype(np.int64)
+    return ImageCounts([f"ADE_val_{i:08d}" for i in range(1, n + 1)], intersect, 2 * area - intersect, area.sum(1))
 
 
 def _epochs(final: float, rng: np.random.Generator, epochs: int) -> list[dict[str, Any]]:
@@ -164,8 +183,8 @@ def _epochs(final: float, rng: np.random.Generator, epochs: int) -> list[dict[st
         else:
             test = top - (top - final) * (e - peak) / (epochs - peak)
         t = rise[e - 1]
-        rows.append({"epoch": e, "loss": 2.5 * (1 - t) + 0.6, "train_miou": min(1, final * t * 1.15),
-                     "train_acc": min(1, (final + 0.4) * t), "test_miou": test, "test_acc": min(1, (final + 0.35) * t)})
+        rows.append({"epoch": e, "loss": 2.5 * (1 - t) + 0.6, "running_train_miou": min(1, final * t * 1.15),
+                     "running_train_acc": min(1, (final + 0.4) * t), "test_miou": test, "test_acc": min(1, (final + 0.35) * t)})
     return rows
 
 
@@ -209,7 +228,7 @@ def _benchmarks(results: Path, config: dict[str, Any], rng: np.random.Generator)
             jobs += [("prepare_store", f"{name}/{prompt}")]
             jobs += [("extract", f"{name}/{prompt}.part{p}") for p in range(config["store"]["parts"])]
             jobs += [("finalize_store", f"{name}/{prompt}"), ("scan", f"{name}/{prompt}")]
-            jobs += [("probe", f"{name}/{prompt}/{k}") for k in lp_config.probe_ids(model)]
+            jobs += [("probe", f"{name}/{prompt}/{k}") for k in lp_config.probe_ids(model, config["probe"]["seeds"])]
     for rule, job in jobs:
         path = results / "benchmarks" / rule / f"{job}.tsv"
         path.parent.mkdir(parents=True, exist_ok=True)

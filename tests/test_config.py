@@ -72,3 +72,21 @@ def test_several_prompts_with_image_first_format_is_an_error():
 
 def test_missing_dataset_root_is_named():
     assert "dataset.root" in _bad(lambda c: c["dataset"].pop("root"))
+
+
+def test_probe_seeds_add_probes_and_each_fingerprint_names_its_seed():
+    from layerprobe import fingerprint as lp_fp
+
+    demo = yaml.safe_load((ROOT / "config" / "demo.yaml").read_text())
+    one = lp_config.validate(demo)
+    assert one["probe"]["seeds"] == [0]
+    three = lp_config.validate({**demo, "probe": {**demo["probe"], "seeds": [0, 5, 7]}})
+    model = three["models"]["tiny_vit"]
+    ids = lp_config.probe_ids(model, three["probe"]["seeds"])
+    assert ids[:5] == lp_config.probe_ids(model) and "layer_02-seed5" in ids and "layer_04-seed7" in ids
+    assert len(ids) == 15
+    # the first seed's probes are untouched by adding seeds; a further seed's probe trains with its own
+    assert lp_fp.probe(three, "tiny_vit", "none", "layer_02").hash == lp_fp.probe(one, "tiny_vit", "none", "layer_02").hash
+    assert lp_fp.probe(three, "tiny_vit", "none", "layer_02-seed5").inputs["probe.seed"] == 5
+    with pytest.raises(lp_config.ConfigError, match=r"probe.seed: replaced by probe.seeds.*\[3\]"):
+        lp_config.validate({**demo, "probe": {**demo["probe"], "seed": 3}})

@@ -112,6 +112,9 @@ EDITS: dict[str, tuple[Callable[[dict], None], Jobs]] = {
     "switch concat_cls to both": (lambda c: c["models"]["tiny_vit"].update(concat_cls=[False, True]),
                                   jobs(probes(*VIT, "layer_01+cls", "layer_03+cls"))),
     "change the scan's lambdas": (lambda c: c["scan"].update(lambdas=[0.01, 1.0]), jobs(scan(*VIT))),
+    "add a probe seed": (lambda c: c["probe"].update(seeds=[0, 3]),
+                         jobs(probes(*VIT, "layer_01-seed3", "layer_03-seed3"),
+                              probes(*LLAVA, "vision_02-seed3", "layer_01-seed3", "layer_03-seed3"))),
     "change dataset.max_images": (lambda c: c["dataset"].update(max_images={"training": 12}),
                                   jobs(ALL_STORES_AND_PROBES, {"preprocess": {"32"}}, scan(*VIT))),
     "change images and labels under the same names": (
@@ -127,7 +130,7 @@ EDITS: dict[str, tuple[Callable[[dict], None], Jobs]] = {
 }
 GROUPS = {
     "layout edits": ["add an LLM layer", "add a vision layer", "remove a layer", "add a prompt",
-                     "switch concat_cls to both", "change the scan's lambdas"],
+                     "switch concat_cls to both", "change the scan's lambdas", "add a probe seed"],
     "discard-and-redo edits": ["change a prompt's text", "change the model's weights", "change store.chunk_images",
                                "change probe.lr and epochs", "change dataset.max_images",
                                "change images and labels under the same names"],
@@ -170,7 +173,7 @@ def assert_same_results(done: Path, scratch: Path, config: dict[str, Any]) -> No
             for split in ("training", "validation"):
                 for key in arrays:
                     assert _files(a / split / key) == _files(b / split / key), (name, prompt, split, key)
-            for probe in lp_config.probe_ids(model):
+            for probe in lp_config.probe_ids(model, cfg["probe"]["seeds"]):
                 pa, pb = (w / f"results/probes/{name}/{prompt}/{probe}" for w in (done, scratch))
                 ma, mb = (json.loads((p / "metrics.json").read_text()) for p in (pa, pb))
                 ma.pop("train_seconds_this_run"), mb.pop("train_seconds_this_run")
@@ -178,6 +181,8 @@ def assert_same_results(done: Path, scratch: Path, config: dict[str, Any]) -> No
                 assert (pa / "epochs.csv").read_bytes() == (pb / "epochs.csv").read_bytes(), (name, prompt, probe)
                 with np.load(pa / "predictions.npz") as x, np.load(pb / "predictions.npz") as y:
                     assert np.array_equal(x["pred"], y["pred"]) and np.array_equal(x["ids"], y["ids"])
+                with np.load(pa / "per_image.npz") as x, np.load(pb / "per_image.npz") as y:
+                    assert all(np.array_equal(x[k], y[k]) for k in ("ids", "intersect", "union", "label_pixels"))
     for name, prompt in lp_config.scan_targets(cfg):
         for ext in ("csv", "json"):
             path = f"results/scan/{name}/{prompt}.{ext}"

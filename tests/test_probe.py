@@ -13,7 +13,9 @@ import pandas as pd
 import pytest
 import torch
 
+from layerprobe.metrics import ImageCounts
 from layerprobe.probe import Interrupted, LinearHead, ProbeSettings, ProbeTrainer, train_probe
+from layerprobe.store import open_store
 from tests.helpers import tiny_feature_store
 
 
@@ -57,6 +59,12 @@ def test_probe_learns_separable_classes(feature_store, tmp_path):
     assert len(rows) == 15 and rows.loss.iloc[-1] < rows.loss.iloc[0]
     preds = np.load(tmp_path / "out" / "predictions.npz")
     assert preds["pred"].shape[1:] == (32, 32) and len(preds["ids"]) == 8
+    # every validation image's counts, summing to the reported mIoU, which its interval brackets
+    counts = ImageCounts.load(tmp_path / "out" / "per_image.npz")
+    assert sorted(counts.ids) == sorted(open_store(feature_store).attrs["validation_image_ids"])
+    assert counts.miou() == pytest.approx(metrics["miou"]) and counts.accuracy() == pytest.approx(metrics["acc"])
+    assert metrics["miou_low"] < metrics["miou"] < metrics["miou_high"] and metrics["seed"] == 0
+    assert counts.intersect.shape == counts.union.shape == (len(counts), 150)
 
 
 def test_concat_cls_doubles_input(feature_store, tmp_path):
@@ -121,11 +129,11 @@ sys.path.insert(0, {root!r})
 from layerprobe.probe import ProbeTrainer, train_probe
 from tests.test_probe import settings
 original = ProbeTrainer.evaluate
-def slow_final(self, keep_rows=None):
+def slow_final(self, keep_rows=None, **kw):
     if keep_rows is not None:  # the final evaluation, after the last epoch's checkpoint
         open({flag!r}, "w").close()
         time.sleep(60)
-    return original(self, keep_rows)
+    return original(self, keep_rows, **kw)
 ProbeTrainer.evaluate = slow_final
 train_probe({store!r}, "layer_03", settings(), {out!r}, {ck!r})
 """

@@ -101,7 +101,12 @@ def test_summary_best_layer_by_miou(fake_run: tuple[dict, Path]) -> None:
         model, _, prompt = label.partition(" · ")
         probes = found.probes[(found.probes["model"] == model) & (found.probes["prompt"] == (prompt or "none"))]
         assert row["best layer"] == probes.loc[probes["miou"].idxmax(), "layer"]
-        assert row["best mIoU"] == pytest.approx(probes["miou"].max())
+        best = row["best mIoU [95% CI]"]
+        assert best.value == pytest.approx(probes["miou"].max()) and best.low < best.value < best.high
+        runner_up = probes.sort_values("miou").iloc[-2]
+        step = row["best − next best layer"]
+        assert step.versus == runner_up["layer"] and step.delta == pytest.approx(best.value - runner_up["miou"])
+        assert step.low <= step.high and str(step).startswith(f"{step.delta:+.4f} [")
 
 
 def test_prompt_deltas_identical_before_the_llm(fake_run: tuple[dict, Path]) -> None:
@@ -114,8 +119,12 @@ def test_prompt_deltas_identical_before_the_llm(fake_run: tuple[dict, Path]) -> 
     before = deltas[deltas["segment"] != "llm"]
     assert len(before) == 3 and all(figures.delta_colour(d) == figures.GREY for d in before["delta"])
     llm = deltas[(deltas["segment"] == "llm") & (deltas["layer"] != "layer_00")]
-    assert all(figures.delta_colour(d) == figures.GREEN for d in llm["delta"])
+    assert llm["significant"].all() and (llm["low"] > 0).all() and (llm["low"] <= llm["high"]).all()
+    assert all(figures.delta_colour(d, s) == figures.GREEN for d, s in zip(llm["delta"], llm["significant"]))
     assert figures.delta_colour(-0.01) == figures.RED
+    # a difference whose interval contains 0 is never drawn as better or worse
+    assert figures.delta_colour(0.05, significant=False) == figures.delta_colour(-0.05, significant=False) \
+        == figures.LIGHT_GREY
 
 
 def test_layer_axis_orders_vision_projector_llm(fake_run: tuple[dict, Path]) -> None:
@@ -328,3 +337,26 @@ def test_cls_variant_is_its_own_line_and_the_report_shows_fingerprints(tmp_path:
     html = (results / "report.html").read_text()
     assert "tiny_vit +CLS" in html
     assert all(fp in html for _, fp in found.fingerprints) and "layer_03+cls/metrics.json" in html
+
+
+def test_several_probe_seeds_give_mean_and_sd_per_layer_and_seed_deltas(tmp_path: Path) -> None:
+    """probe.seeds [0, 1, 2]: the first seed's probes stay the rows; every layer gets mean ± sd
+    over the three, the prompt plot's rows carry one Δ per seed, and the page says so."""
+    config = fake_config(tmp_path)
+    config["probe"]["seeds"] = [0, 1, 2]
+    results = fabricate(tmp_path, config)
+    assert (results / "probes/tiny_vit/none/layer_02-seed2/metrics.json").is_file()
+    found = collect(config, results)
+    assert not found.probes.duplicated(["model", "prompt", "layer"]).any() and (found.probes["seeds"] == 3).all()
+    row = found.probes[(found.probes["model"] == "tiny_vit") & (found.probes["layer"] == "layer_02")].iloc[0]
+    mious = [json.loads((results / f"probes/tiny_vit/none/{p}/metrics.json").read_text())["miou"]
+             for p in ("layer_02", "layer_02-seed1", "layer_02-seed2")]
+    assert row["miou"] == pytest.approx(mious[0]) and row["seed_mean"] == pytest.approx(np.mean(mious))
+    assert row["seed_sd"] == pytest.approx(np.std(mious, ddof=1))
+    deltas = figures.prompt_deltas(found)
+    assert deltas["seed_deltas"].map(len).eq(3).all()
+    build_report(config, results, results / "report.html")
+    html = (results / "report.html").read_text()
+    assert "best layer over seeds (mean ± sd)" in html and "(3 seeds)" in html
+    csv = pd.read_csv(results / "report_files" / "probes.csv")
+    assert {"miou_low", "miou_high", "seed_sd"} <= set(csv.columns) and (csv["miou_low"] <= csv["miou"]).all()

@@ -23,7 +23,7 @@ def test_demo_writes_report_and_parsable_metrics(demo_run):
                 assert 0.0 <= metrics["miou"] <= 1.0 and len(metrics["per_class_iou"]) == 150
                 epochs = pd.read_csv(folder / "epochs.csv")
                 assert list(epochs.epoch) == list(range(1, demo["probe"]["epochs"] + 1))
-                assert {"loss", "train_miou", "train_acc", "test_miou", "test_acc"} <= set(epochs.columns)
+                assert {"loss", "running_train_miou", "running_train_acc", "test_miou", "test_acc"} <= set(epochs.columns)
 
 
 def test_demo_probe_reaches_miou_08(demo_run):
@@ -37,7 +37,7 @@ def test_demo_epoch_log_line_has_the_users_shape(demo_run):
     log = (demo_run / "results/logs/probe/tiny_vit/none/layer_02.log").read_text()
     import re
 
-    assert re.search(r"Epoch 010 \| loss \d\.\d{4} \| train mIoU \d\.\d{4} acc \d\.\d{4} \| "
+    assert re.search(r"Epoch 010 \| loss \d\.\d{4} \| running train mIoU \d\.\d{4} acc \d\.\d{4} \| "
                      r"test mIoU \d\.\d{4} acc \d\.\d{4}", log)
 
 

@@ -71,6 +71,9 @@ def _format(error: jsonschema.ValidationError) -> str:
 def validate(raw: dict[str, Any]) -> dict[str, Any]:
     """Return a validated copy with defaults filled in; raise ConfigError naming the key."""
     config = copy.deepcopy(raw or {})
+    if isinstance(config.get("probe"), dict) and "seed" in config["probe"]:
+        raise ConfigError(f"config key probe.seed: replaced by probe.seeds, a list (probe.seeds: "
+                          f"[{config['probe']['seed']}]); several seeds give each layer's mean ± sd over seeds")
     schema = _schema()
     validator = _with_defaults(jsonschema.Draft202012Validator)(schema)
     errors = sorted(validator.iter_errors(config), key=lambda e: list(e.absolute_path))
@@ -193,9 +196,11 @@ def cls_variants(model: dict[str, Any]) -> list[bool]:
     return list(dict.fromkeys(value)) if isinstance(value, list) else [bool(value)]
 
 
-def probe_ids(model: dict[str, Any]) -> list[str]:
-    """Probe names of a model, per prompt: every requested layer x every CLS variant."""
-    return [probe_id(key, cls) for key in requested_keys(model) for cls in cls_variants(model)]
+def probe_ids(model: dict[str, Any], seeds: list[int] | None = None) -> list[str]:
+    """Probe names of a model, per prompt: every requested layer x every CLS variant, then the
+    same for every seed after the first of `seeds` (probe.seeds)."""
+    extra = [None, *(seeds or [])[1:]]
+    return [probe_id(key, cls, seed) for seed in extra for key in requested_keys(model) for cls in cls_variants(model)]
 
 
 def scanned_models(config: dict[str, Any]) -> list[str]:

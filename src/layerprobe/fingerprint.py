@@ -29,16 +29,17 @@ from pathlib import Path
 from typing import Any
 
 from . import config as lp_config
-from .layers import parse_probe_id
+from .layers import parse_probe_id, probe_seed
 from .specs import model_spec
 
 # Bump a stage's number when a code change alters what that stage writes.
 # data 2: images read with their EXIF orientation applied, as mmseg does.
 # probe 2: the loader keeps 4 batch buffers (was 3), so a budget holds smaller windows: another order.
-VERSIONS = {"data": 2, "features": 1, "probe": 2, "scan": 1, "synthetic": 1}
+# probe 3: per_image.npz and the mIoU's interval; epochs.csv says running_train_* (same training).
+VERSIONS = {"data": 2, "features": 1, "probe": 3, "scan": 1, "synthetic": 1}
 # Model-entry keys that decide the weights and the forward of a model (not which layers are kept).
 MODEL_KEYS = ("kind", "arch", "pretrained", "hub_id", "dtype", "attn_implementation", "prompt_format")
-PROBE_KEYS = ("epochs", "lr", "weight_decay", "batch_size", "seed", "batchnorm", "ram_budget_mb", "loader_mode",
+PROBE_KEYS = ("epochs", "lr", "weight_decay", "batch_size", "batchnorm", "ram_budget_mb", "loader_mode",
               "device", "saved_predictions")
 SCAN_KEYS = ("lambdas", "batch_size", "layers")
 
@@ -213,6 +214,7 @@ def probe(config: dict[str, Any], name: str, prompt: str, probe_id: str) -> Fing
     key, cls = parse_probe_id(probe_id)
     settings = config["probe"]
     return layer(config, name, prompt, key) | {**{f"probe.{k}": settings[k] for k in PROBE_KEYS},
+                                                "probe.seed": probe_seed(probe_id, settings["seeds"]),
                                                 "probe.concat_cls": cls, "version.probe": VERSIONS["probe"]}
 
 
@@ -234,7 +236,7 @@ def report(config: dict[str, Any]) -> Fingerprint:
     for name, model in config["models"].items():
         for prompt in lp_config.prompt_ids(model):
             inputs[f"store:{name}/{prompt}"] = store(config, name, prompt).hash
-            for probe_id in lp_config.probe_ids(model):
+            for probe_id in lp_config.probe_ids(model, config["probe"]["seeds"]):
                 inputs[f"probe:{name}/{prompt}/{probe_id}"] = probe(config, name, prompt, probe_id).hash
     for name, prompt in lp_config.scan_targets(config):
         inputs[f"scan:{name}/{prompt}"] = scan(config, name, prompt).hash

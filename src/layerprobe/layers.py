@@ -6,6 +6,8 @@ vision-tower states with the same numbering, and ``projector`` is the projector 
 
 A probe is named by its layer key plus its CLS variant: ``layer_12`` reads patch tokens only,
 ``layer_12+cls`` concatenates the layer's CLS token to every patch. Both read the same array.
+With several ``probe.seeds``, the first seed's probe keeps the plain name and every further seed
+s is a probe of its own, ``layer_12-seed1``, ``layer_12+cls-seed1``.
 """
 
 from __future__ import annotations
@@ -14,7 +16,9 @@ import re
 
 PROJECTOR = "projector"
 CLS_SUFFIX = "+cls"
+SEED_SUFFIX = "-seed"
 _KEY = re.compile(r"^(layer|vision)_(\d{2,3})$")
+_SEED = re.compile(r"-seed(\d+)$")
 
 
 def layer_key(index: int) -> str:
@@ -51,13 +55,26 @@ def forward_position(key: str, vision_depth: int = 0) -> float:
     return index + (vision_depth + 2 if vision_depth else 0)
 
 
-def probe_id(key: str, concat_cls: bool) -> str:
-    """The probe's name (and output folder): the layer key, plus '+cls' for the CLS variant."""
-    return key + (CLS_SUFFIX if concat_cls else "")
+def probe_id(key: str, concat_cls: bool, extra_seed: int | None = None) -> str:
+    """The probe's name (and output folder): the layer key, plus '+cls' for the CLS variant, plus
+    '-seedN' for a probe of a seed other than the first of `probe.seeds`."""
+    return key + (CLS_SUFFIX if concat_cls else "") + ("" if extra_seed is None else f"{SEED_SUFFIX}{extra_seed}")
+
+
+def split_seed(name: str) -> tuple[str, int | None]:
+    """(probe name without its seed suffix, the suffix's seed or None for the first seed)."""
+    match = _SEED.search(name)
+    return (name[:match.start()], int(match.group(1))) if match else (name, None)
+
+
+def probe_seed(name: str, seeds: list[int]) -> int:
+    """The seed a probe trains with: its suffix's, else the first of `probe.seeds`."""
+    return split_seed(name)[1] if split_seed(name)[1] is not None else seeds[0]
 
 
 def parse_probe_id(name: str) -> tuple[str, bool]:
-    """(layer key, concat_cls) of a probe name."""
+    """(layer key, concat_cls) of a probe name (a seed suffix is ignored)."""
+    name = split_seed(name)[0]
     cls = name.endswith(CLS_SUFFIX)
     key = name[:-len(CLS_SUFFIX)] if cls else name
     parse_key(key)  # raises on a malformed name

@@ -207,9 +207,10 @@ def rule_rows(config: dict[str, Any], sizes: dict[str, int], stores: pd.DataFram
         write_s = store["bytes"] / (ASSUMED_WRITE_GB_PER_S * 1e9)
         rows.append(_rule_row("extract", config, store["model"], parts, max(compute_s, write_s) / parts / 3600))
         longest, total = _probe_hours(store["model"], model, sizes, epochs)
+        seeds = len(config["probe"]["seeds"])  # every seed trains every probe again
         for cls in lp_config.cls_variants(model):  # a line per CLS variant; both read the one store
             rows.append(_rule_row("probe", config, store["model"] + (CLS_SUFFIX if cls else ""),
-                                  int(store["layers"]), longest, total))
+                                  int(store["layers"]) * seeds, longest, total * seeds))
     for _, row in scan.iterrows():
         model = config["models"][row["model"]]
         forward_s = (row["training_passes"] * sizes["training"] + sizes["validation"]) / images_per_s(model)

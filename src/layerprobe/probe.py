@@ -28,12 +28,15 @@ from torch import nn
 
 from .ade20k import CLASS_NAMES, IGNORE, NUM_CLASSES
 from .fingerprint import Fingerprint
+from .intervals import LEVEL, RESAMPLES, miou_interval
 from .loader import ChunkShuffleLoader
 from .metrics import SegmentationMeter
 from .progress import progress
 
 log = logging.getLogger("layerprobe.probe")
-CSV_COLUMNS = ["epoch", "loss", "train_miou", "train_acc", "test_miou", "test_acc"]
+# running_train_*: accumulated over the epoch's batches in train mode while the head changes: a
+# trend, not the trained head's training score (that would need an eval pass over the split).
+CSV_COLUMNS = ["epoch", "loss", "running_train_miou", "running_train_acc", "test_miou", "test_acc"]
 
 
 class LinearHead(nn.Module):
@@ -175,9 +178,9 @@ class ProbeTrainer:
             while self.epoch < self.s.epochs:
                 self._train_epoch(flag)
                 row = self._finish_epoch()
-                log.info("Epoch %03d | loss %.4f | train mIoU %.4f acc %.4f | test mIoU %.4f acc %.4f",
-                         row["epoch"], row["loss"], row["train_miou"], row["train_acc"], row["test_miou"],
-                         row["test_acc"])
+                log.info("Epoch %03d | loss %.4f | running train mIoU %.4f acc %.4f | test mIoU %.4f acc %.4f",
+                         row["epoch"], row["loss"], row["running_train_miou"], row["running_train_acc"],
+                         row["test_miou"], row["test_acc"])
                 _write_csv(csv_path, self.rows)
                 self.save()
         _write_csv(csv_path, self.rows)
@@ -208,7 +211,7 @@ class ProbeTrainer:
     def _finish_epoch(self) -> dict[str, float]:
         test = self.evaluate()
         row = {"epoch": self.epoch + 1, "loss": self.loss_sum / max(self.loss_count, 1),
-               "train_miou": self.train_meter.miou(), "train_acc": self.train_meter.accuracy(),
+               "running_train_miou": self.train_meter.miou(), "running_train_acc": self.train_meter.accuracy(),
                "test_miou": test.miou(), "test_acc": test.accuracy()}
         self.rows.append(row)
         self.epoch, self.batch = self.epoch + 1, 0
@@ -217,13 +220,15 @@ class ProbeTrainer:
         return row
 
     @torch.inference_mode()
-    def evaluate(self, keep_rows: set[int] | None = None) -> SegmentationMeter:
-        """Validation metrics; optionally keeps predictions for some store rows."""
+    def evaluate(self, keep_rows: set[int] | None = None, per_image: bool = False) -> SegmentationMeter:
+        """Validation metrics; optionally keeps predictions for some store rows, and per-image
+        counts (`self.evaluated_rows` then lists the store rows in counting order)."""
         self.head.eval()
-        meter, self.kept = SegmentationMeter(), {}
+        meter, self.kept, self.evaluated_rows = SegmentationMeter(per_image=per_image), {}, []
         for feats, cls, labels, rows in self.test_loader.iterate():
             pred = self.head(_inputs(feats, cls, self.s.concat_cls), self.label_size).argmax(1)
             meter.update(pred, labels)
+            self.evaluated_rows += rows.tolist()
             for i, row in enumerate(rows.tolist()):
                 if keep_rows and row in keep_rows:
                     self.kept[row] = pred[i].to(torch.uint8).cpu().numpy()
@@ -243,7 +248,9 @@ def _write_csv(path: Path, rows: list[dict[str, float]]) -> None:
 def train_probe(store_path: str | Path, key: str, settings: ProbeSettings, out_dir: str | Path,
                 checkpoint: str | Path, saved_predictions: int = 8, fingerprint: Fingerprint | None = None,
                 name: str | None = None) -> dict[str, Any]:
-    """Train (or resume) one probe; write epochs.csv, predictions.npz and metrics.json (last).
+    """Train (or resume) one probe; write epochs.csv, predictions.npz, per_image.npz (every
+    validation image's intersection and union per class) and metrics.json (last, with the
+    mIoU's bootstrap interval).
 
     `fingerprint` (fingerprint.probe() in the workflow) goes into the checkpoint and metrics.json;
     `name` is the probe's id (layer key, '+cls' for the CLS variant).
@@ -260,14 +267,19 @@ def train_probe(store_path: str | Path, key: str, settings: ProbeSettings, out_d
     ids = group.attrs["validation_image_ids"]
     chosen = sorted(ids)[:saved_predictions]
     keep = {ids.index(i) for i in chosen}
-    final = trainer.evaluate(keep_rows=keep)
+    final = trainer.evaluate(keep_rows=keep, per_image=True)
     preds = np.stack([trainer.kept[ids.index(i)] for i in chosen]) if chosen else np.zeros((0, 1, 1), np.uint8)
     np.savez_compressed(out_dir / "predictions.npz", ids=np.array(chosen), pred=preds)
+    counts = final.image_counts([ids[row] for row in trainer.evaluated_rows])
+    counts.save(out_dir / "per_image.npz")  # what the report's paired intervals resample
+    interval = miou_interval(counts)
     best = max(rows, key=lambda r: r["test_miou"])
     iou = final.per_class_iou()
     metrics = {"model": group.attrs["model"], "prompt": group.attrs["prompt_id"], "layer": key,
-               "probe": name or key, "concat_cls": settings.concat_cls,
-               "miou": final.miou(), "acc": final.accuracy(), "best_epoch": int(best["epoch"]),
+               "probe": name or key, "concat_cls": settings.concat_cls, "seed": settings.seed,
+               "miou": final.miou(), "miou_low": interval.low, "miou_high": interval.high,
+               "interval": f"{LEVEL:.0%} bootstrap over {len(counts)} validation images ({RESAMPLES} resamples)",
+               "acc": final.accuracy(), "best_epoch": int(best["epoch"]),
                "best_test_miou": best["test_miou"], "epochs": len(rows),
                "per_class_iou": [None if np.isnan(v) else float(v) for v in iou],
                "class_names": list(CLASS_NAMES), "loader_mode": trainer.train_loader.mode,

@@ -53,7 +53,7 @@ PARTS = CFG["store"]["parts"]
 wildcard_constraints:
     model="|".join(MODELS),
     prompt="[A-Za-z0-9][A-Za-z0-9_-]*",
-    probe="((layer|vision)_[0-9]{2,3}|projector)([+]cls)?",
+    probe="((layer|vision)_[0-9]{2,3}|projector)([+]cls)?(-seed[0-9]+)?",
     res="[0-9]+",
     part="[0-9]+",
     source="[A-Za-z0-9][A-Za-z0-9._-]*",
@@ -114,8 +114,8 @@ def all_probe_outputs():
     return [
         f"{probe_dir(m, p, k)}/{f}"
         for m, p in stores()
-        for k in lp_config.probe_ids(MODELS[m])
-        for f in ("metrics.json", "epochs.csv", "predictions.npz")
+        for k in lp_config.probe_ids(MODELS[m], CFG["probe"]["seeds"])
+        for f in ("metrics.json", "epochs.csv", "predictions.npz", "per_image.npz")
     ]
 
 

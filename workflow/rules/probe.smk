@@ -31,6 +31,7 @@ rule probe:
         metrics="results/probes/{model}/{prompt}/{probe}/metrics.json",
         epochs="results/probes/{model}/{prompt}/{probe}/epochs.csv",
         predictions="results/probes/{model}/{prompt}/{probe}/predictions.npz",
+        per_image="results/probes/{model}/{prompt}/{probe}/per_image.npz",
     params:
         store=store_path,
         checkpoint="results/checkpoints/{model}/{prompt}/{probe}.pt",

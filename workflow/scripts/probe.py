@@ -6,7 +6,7 @@ import torch
 from layerprobe import config as lp_config
 from layerprobe import fingerprint as lp_fp
 from layerprobe.backbones import resolve_device
-from layerprobe.layers import parse_probe_id
+from layerprobe.layers import parse_probe_id, probe_seed
 from layerprobe.logs import redirect_output
 from layerprobe.probe import ProbeSettings, train_probe
 from layerprobe.store import check_layer, open_store
@@ -22,7 +22,8 @@ with redirect_output(snakemake.log[0]):
     check_layer(open_store(snakemake.params.store), key, lp_fp.layer(cfg, name, prompt, key), snakemake.params.store)
     probe = cfg["probe"]
     settings = ProbeSettings(epochs=probe["epochs"], lr=probe["lr"], weight_decay=probe["weight_decay"],
-                             batch_size=probe["batch_size"], seed=probe["seed"], batchnorm=probe["batchnorm"],
+                             batch_size=probe["batch_size"], seed=probe_seed(probe_id, probe["seeds"]),
+                             batchnorm=probe["batchnorm"],
                              concat_cls=concat_cls, ram_budget_bytes=probe["ram_budget_mb"] * 2**20,
                              device=resolve_device(probe["device"]),
                              checkpoint_every_batches=probe["checkpoint_every_batches"],

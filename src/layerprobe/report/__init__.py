@@ -27,6 +27,7 @@ def build_report(config: dict[str, Any], results: Path, out_html: Path) -> None:
     if found.probes.empty:
         raise RuntimeError(f"{results}: no probe results (results/probes/*/*/*/metrics.json); nothing to report")
     sink = sections.FigureSink(out_html.parent / "report_files")
+    sections.write_tables(found, out_html.parent / "report_files")
     parts = [sections.summary_section(found, sink), sections.prompt_section(found, sink),
              sections.scan_section(found, sink), sections.per_class_section(found, sink),
              sections.qualitative_section(found, sink), sections.curves_section(found, sink),

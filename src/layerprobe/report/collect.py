@@ -23,7 +23,9 @@ import pandas as pd
 from .. import config as lp_config
 from .. import fingerprint as lp_fp
 from ..ade20k import CLASS_NAMES
-from ..layers import CLS_SUFFIX, parse_probe_id
+from ..layers import CLS_SUFFIX, parse_probe_id, probe_seed, split_seed
+from ..intervals import Interval, paired_difference
+from ..metrics import ImageCounts
 from ..specs import model_spec
 from .axis import LayerAxis
 from .benchmarks import read_benchmarks
@@ -47,6 +49,25 @@ class Results:
     class_names: list[str]
     missing: list[str] = field(default_factory=list)
     fingerprints: list[tuple[str, str]] = field(default_factory=list)  # (result file, fingerprint hash)
+    # per_image.npz per (model, prompt, layer) row; further seeds' under (model, prompt, layer, seed)
+    counts_files: dict[tuple, Path] = field(default_factory=dict)
+    seed_runs: pd.DataFrame = field(default_factory=pd.DataFrame)  # model, prompt, layer, seed, miou: every seed
+    _counts: dict[tuple, ImageCounts] = field(default_factory=dict, repr=False)
+
+    def image_counts(self, model: str, prompt: str, layer: str, seed: int | None = None) -> ImageCounts | None:
+        """A probe's per-validation-image counts (prompt as in `probes`, e.g. 'none+cls'), or None;
+        `seed` picks a further seed's probe (None: the first seed's, the report's main result)."""
+        key = (model, prompt, layer) if seed is None else (model, prompt, layer, seed)
+        if key not in self._counts and key in self.counts_files:
+            self._counts[key] = ImageCounts.load(self.counts_files[key])
+        return self._counts.get(key)
+
+    def paired(self, a: tuple[str, str, str], b: tuple[str, str, str]) -> Interval | None:
+        """mIoU(b) - mIoU(a) with its paired bootstrap interval; None without both counts."""
+        first, second = self.image_counts(*a), self.image_counts(*b)
+        if first is None or second is None:
+            return None
+        return paired_difference(first, second)
 
     def store_list(self) -> list[Store]:
         """(model, prompt) pairs with probe results, in config order."""
@@ -73,12 +94,13 @@ def collect(config: dict[str, Any], results: Path) -> Results:
     seen: list[tuple[str, str]] = []
     data = _read_data_manifests(config, results, seen)
     stores = _read_store_manifests(config, results, seen)
-    probes, curves, per_class, predictions, names = _read_probes(config, results, axis, missing, seen)
+    probes, curves, per_class, predictions, names, counts, seed_runs = _read_probes(config, results, axis, missing,
+                                                                                    seen)
     scan = _read_scan(config, results, axis, missing, seen)
     return Results(root=results, config=config, axis=axis, probes=probes, curves=curves, per_class=per_class,
                    predictions=predictions, scan=scan, stores=stores, data=data,
                    benchmarks=read_benchmarks(results, config), class_names=names, missing=missing,
-                   fingerprints=seen)
+                   fingerprints=seen, counts_files=counts, seed_runs=seed_runs)
 
 
 def _checked(fingerprint: lp_fp.Fingerprint, recorded: dict[str, Any] | None, path: Path,
@@ -88,9 +110,9 @@ def _checked(fingerprint: lp_fp.Fingerprint, recorded: dict[str, Any] | None, pa
 
 
 def expected_probes(config: dict[str, Any]) -> list[tuple[str, str, str]]:
-    """(model, prompt, probe name) of every probe the config defines."""
+    """(model, prompt, probe name) of every probe the config defines, every seed's."""
     return [(m, p, k) for m, cfg in config["models"].items() for p in lp_config.prompt_ids(cfg)
-            for k in lp_config.probe_ids(cfg)]
+            for k in lp_config.probe_ids(cfg, config["probe"]["seeds"])]
 
 
 def series_prompt(prompt: str, probe: str) -> str:
@@ -100,7 +122,7 @@ def series_prompt(prompt: str, probe: str) -> str:
 
 def _read_probes(config: dict[str, Any], results: Path, axis: LayerAxis, missing: list[str],  # noqa: ANN202
                  seen: list[tuple[str, str]]):
-    rows, curve_frames, ious, predictions = [], [], {}, {}
+    rows, curve_frames, ious, predictions, counts, seed_runs = [], [], {}, {}, {}, []
     names = list(CLASS_NAMES)
     for model, store_prompt, probe in expected_probes(config):
         folder = results / "probes" / model / store_prompt / probe
@@ -111,27 +133,50 @@ def _read_probes(config: dict[str, Any], results: Path, axis: LayerAxis, missing
         _checked(lp_fp.probe(config, model, store_prompt, probe), metrics.get("fingerprint"),
                  folder / "metrics.json", seen)
         layer, prompt = parse_probe_id(probe)[0], series_prompt(store_prompt, probe)
+        seed = probe_seed(probe, config["probe"]["seeds"])
+        seed_runs.append({"model": model, "prompt": prompt, "layer": layer, "seed": seed,
+                          "miou": _float(metrics.get("miou"))})
+        if split_seed(probe)[1] is not None:
+            if (folder / "per_image.npz").is_file():
+                counts[(model, prompt, layer, seed)] = folder / "per_image.npz"
+            continue  # a further seed: its mIoU goes into the mean ± sd columns, not a row of its own
         names = metrics.get("class_names") or names
         rows.append({**_probe_row(metrics, model, prompt, layer, axis), "store_prompt": store_prompt, "probe": probe})
         ious[(model, prompt, layer)] = [np.nan if v is None else v for v in metrics.get("per_class_iou", [])]
         curve_frames.append(_read_curve(folder / "epochs.csv", model, prompt, layer, missing))
+        if (folder / "per_image.npz").is_file():
+            counts[(model, prompt, layer)] = folder / "per_image.npz"
+        else:
+            missing.append(str(folder / "per_image.npz"))
         if (folder / "predictions.npz").is_file():
             with np.load(folder / "predictions.npz") as npz:
                 predictions[(model, prompt, layer)] = ([str(i) for i in npz["ids"]], npz["pred"])
-    probes = pd.DataFrame(rows, columns=PROBE_COLUMNS)
+    seed_runs = pd.DataFrame(seed_runs, columns=["model", "prompt", "layer", "seed", "miou"])
+    probes = _with_seed_spread(pd.DataFrame(rows, columns=PROBE_COLUMNS), seed_runs)
     curves = pd.concat([c for c in curve_frames if c is not None] or [pd.DataFrame(columns=CURVE_COLUMNS)],
                        ignore_index=True)
-    return probes, curves, _per_class_tables(ious, names), predictions, names
+    return probes, curves, _per_class_tables(ious, names), predictions, names, counts, seed_runs
 
 
-PROBE_COLUMNS = ["model", "prompt", "layer", "x", "segment", "miou", "acc", "best_epoch", "best_test_miou",
-                 "epochs", "loader_mode", "store_prompt", "probe"]
-CURVE_COLUMNS = ["model", "prompt", "layer", "epoch", "loss", "train_miou", "train_acc", "test_miou", "test_acc"]
+PROBE_COLUMNS = ["model", "prompt", "layer", "x", "segment", "miou", "miou_low", "miou_high", "acc", "best_epoch",
+                 "best_test_miou", "epochs", "loader_mode", "store_prompt", "probe"]
+CURVE_COLUMNS = ["model", "prompt", "layer", "epoch", "loss", "running_train_miou", "running_train_acc", "test_miou", "test_acc"]
+
+
+def _with_seed_spread(probes: pd.DataFrame, runs: pd.DataFrame) -> pd.DataFrame:
+    """seeds, seed_mean, seed_sd per row: over every seed's probe found (sd NaN with one seed)."""
+    if runs.empty or probes.empty:
+        return probes.assign(seeds=pd.Series(dtype=int), seed_mean=pd.Series(dtype=float),
+                             seed_sd=pd.Series(dtype=float))
+    spread = runs.groupby(["model", "prompt", "layer"])["miou"].agg(seeds="count", seed_mean="mean", seed_sd="std")
+    return probes.merge(spread.reset_index(), on=["model", "prompt", "layer"], how="left")
 
 
 def _probe_row(metrics: dict[str, Any], model: str, prompt: str, layer: str, axis: LayerAxis) -> dict[str, Any]:
     return {"model": model, "prompt": prompt, "layer": layer, "x": axis.position(model, layer),
-            "segment": axis.segment(model, layer), "miou": _float(metrics.get("miou")), "acc": _float(metrics.get("acc")),
+            "segment": axis.segment(model, layer), "miou": _float(metrics.get("miou")),
+            "miou_low": _float(metrics.get("miou_low")), "miou_high": _float(metrics.get("miou_high")),
+            "acc": _float(metrics.get("acc")),
             "best_epoch": metrics.get("best_epoch"), "best_test_miou": _float(metrics.get("best_test_miou")),
             "epochs": metrics.get("epochs"), "loader_mode": metrics.get("loader_mode", "")}
 

@@ -23,10 +23,11 @@ from matplotlib.transforms import blended_transform_factory  # noqa: E402
 
 from ..layers import CLS_SUFFIX  # noqa: E402
 from .axis import LayerAxis  # noqa: E402
+from ..intervals import Interval  # noqa: E402
 from .collect import Results, Store  # noqa: E402
 
 IDENTICAL = 1e-4  # |delta mIoU| below this is "identical" (fp16 features, same probe seed)
-GREEN, RED, GREY = "#2e8b57", "#c0392b", "#9e9e9e"
+GREEN, RED, GREY, LIGHT_GREY = "#2e8b57", "#c0392b", "#9e9e9e", "#c8c8c8"
 plt.rcParams.update({"font.size": 10, "axes.titlesize": 11, "axes.labelsize": 10, "legend.fontsize": 9,
                      "figure.dpi": 100, "axes.spines.top": False, "axes.spines.right": False})
 
@@ -137,6 +138,11 @@ def _headline_line(ax: plt.Axes, results: Results, store: Store, column: str, co
     # LLaVA's segments are drawn as separate runs so no line bridges vision tower -> projector -> LLM.
     for _, part in frame.groupby((frame["segment"] != frame["segment"].shift()).cumsum()):
         ax.plot(part["x"], part[column], color=colour, markeredgecolor="white", markeredgewidth=0.5, **style)
+        if column == "miou" and part["miou_low"].notna().any():  # the 95% bootstrap interval per layer
+            ax.fill_between(part["x"], part["miou_low"], part["miou_high"], color=colour, alpha=0.15, linewidth=0)
+        if column == "miou" and (part["seeds"] > 1).any():  # mean ± sd over probe seeds
+            ax.errorbar(part["x"], part["seed_mean"], yerr=part["seed_sd"], fmt="none", ecolor=colour,
+                        elinewidth=1, capsize=2.5, alpha=0.8)
     if len(frame["segment"].unique()) > 1:
         ax.plot(frame["x"], frame[column], color=colour, linewidth=0.8, alpha=0.35)
     best = _best_row(frame)  # the best layer is chosen by mIoU on both panels
@@ -172,10 +178,36 @@ def prompt_deltas(results: Results) -> pd.DataFrame:
             for layer in order:
                 delta = wide.at[layer, prompt] - wide.at[layer, base]
                 if not math.isnan(delta):
+                    interval = results.paired((model, base, layer), (model, prompt, layer))
                     rows.append({"model": model, "prompt": prompt, "base": base, "layer": layer, "delta": delta,
+                                 **interval_columns(interval),
+                                 "seed_deltas": _seed_deltas(results, model, base, prompt, layer),
                                  "segment": results.axis.segment(model, layer),
                                  "tick": results.axis.tick_label(model, layer)})
-    return pd.DataFrame(rows, columns=["model", "prompt", "base", "layer", "delta", "segment", "tick"])
+    return pd.DataFrame(rows, columns=DELTA_COLUMNS)
+
+
+DELTA_COLUMNS = ["model", "prompt", "base", "layer", "delta", "low", "high", "significant", "seed_deltas", "segment",
+                 "tick"]
+
+
+def _seed_deltas(results: Results, model: str, base: str, prompt: str, layer: str) -> list[float]:
+    """prompt − base per probe seed (same seed on both sides), for every seed both have."""
+    runs = results.seed_runs
+    if runs.empty:
+        return []
+    here = runs[(runs["model"] == model) & (runs["layer"] == layer)]
+    wide = here.pivot_table(index="seed", columns="prompt", values="miou")
+    if base not in wide or prompt not in wide:
+        return []
+    return [float(v) for v in (wide[prompt] - wide[base]).dropna()]
+
+
+def interval_columns(interval: Interval | None) -> dict[str, Any]:
+    """low/high of a paired difference and whether it excludes 0 (no counts: NaN, not significant)."""
+    if interval is None:
+        return {"low": float("nan"), "high": float("nan"), "significant": False}
+    return {"low": interval.low, "high": interval.high, "significant": interval.significant}
 
 
 def general_prompt(cfg: dict[str, Any]) -> str:
@@ -184,8 +216,13 @@ def general_prompt(cfg: dict[str, Any]) -> str:
     return (general or [p["id"] for p in prompts])[0]
 
 
-def delta_colour(delta: float) -> str:
-    return GREY if abs(delta) < IDENTICAL else (GREEN if delta > 0 else RED)
+def delta_colour(delta: float, significant: bool = True) -> str:
+    """Green/red only for a difference whose paired interval excludes 0; grey otherwise."""
+    if abs(delta) < IDENTICAL:
+        return GREY
+    if not significant:
+        return LIGHT_GREY
+    return GREEN if delta > 0 else RED
 
 
 def prompt_comparison(results: Results, deltas: pd.DataFrame, model: str) -> Figure:
@@ -195,7 +232,7 @@ def prompt_comparison(results: Results, deltas: pd.DataFrame, model: str) -> Fig
     n_layers = frame["layer"].nunique()
     fig, axes = plt.subplots(len(prompts), 1, figsize=(max(7.0, 0.55 * n_layers + 3), 2.9 * len(prompts) + 0.8),
                              layout="constrained", squeeze=False)
-    span = max(float(frame["delta"].abs().max()), 2 * IDENTICAL)
+    span = max(float(pd.concat([frame["delta"], frame["low"], frame["high"]]).abs().max()), 2 * IDENTICAL)
     for ax, prompt in zip(axes[:, 0], prompts):
         part = frame[frame["prompt"] == prompt].reset_index(drop=True)
         _delta_bars(ax, part, span)
@@ -204,8 +241,14 @@ def prompt_comparison(results: Results, deltas: pd.DataFrame, model: str) -> Fig
     pre_llm = (frame["segment"] != "llm").any()
     axes[-1, 0].set_xlabel("layer  (v = vision-tower block · proj = projector · then LLM layer)" if pre_llm
                            else "LLM layer")
-    handles = [Patch(color=GREEN, label="prompt better"), Patch(color=RED, label="prompt worse"),
-               Patch(color=GREY, label=f"identical (|Δ| < {IDENTICAL:g})")]
+    handles = [Patch(color=GREEN, label="prompt better (95% interval > 0)"),
+               Patch(color=RED, label="prompt worse (95% interval < 0)"),
+               Patch(color=LIGHT_GREY, label="not significant (interval contains 0)"),
+               Patch(color=GREY, label=f"identical (|Δ| < {IDENTICAL:g})"),
+               Line2D([], [], color="0.15", marker="_", markersize=8, label="paired bootstrap 95% interval")]
+    if frame["seed_deltas"].map(len).max() > 1:
+        handles.append(Line2D([], [], color="#5b3a8c", marker="o", markersize=4, linestyle="none",
+                              label="Δ per probe seed (training noise)"))
     fig.legend(handles=handles, loc="outside lower center", ncol=3, frameon=False)
     return fig
 
@@ -222,7 +265,14 @@ def _delta_bars(ax: plt.Axes, part: pd.DataFrame, span: float) -> None:
     # Tiny but real differences get a bar of at least 3% of the axis, so their sign shows at a glance.
     floor = 0.03 * span * 1.6
     heights = [0.0 if abs(d) < IDENTICAL else math.copysign(max(abs(d), floor), d) for d in part["delta"]]
-    ax.bar(xs, heights, color=[delta_colour(d) for d in part["delta"]], width=0.7)
+    ax.bar(xs, heights, color=[delta_colour(d, sig) for d, sig in zip(part["delta"], part["significant"])],
+           width=0.7)
+    shown = part["low"].notna() & (part["delta"].abs() >= IDENTICAL)
+    ax.errorbar(xs[shown], part["delta"][shown], yerr=[(part["delta"] - part["low"])[shown],
+                (part["high"] - part["delta"])[shown]], fmt="none", ecolor="0.15", elinewidth=1, capsize=3)
+    for x, seeds in zip(xs, part["seed_deltas"]):
+        if len(seeds) > 1:  # the probe's own training noise, beside the interval over images
+            ax.plot([x + 0.28] * len(seeds), seeds, linestyle="none", marker="o", markersize=3, color="#5b3a8c")
     ax.axhline(0, color="0.2", linewidth=0.8)
     same = [x for x, d in zip(xs, part["delta"]) if abs(d) < IDENTICAL]
     ax.plot(same, [0.0] * len(same), linestyle="none", marker="s", markersize=7, color=GREY, zorder=3)
@@ -257,7 +307,7 @@ def training_curves(results: Results, store: Store, ncols: int = 5) -> Figure:
     # Fixed margins in inches (constrained layout is slow with a twin axis per panel).
     fig.subplots_adjust(left=0.6 / width, right=1 - 0.45 / width, bottom=0.5 / height, top=1 - 0.7 / height,
                         wspace=0.42, hspace=0.6)
-    top = max(0.05, float(frame[["train_miou", "test_miou"]].max().max()) * 1.12) if not frame.empty else 1.0
+    top = max(0.05, float(frame[["running_train_miou", "test_miou"]].max().max()) * 1.12) if not frame.empty else 1.0
     loss_top = float(frame["loss"].max()) * 1.08 if not frame.empty else 1.0
     for i, layer in enumerate(layers):
         ax = axes[i // ncols, i % ncols]
@@ -272,7 +322,7 @@ def training_curves(results: Results, store: Store, ncols: int = 5) -> Figure:
             ax.set_xlabel("epoch")
     for j in range(len(layers), nrows * ncols):
         axes[j // ncols, j % ncols].set_visible(False)
-    handles = [Line2D([], [], color="C0", label="test mIoU"), Line2D([], [], color="C0", linestyle="--", label="train mIoU"),
+    handles = [Line2D([], [], color="C0", label="test mIoU"), Line2D([], [], color="C0", linestyle="--", label="running train mIoU"),
                Line2D([], [], color="0.55", linewidth=1, label="loss (right axis)"),
                Line2D([], [], color="C3", marker="*", linestyle=":", markersize=9, label="best epoch (test mIoU)")]
     fig.legend(handles=handles, loc="upper center", bbox_to_anchor=(0.5, 1.0), ncol=4, frameon=False)
@@ -292,7 +342,7 @@ def _curve_panel(ax: plt.Axes, curve: pd.DataFrame, probe: pd.DataFrame, top: fl
     ax.set_zorder(loss_ax.get_zorder() + 1)  # mIoU lines above the loss line
     ax.patch.set_visible(False)
     ax.plot(curve["epoch"], curve["test_miou"], color="C0", linewidth=1.8)
-    ax.plot(curve["epoch"], curve["train_miou"], color="C0", linestyle="--", linewidth=1.2)
+    ax.plot(curve["epoch"], curve["running_train_miou"], color="C0", linestyle="--", linewidth=1.2)
     ax.set_ylim(0, top)
     ax.grid(alpha=0.25)
     if not probe.empty and not curve.empty and not pd.isna(probe["best_epoch"].iloc[0]):

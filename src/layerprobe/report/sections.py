@@ -48,26 +48,47 @@ def _best_store(results: Results) -> Store | None:
     return best["model"], best["prompt"]
 
 
+DELTA_CLASSES = {figures.GREEN: "good", figures.RED: "bad", figures.GREY: "flat", figures.LIGHT_GREY: "flat"}
+
+
 def _delta_class(column: str, value: object) -> str:
-    if column.startswith("Δ") and isinstance(value, float) and not np.isnan(value):
-        return {figures.GREEN: "good", figures.RED: "bad", figures.GREY: "flat"}[figures.delta_colour(value)]
+    """Green/red for a difference whose paired interval excludes 0, grey for one that does not."""
+    if isinstance(value, tables.Difference) and not np.isnan(value.delta):
+        return DELTA_CLASSES[value.colour]
     return ""
 
 
 # --------------------------------------------------------------------------------------------
 
+def write_tables(results: Results, folder: Path) -> None:
+    """The numbers behind the figures, with their intervals, as CSV beside the PNGs."""
+    folder.mkdir(parents=True, exist_ok=True)
+    tables.probes_csv(results).to_csv(folder / "probes.csv", index=False)
+    figures.prompt_deltas(results).drop(columns=["tick"]).to_csv(folder / "prompt_deltas.csv", index=False)
+
+
 def summary_section(results: Results, sink: FigureSink) -> str:
     fig = sink.add(figures.headline(results), "headline",
                    "Left: validation mIoU (mmseg definition: intersections and unions summed over the split) of a "
-                   "linear probe per layer; right: pixel accuracy. One line per model and prompt; CLIP dashed, LLaVA "
-                   "solid. ★ marks each line's best layer by mIoU (the same layer on both panels). "
+                   "linear probe per layer, with its 95% bootstrap interval over validation images as a band; right: "
+                   "pixel accuracy. One line per model and prompt; CLIP dashed, LLaVA "
+                   "solid. ★ marks each line's best layer by mIoU (the same layer on both panels); whether it beats "
+                   "the next best layer beyond noise is in the table above (paired interval). "
+                   + ("Error bars: mean ± sd of the probe over its seeds (probe.seeds), the training noise the "
+                      "band does not include. " if results.probes["seeds"].max() > 1 else "")
+                   + ""
                    + ("The dotted borders split LLaVA's forward path into vision tower, projector and LLM. CLIP blocks "
                       "are drawn at their relative depth within the vision segment; a dotted horizontal line carries "
                       "each CLIP model's best mIoU across the LLM segment as a reference. "
                       if results.axis.segmented else ""),
                    "mIoU and pixel accuracy per layer")
-    body = table(tables.summary(results), digits={"best mIoU": 4, "pixel acc": 4, "last layer mIoU": 4,
-                                                  "Δ vs general prompt": 4}, cell_class=_delta_class)
+    body = table(tables.summary(results), digits={"pixel acc": 4, "last layer mIoU": 4}, cell_class=_delta_class)
+    body += ('<p class="muted">Intervals: 95% bootstrap over validation images (the probes are fixed; images are '
+             "resampled with replacement and the mIoU is recomputed from their summed counts). Differences are "
+             "paired: both sides are scored on the same resampled images. A difference whose interval contains 0 "
+             "is grey and marked n.s. (not significant): the validation set cannot tell the two apart. Every "
+             "probe with its interval: <code>report_files/probes.csv</code>; every prompt difference: "
+             "<code>report_files/prompt_deltas.csv</code>.</p>")
     checks = "".join(box("<b>Check:</b> " + esc(text)) for text in tables.diagnostics(results))
     return section("summary", "Which layer?", checks + body + figure(fig),
                    "Best layer per model and prompt (by validation mIoU), then every probed layer.")
@@ -84,8 +105,10 @@ def prompt_section(results: Results, sink: FigureSink) -> str:
         fig = sink.add(figures.prompt_comparison(results, deltas, model), f"prompts_{model}",
                        f"mIoU of each prompt minus the general prompt (“{esc(frame['base'].iloc[0])}”, the first "
                        f"without a {{category}} placeholder) at every probed layer of {esc(model)}, both probes "
-                       "scored on the same validation images. Green: the prompt helps, red: it hurts, grey: identical "
-                       f"(|Δ| &lt; {IDENTICAL:g}). Vision-tower and projector layers come before the LLM, so they "
+                       "scored on the same validation images, with the paired bootstrap 95% interval of each "
+                       "difference (the same resampled images for both prompts). Green: the prompt helps and the "
+                       "interval excludes 0; red: it hurts and the interval excludes 0; light grey: not significant "
+                       f"(the interval contains 0); grey: identical (|Δ| &lt; {IDENTICAL:g}). Vision-tower and projector layers come before the LLM, so they "
                        "cannot depend on the prompt and are expected to be identical.",
                        f"prompt comparison for {model}")
         parts.append(f"<h3>{esc(model)}</h3>" + figure(fig))
@@ -167,8 +190,10 @@ def curves_section(results: Results, sink: FigureSink) -> str:
     parts = []
     for i, store in enumerate(results.store_list()):
         fig = sink.add(figures.training_curves(results, store), f"curves_{_slug(store)}",
-                       "Per layer: training loss (grey, right axis), train and test mIoU (left axis, shared by all "
-                       "panels) per epoch; ★ the epoch with the best test mIoU. A best epoch at the last epoch "
+                       "Per layer: training loss (grey, right axis), running train mIoU (dashed: accumulated over the "
+                       "epoch's batches in train mode while the head changes, so a trend rather than the trained "
+                       "head's score) and test mIoU (left axis, shared by all panels) per epoch; ★ the epoch with "
+                       "the best test mIoU. A best epoch at the last epoch "
                        "suggests more epochs would help.", f"training curves for {store_label(store)}")
         parts.append(details(store_label(store), figure(fig), is_open=i == 0))
     return section("curves", "Training curves", "".join(parts))

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -10,7 +11,7 @@ import pandas as pd
 
 from ..store import human_bytes
 from .collect import Results, Store
-from .figures import IDENTICAL, prompt_deltas, store_label
+from .figures import IDENTICAL, delta_colour, interval_columns, prompt_deltas, store_label
 
 
 def _store_rows(results: Results, store: Store) -> pd.DataFrame:
@@ -18,24 +19,93 @@ def _store_rows(results: Results, store: Store) -> pd.DataFrame:
     return probes[(probes["model"] == store[0]) & (probes["prompt"] == store[1])].sort_values("x")
 
 
+@dataclass(frozen=True)
+class Estimate:
+    """A table cell: a value with its 95% interval, e.g. '0.3012 [0.2950, 0.3071]'."""
+
+    value: float
+    low: float
+    high: float
+
+    def __str__(self) -> str:
+        if math.isnan(self.value):
+            return "–"
+        bounds = "" if math.isnan(self.low) else f" [{self.low:.4f}, {self.high:.4f}]"
+        return f"{self.value:.4f}{bounds}"
+
+
+@dataclass(frozen=True)
+class Difference:
+    """A table cell: a paired difference, its 95% interval and, optionally, what it compares to."""
+
+    delta: float
+    low: float
+    high: float
+    significant: bool
+    versus: str = ""
+
+    def __str__(self) -> str:
+        if math.isnan(self.delta):
+            return "–"
+        bounds = "" if math.isnan(self.low) else f" [{self.low:+.4f}, {self.high:+.4f}]"
+        verdict = "" if self.significant or abs(self.delta) < IDENTICAL else " n.s."
+        return f"{self.delta:+.4f}{bounds}{verdict}" + (f" vs {self.versus}" if self.versus else "")
+
+    @property
+    def colour(self) -> str:
+        return delta_colour(self.delta, self.significant)
+
+
 def summary(results: Results) -> pd.DataFrame:
-    """One row per (model, prompt): its best layer by validation mIoU and how training went there."""
-    deltas = prompt_deltas(results).set_index(["model", "prompt", "layer"])["delta"]
+    """One row per (model, prompt): its best layer by validation mIoU (with its interval), how
+    much it beats the next best layer and the general prompt (paired intervals), and training."""
+    deltas = prompt_deltas(results).set_index(["model", "prompt", "layer"])
     rows = []
     for store in results.store_list():
         frame = _store_rows(results, store).dropna(subset=["miou"])
         if frame.empty:
             continue
-        best = frame.loc[frame["miou"].idxmax()]
-        delta = deltas.get((store[0], store[1], best["layer"]), np.nan)
+        ranked = frame.sort_values("miou", ascending=False, kind="stable")
+        best = ranked.iloc[0]
+        key = (store[0], store[1], best["layer"])
+        prompt_delta = (Difference(*deltas.loc[key, ["delta", "low", "high", "significant"]])
+                        if key in deltas.index else None)
         still = best["best_epoch"] == best["epochs"]
         rows.append({"model / prompt": store_label(store), "best layer": best["layer"],
-                     "best mIoU": best["miou"], "pixel acc": best["acc"],
-                     "last layer mIoU": frame["miou"].iloc[-1], "Δ vs general prompt": delta,
+                     "best mIoU [95% CI]": Estimate(best["miou"], best["miou_low"], best["miou_high"]),
+                     "best − next best layer": next_layer_difference(results, store, ranked),
+                     "pixel acc": best["acc"], "last layer mIoU": frame["miou"].iloc[-1],
+                     "Δ vs general prompt": prompt_delta,
                      "best epoch": f"{int(best['best_epoch'])} / {int(best['epochs'])}" + (" (last: still improving?)"
                                                                                               if still else ""),
                      "layers probed": len(frame)})
+        if results.probes["seeds"].max() > 1:
+            rows[-1]["best layer over seeds (mean ± sd)"] = _seed_spread(best)
     return pd.DataFrame(rows)
+
+
+def _seed_spread(row: pd.Series) -> str:
+    if pd.isna(row["seeds"]) or row["seeds"] < 2:
+        return "–"
+    return f"{row['seed_mean']:.4f} ± {row['seed_sd']:.4f} ({int(row['seeds'])} seeds)"
+
+
+def next_layer_difference(results: Results, store: Store, ranked: pd.DataFrame) -> Difference | None:
+    """Best layer minus the runner-up, paired over the same validation images: is 'best' real?"""
+    if len(ranked) < 2:
+        return None
+    best, runner_up = ranked.iloc[0], ranked.iloc[1]
+    interval = results.paired((store[0], store[1], runner_up["layer"]), (store[0], store[1], best["layer"]))
+    columns = interval_columns(interval)
+    return Difference(best["miou"] - runner_up["miou"], columns["low"], columns["high"], columns["significant"],
+                      runner_up["layer"])
+
+
+def probes_csv(results: Results) -> pd.DataFrame:
+    """Every probe with its interval (the report writes it as probes.csv beside its figures)."""
+    columns = ["model", "store_prompt", "probe", "prompt", "layer", "miou", "miou_low", "miou_high", "seeds",
+               "seed_mean", "seed_sd", "acc", "best_epoch", "epochs"]
+    return results.probes[columns].rename(columns={"prompt": "series"})
 
 
 def spearman(scan: pd.DataFrame, probes: pd.DataFrame) -> float:
@@ -193,7 +263,7 @@ def _disk_bytes(results: Results, store: str | None) -> float | None:
 
 
 SCAN_MARGIN = 0.10  # scan mIoU above the trained probe's by more than this: the probe under-performs
-GAP_MARGIN = 0.30  # final train mIoU above test mIoU by more than this: over-fitting or an eval problem
+GAP_MARGIN = 0.30  # final running train mIoU above test mIoU by more than this: over-fitting or an eval problem
 
 
 def diagnostics(results: Results) -> list[str]:
@@ -222,11 +292,11 @@ def diagnostics(results: Results) -> list[str]:
     curves = results.curves
     if not curves.empty:
         last = curves.sort_values("epoch").groupby(["model", "prompt", "layer"]).tail(1)
-        gap = last[last["train_miou"] - last["test_miou"] > GAP_MARGIN]
+        gap = last[last["running_train_miou"] - last["test_miou"] > GAP_MARGIN]
         if not gap.empty:
-            listed = ", ".join(f"{store_label((r.model, r.prompt))} {r.layer} (train {r.train_miou:.2f}, "
+            listed = ", ".join(f"{store_label((r.model, r.prompt))} {r.layer} (running train {r.running_train_miou:.2f}, "
                                f"test {r.test_miou:.2f})" for r in gap.itertuples())
-            out.append(f"Train mIoU exceeds test mIoU by more than {GAP_MARGIN:g} at the last epoch on {len(gap)} "
+            out.append(f"Running train mIoU exceeds test mIoU by more than {GAP_MARGIN:g} at the last epoch on {len(gap)} "
                        f"probe(s): {listed}. Over-fitting, or train and test see differently scaled features.")
     return out
 
