@@ -19,6 +19,7 @@ from layerprobe.report.axis import LayerAxis
 from layerprobe.plan import requested
 from layerprobe.report.benchmarks import read_benchmarks
 from layerprobe.report.collect import collect
+from layerprobe.scan_agreement import rank_agreement
 from layerprobe.store import human_bytes
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -175,8 +176,10 @@ def test_scan_agreement(fake_run: tuple[dict, Path]) -> None:
     assert set(table.index) == {"tiny_vit", "tiny_llava · describe", "tiny_llava · describe_category"}
     assert (table["Spearman ρ"] > 0.5).all()  # the fabricated scan follows the probes' profile
     assert table.loc["tiny_llava · describe", "scanned layers"] == 8  # every key, vision_00 included
-    scan, probes = found.scan, found.probes
-    assert tables._spearman_fallback(scan, probes) == pytest.approx(tables.spearman(scan, probes))
+    # rank_agreement against pandas' own ranking and correlation.
+    on = ["model", "prompt", "layer"]
+    both = found.scan[on + ["miou"]].merge(found.probes[on + ["miou"]], on=on).dropna()
+    assert rank_agreement(found.scan, found.probes) == pytest.approx(both["miou_x"].rank().corr(both["miou_y"].rank()))
 
 
 def test_scan_disabled_drops_the_section(tmp_path: Path) -> None:

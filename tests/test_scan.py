@@ -13,7 +13,7 @@ import torch
 import torch.nn.functional as F
 import zarr
 
-from layerprobe import ridge, scan, scan_cost
+from layerprobe import ridge, scan, scan_agreement, scan_cost
 from layerprobe import upsample as ups
 from layerprobe.backbones.base import Backbone
 from layerprobe.metrics import SegmentationMeter
@@ -288,12 +288,12 @@ def test_rank_agreement() -> None:
     frame = lambda values, names=layers: pd.DataFrame(  # noqa: E731
         {"model": "m", "prompt": "none", "layer": names, "miou": values})
     probes = frame([0.1, 0.3, 0.2, 0.5, 0.4])
-    assert scan.rank_agreement(frame([1, 3, 2, 5, 4]), probes) == pytest.approx(1.0)
-    assert scan.rank_agreement(frame([5, 3, 4, 1, 2]), probes) == pytest.approx(-1.0)
+    assert scan_agreement.rank_agreement(frame([1, 3, 2, 5, 4]), probes) == pytest.approx(1.0)
+    assert scan_agreement.rank_agreement(frame([5, 3, 4, 1, 2]), probes) == pytest.approx(-1.0)
     # Only common layers count; ties get mean ranks (textbook value for this case: 0.9487).
     partial = frame([1.0, 2.0, 2.0, 3.0], layers[:4])
-    assert scan.rank_agreement(partial, frame([0.1, 0.2, 0.3, 0.4, 0.9])) == pytest.approx(0.9486833)
-    assert math.isnan(scan.rank_agreement(frame([1.0], layers[:1]), probes))
+    assert scan_agreement.rank_agreement(partial, frame([0.1, 0.2, 0.3, 0.4, 0.9])) == pytest.approx(0.9486833)
+    assert math.isnan(scan_agreement.rank_agreement(frame([1.0], layers[:1]), probes))
 
 
 def test_scan_keys() -> None:
