@@ -41,7 +41,7 @@ VERSIONS = {"data": 2, "features": 1, "probe": 2, "scan": 2, "synthetic": 1}
 MODEL_KEYS = ("kind", "arch", "pretrained", "hub_id", "dtype", "attn_implementation", "prompt_format")
 PROBE_KEYS = ("epochs", "lr", "weight_decay", "batch_size", "seed", "batchnorm", "ram_budget_mb", "loader_mode",
               "device", "saved_predictions")
-SCAN_KEYS = ("lambdas", "batch_size", "layers")
+SCAN_KEYS = ("lambdas", "batch_size", "layers", "holdout_fraction", "holdout_seed")
 
 
 class StaleResultError(RuntimeError):
