@@ -60,6 +60,7 @@ def test_report_names_best_layers_and_facts(built: tuple[dict, Path, str]) -> No
     _, _, html = built
     assert "layer_03" in html and "tiny_llava · describe_category" in html
     assert "Spearman" in html and "peak RSS" in html
+    assert "chosen on held-out training images (10% of them" in html and "scored once" in html
     for package in ("torch", "transformers", "open_clip_torch", "zarr", "snakemake"):
         assert f"<th>{package}</th>" in html
     assert "git commit" in html and "prompt_format" in html  # run facts and the config
