@@ -192,10 +192,11 @@ def _scan(results: Path, model: str, prompt: str, spec: Any, rng: np.random.Gene
           fingerprint: lp_fp.Fingerprint) -> None:
     path = results / "scan" / model / f"{prompt}.csv"
     path.parent.mkdir(parents=True, exist_ok=True)
-    lines = ["model,prompt,layer,variant,best_lambda,miou,acc"]
+    lines = ["model,prompt,layer,variant,best_lambda,miou,acc,holdout_miou"]
     for key in _all_keys(spec):
         miou = _profile(model, prompt, key, spec) * 0.8 + rng.normal(0, 0.01)
-        lines.append(f"{model},{prompt},{key},patch,{rng.choice([0.1, 1.0, 10.0])},{miou:.6f},{miou + 0.3:.6f}")
+        lines.append(f"{model},{prompt},{key},patch,{rng.choice([0.1, 1.0, 10.0])},{miou:.6f},{miou + 0.3:.6f},"
+                     f"{miou + 0.02:.6f}")
     path.write_text("\n".join(lines) + "\n")
     lp_fp.write(path.with_suffix(".json"), fingerprint)
 

@@ -25,6 +25,7 @@ def test_real_and_demo_configs_validate_with_defaults():
     real = lp_config.load(ROOT / "config/config.yaml")
     assert real["models"]["llava15_7b"]["layers"] == [1, 2, 4, 8, 12, 16, 20, 24, 28, 31, 32]
     assert real["models"]["clip_b16"]["arch"].endswith("quickgelu")
+    assert (demo["scan"]["holdout_fraction"], demo["scan"]["holdout_seed"]) == (0.1, 0)
 
 
 def test_unknown_key_is_named():
@@ -68,6 +69,11 @@ def test_prompt_errors_are_named():
 def test_several_prompts_with_image_first_format_is_an_error():
     msg = _bad(lambda c: c["models"]["tiny_llava"].update(prompt_format="USER: <image>\n{prompt} ASSISTANT:"))
     assert "models.tiny_llava.prompt_format" in msg and "identical" in msg
+
+
+def test_scan_holdout_fraction_is_a_proper_share():
+    for value in (0, 1, 1.5):
+        assert "scan.holdout_fraction" in _bad(lambda c, v=value: c["scan"].update(holdout_fraction=v))
 
 
 def test_missing_dataset_root_is_named():

@@ -59,6 +59,9 @@ SCANS = {"scan:tiny_vit/none", "scan:tiny_llava/describe", "scan:tiny_llava/desc
     (lambda c: c["models"]["tiny_vit"].update(concat_cls=[False, True]),
      {f"probe:tiny_vit/none/layer_{i:02d}+cls" for i in range(5)} | {"report"}),
     (lambda c: c["scan"].update(lambdas=[0.1, 1.0]), SCANS | {"report"}),
+    (lambda c: c["scan"].update(holdout_fraction=0.25), SCANS | {"report"}),
+    (lambda c: c["scan"].update(holdout_seed=3), SCANS | {"report"}),
+    (lambda c: c["scan"].update(max_stats_mb=1), set()),
     (lambda c: c["models"]["tiny_llava"]["prompts"][1].update(text="Find the {category} here"),
      {"store:tiny_llava/describe_category", "scan:tiny_llava/describe_category", "report"}
      | {p for p in LLAVA_PROBES if "describe_category" in p}),

@@ -19,6 +19,7 @@ from layerprobe.report.axis import LayerAxis
 from layerprobe.plan import requested
 from layerprobe.report.benchmarks import read_benchmarks
 from layerprobe.report.collect import collect
+from layerprobe.scan_agreement import rank_agreement
 from layerprobe.store import human_bytes
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -59,6 +60,7 @@ def test_report_names_best_layers_and_facts(built: tuple[dict, Path, str]) -> No
     _, _, html = built
     assert "layer_03" in html and "tiny_llava · describe_category" in html
     assert "Spearman" in html and "peak RSS" in html
+    assert "chosen on held-out training images (10% of them" in html and "scored once" in html
     for package in ("torch", "transformers", "open_clip_torch", "zarr", "snakemake"):
         assert f"<th>{package}</th>" in html
     assert "git commit" in html and "prompt_format" in html  # run facts and the config
@@ -184,8 +186,10 @@ def test_scan_agreement(fake_run: tuple[dict, Path]) -> None:
     assert set(table.index) == {"tiny_vit", "tiny_llava · describe", "tiny_llava · describe_category"}
     assert (table["Spearman ρ"] > 0.5).all()  # the fabricated scan follows the probes' profile
     assert table.loc["tiny_llava · describe", "scanned layers"] == 8  # every key, vision_00 included
-    scan, probes = found.scan, found.probes
-    assert tables._spearman_fallback(scan, probes) == pytest.approx(tables.spearman(scan, probes))
+    # rank_agreement against pandas' own ranking and correlation.
+    on = ["model", "prompt", "layer"]
+    both = found.scan[on + ["miou"]].merge(found.probes[on + ["miou"]], on=on).dropna()
+    assert rank_agreement(found.scan, found.probes) == pytest.approx(both["miou_x"].rank().corr(both["miou_y"].rank()))
 
 
 def test_scan_disabled_drops_the_section(tmp_path: Path) -> None:

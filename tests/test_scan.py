@@ -1,5 +1,6 @@
 """Layer scan: the streaming ridge solution, the token targets, the fast upsampled argmax, the
-mIoU bookkeeping and an end-to-end scan where an informative layer must beat a noise layer."""
+mIoU bookkeeping, the held-out choice of lambda (validation never chooses) and an end-to-end scan
+where an informative layer must beat a noise layer."""
 
 from __future__ import annotations
 
@@ -13,7 +14,7 @@ import torch
 import torch.nn.functional as F
 import zarr
 
-from layerprobe import ridge, scan, scan_cost
+from layerprobe import ridge, scan, scan_agreement, scan_cost
 from layerprobe import upsample as ups
 from layerprobe.backbones.base import Backbone
 from layerprobe.metrics import SegmentationMeter
@@ -195,13 +196,15 @@ class FakeBackbone(Backbone):
         return {k: out[k] for k in keys}, {}
 
 
-def _fake_store(path: Path, counts: dict[str, int]) -> zarr.Group:
-    """A data store as preprocess writes it: patch-uniform classes, the class in the red channel."""
+def _fake_store(path: Path, counts: dict[str, int], class_p: list[float] | None = None) -> zarr.Group:
+    """A data store as preprocess writes it: patch-uniform classes (uniform, or drawn with
+    probabilities `class_p`), the class in the red channel."""
     rng = np.random.default_rng(0)
     group = zarr.open_group(path, mode="w")
     side = GRID * PATCH
     for split, n in counts.items():
-        classes = rng.integers(0, NUM, size=(n, GRID, GRID))
+        shape = (n, GRID, GRID)
+        classes = rng.integers(0, NUM, size=shape) if class_p is None else rng.choice(NUM, size=shape, p=class_p)
         labels = classes.repeat(PATCH, 1).repeat(PATCH, 2).astype(np.uint8)
         images = np.zeros((n, side, side, 3), np.uint8)
         images[..., 0] = labels * 40
@@ -213,10 +216,23 @@ def _fake_store(path: Path, counts: dict[str, int]) -> zarr.Group:
     return group
 
 
-def _naive_miou(backbone: Backbone, data: zarr.Group, key: str, weight: torch.Tensor, bias: torch.Tensor) -> float:
+def _copy_store(data: zarr.Group, path: Path, **replace: np.ndarray) -> zarr.Group:
+    """A copy of a data store with some arrays replaced, e.g. `validation_labels=...`."""
+    group = zarr.open_group(path, mode="w")
+    for split in ("training", "validation"):
+        for name in ("images", "labels"):
+            source = data[f"{split}/{name}"]
+            group.create_array(f"{split}/{name}", data=replace.get(f"{split}_{name}", source[:]), chunks=source.chunks)
+    return group
+
+
+def _naive_miou(backbone: Backbone, data: zarr.Group, key: str, weight: torch.Tensor, bias: torch.Tensor,
+                split: str = "validation", rows: np.ndarray | None = None) -> float:
     """The probes' definition, spelled out: logits -> bilinear upsample -> argmax -> meter."""
     meter = SegmentationMeter(scan.NUM_CLASSES)
-    images, labels = data["validation/images"][:], data["validation/labels"][:]
+    images, labels = data[f"{split}/images"][:], data[f"{split}/labels"][:]
+    if rows is not None:
+        images, labels = images[rows], labels[rows]
     tokens, _ = backbone.extract(torch.from_numpy(images), None, [key])
     logits = (tokens[key].double() @ weight + bias).float()
     logits = logits.view(len(images), GRID, GRID, -1).permute(0, 3, 1, 2)
@@ -234,17 +250,86 @@ def test_scan_ranks_informative_layer_and_matches_probe_metric(tmp_path: Path) -
     assert table["layer"].tolist() == ["layer_00", "layer_01"]  # forward order
     miou = table.set_index("layer")["miou"]
     assert miou["layer_01"] > 0.95 and miou["layer_00"] < 0.5
-    # One extract call per batch with every key: 5 training + 2 validation batches.
-    assert [c[:2] for c in backbone.calls] == [(8, ("layer_00", "layer_01"))] * 5 + [(8, ("layer_00", "layer_01")),
-                                                                                      (4, ("layer_00", "layer_01"))]
-    # Same mIoU as the probes' pipeline, for every lambda.
-    stats = scan.fit_pass(backbone, data, None, ["layer_01"], backbone.dims(), None, 8, scan.NUM_CLASSES,
-                          torch.device("cpu"), "test")
-    weights, bias = stats["layer_01"].solve(lambdas)
-    grid = pd.DataFrame(table.attrs["grid"]).set_index(["layer", "lambda"])["miou"]
-    for i, lam in enumerate(lambdas):
-        assert _naive_miou(backbone, data, "layer_01", weights[i], bias[i]) == pytest.approx(
-            grid[("layer_01", lam)], abs=1e-3), lam
+    # One extract call per batch with every key: 36 fit, 4 held-out (10% of 40), 12 validation images.
+    both = ("layer_00", "layer_01")
+    assert [c[:2] for c in backbone.calls] == [(8, both)] * 4 + [(4, both), (4, both), (8, both), (4, both)]
+    # Same mIoU as the probes' pipeline: every lambda on the held-out training images, with
+    # statistics of the other training images; validation at the chosen lambda only.
+    fit, held = scan.holdout_split(None, 40, 0.1, 0)
+    grid = pd.DataFrame(table.attrs["grid"]).set_index(["layer", "lambda"])
+    assert list(grid.columns) == ["holdout_miou", "holdout_acc"]
+    for key, row in table.set_index("layer").iterrows():
+        stats = scan.fit_pass(backbone, data, fit, [key], backbone.dims(), None, 8, scan.NUM_CLASSES,
+                              torch.device("cpu"), "test")
+        weights, bias = stats[key].solve(lambdas)
+        for i, lam in enumerate(lambdas):
+            assert _naive_miou(backbone, data, key, weights[i], bias[i], "training", held) == pytest.approx(
+                grid.loc[(key, lam), "holdout_miou"], abs=1e-3), (key, lam)
+        i = lambdas.index(row["best_lambda"])
+        assert grid.loc[(key, row["best_lambda"]), "holdout_miou"] == row["holdout_miou"]
+        assert grid.loc[key, "holdout_miou"].max() == row["holdout_miou"]
+        assert _naive_miou(backbone, data, key, weights[i], bias[i]) == pytest.approx(row["miou"], abs=1e-3), key
+
+
+def test_holdout_split() -> None:
+    for n, fraction, seed, size in [(40, 0.1, 0, 4), (40, 0.1, 1, 4), (10, 0.25, 0, 2), (3, 0.01, 0, 1),
+                                    (3, 0.99, 5, 2), (2, 0.5, 0, 1)]:
+        fit, held = scan.holdout_split(None, n, fraction, seed)
+        assert len(held) == size and len(fit) == n - size, (n, fraction)
+        assert set(fit).isdisjoint(held) and sorted([*fit, *held]) == list(range(n))
+        again = scan.holdout_split(None, n, fraction, seed)
+        assert np.array_equal(fit, again[0]) and np.array_equal(held, again[1])
+    assert not np.array_equal(scan.holdout_split(None, 40, 0.1, 0)[1], scan.holdout_split(None, 40, 0.1, 1)[1])
+    # From the rows in use, in any order: the same positions of the sorted rows as for range(n).
+    rows = [30, 2, 17, 9, 25, 11, 4, 40, 8, 21]
+    fit, held = scan.holdout_split(rows, 50, 0.25, 3)
+    positions = scan.holdout_split(None, len(rows), 0.25, 3)
+    assert np.array_equal(held, np.sort(rows)[positions[1]]) and np.array_equal(fit, np.sort(rows)[positions[0]])
+    for bad in ([7], []):
+        with pytest.raises(ValueError, match="scan.holdout_fraction"):
+            scan.holdout_split(bad, 50, 0.1, 0)
+    with pytest.raises(ValueError, match="scan.holdout_fraction"):
+        scan.holdout_split(None, 10, 1.0, 0)
+
+
+def test_scan_with_one_training_image_names_the_key(tmp_path: Path) -> None:
+    data = _fake_store(tmp_path / "data.zarr", {"training": 4, "validation": 4})
+    backbone = FakeBackbone()
+    with pytest.raises(ValueError, match="scan.holdout_fraction"):
+        scan.run_scan(backbone, data, {"training": [2]}, ["layer_01"], None, [1.0], batch_size=4)
+    assert backbone.calls == []  # refused before any forward
+
+
+def test_validation_never_chooses_lambda(tmp_path: Path) -> None:
+    """Two stores that differ only in their validation labels: the same lambdas are chosen, and
+    validation mIoU differs. Chosen by validation (as the scan once did) they would differ: in the
+    copy every validation label is the training majority class, which only the huge lambda
+    (weights ~0, the bias predicts the majority everywhere) gets right."""
+    p = [0.5] + [0.1] * (NUM - 1)
+    data = _fake_store(tmp_path / "a.zarr", {"training": 40, "validation": 12}, class_p=p)
+    labels = data["validation/labels"][:]
+    copy = _copy_store(data, tmp_path / "b.zarr", validation_labels=np.where(labels == 255, 255, 0).astype(np.uint8))
+    lambdas, keys = [0.01, 1.0, 1e6], ["layer_00", "layer_01"]
+    tables = [scan.run_scan(FakeBackbone(), d, None, keys, None, lambdas, batch_size=8).set_index("layer")
+              for d in (data, copy)]
+    assert tables[0]["best_lambda"].equals(tables[1]["best_lambda"])
+    assert tables[0]["holdout_miou"].equals(tables[1]["holdout_miou"])
+    assert tables[0].attrs["grid"] == tables[1].attrs["grid"]
+    assert (tables[0]["miou"] - tables[1]["miou"]).abs().min() > 0.1
+    assert tables[0].loc["layer_01", "best_lambda"] < 1e6
+    by_validation = [_validation_choice(d, keys, lambdas) for d in (data, copy)]
+    assert by_validation[1]["layer_01"] == 1e6 != by_validation[0]["layer_01"]  # the test can tell
+
+
+def _validation_choice(data: zarr.Group, keys: list[str], lambdas: list[float]) -> dict[str, float]:
+    """The lambda per layer that validation mIoU would choose (the scan's old, optimistic rule)."""
+    backbone = FakeBackbone()
+    fit, _ = scan.holdout_split(None, data["training/images"].shape[0], 0.1, 0)
+    cpu = torch.device("cpu")
+    stats = scan.fit_pass(backbone, data, fit, keys, backbone.dims(), None, 8, scan.NUM_CLASSES, cpu, "fit")
+    heads = {k: scan._solve(stats[k], lambdas)[0] for k in keys}
+    meters = scan.score_pass(backbone, data, None, heads, None, 8, scan.NUM_CLASSES, cpu, "validation")
+    return {k: lambdas[scan._best(meters[k])] for k in keys}
 
 
 def test_scan_in_groups_and_with_prompts(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
@@ -263,9 +348,10 @@ def test_scan_in_groups_and_with_prompts(tmp_path: Path, caplog: pytest.LogCaptu
                               max_stats_bytes=budget)
     assert "2 groups" in caplog.text
     keys = [c[1] for c in backbone.calls]
-    assert keys == [("layer_00",)] * 3 + [("layer_01",)] * 3 + [("layer_00", "layer_01")]
+    # 11 fit images per group (1 of the 12 rows held out), then hold-out and validation, every key.
+    assert keys == [("layer_00",)] * 3 + [("layer_01",)] * 3 + [("layer_00", "layer_01")] * 2
     assert all(c[2] is not None and len(c[2]) == c[0] for c in backbone.calls)
-    assert seen == [4] * 7
+    assert seen == [4, 4, 3] * 2 + [1, 4]
     assert set(table["prompt"]) == {"p1"} and set(table["model"]) == {"fake"}
     assert len(pd.concat([table, table])) == 4  # attrs hold plain data: frames still concatenate
 
@@ -288,12 +374,12 @@ def test_rank_agreement() -> None:
     frame = lambda values, names=layers: pd.DataFrame(  # noqa: E731
         {"model": "m", "prompt": "none", "layer": names, "miou": values})
     probes = frame([0.1, 0.3, 0.2, 0.5, 0.4])
-    assert scan.rank_agreement(frame([1, 3, 2, 5, 4]), probes) == pytest.approx(1.0)
-    assert scan.rank_agreement(frame([5, 3, 4, 1, 2]), probes) == pytest.approx(-1.0)
+    assert scan_agreement.rank_agreement(frame([1, 3, 2, 5, 4]), probes) == pytest.approx(1.0)
+    assert scan_agreement.rank_agreement(frame([5, 3, 4, 1, 2]), probes) == pytest.approx(-1.0)
     # Only common layers count; ties get mean ranks (textbook value for this case: 0.9487).
     partial = frame([1.0, 2.0, 2.0, 3.0], layers[:4])
-    assert scan.rank_agreement(partial, frame([0.1, 0.2, 0.3, 0.4, 0.9])) == pytest.approx(0.9486833)
-    assert math.isnan(scan.rank_agreement(frame([1.0], layers[:1]), probes))
+    assert scan_agreement.rank_agreement(partial, frame([0.1, 0.2, 0.3, 0.4, 0.9])) == pytest.approx(0.9486833)
+    assert math.isnan(scan_agreement.rank_agreement(frame([1.0], layers[:1]), probes))
 
 
 def test_scan_keys() -> None:

@@ -64,7 +64,7 @@ def test_demo_scan_ranking_agrees_with_probes(demo_run):
     """Issue 7: the scan ranks layers as the cross-entropy probes do (Spearman >= 0.8 per model
     and prompt, on the layers both ran). The tiny models' `mixing` makes deeper layers lose
     spatial detail, so their layers truly differ."""
-    from layerprobe.scan import rank_agreement
+    from layerprobe.scan_agreement import rank_agreement
 
     rows = [json.loads(p.read_text()) for p in (demo_run / "results/probes").glob("*/*/*/metrics.json")]
     probes = pd.DataFrame(rows)[["model", "prompt", "layer", "miou"]]

@@ -36,12 +36,13 @@ from .specs import model_spec
 # data 2: images read with their EXIF orientation applied, as mmseg does.
 # probe 2: the loader keeps 4 batch buffers (was 3), so a budget holds smaller windows: another order.
 # probe 3: per_image.npz and the mIoU's interval; epochs.csv says running_train_* (same training).
-VERSIONS = {"data": 2, "features": 1, "probe": 3, "scan": 1, "synthetic": 1}
+# scan 2: lambda chosen on held-out training images, not validation; validation scored once at it.
+VERSIONS = {"data": 2, "features": 1, "probe": 3, "scan": 2, "synthetic": 1}
 # Model-entry keys that decide the weights and the forward of a model (not which layers are kept).
 MODEL_KEYS = ("kind", "arch", "pretrained", "hub_id", "dtype", "attn_implementation", "prompt_format")
 PROBE_KEYS = ("epochs", "lr", "weight_decay", "batch_size", "batchnorm", "ram_budget_mb", "loader_mode",
               "device", "saved_predictions")
-SCAN_KEYS = ("lambdas", "batch_size", "layers")
+SCAN_KEYS = ("lambdas", "batch_size", "layers", "holdout_fraction", "holdout_seed")
 
 
 class StaleResultError(RuntimeError):

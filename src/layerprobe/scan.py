@@ -3,10 +3,16 @@
 While the frozen model runs over the training split, every requested layer accumulates the
 sufficient statistics of a ridge regression from a patch token to its patch's label distribution
 (`ridge.RidgeStats`). One eigendecomposition per layer then gives the ridge solution for a whole
-grid of penalties at once, and a second pass over the validation split scores every layer x
-penalty with the probes' mIoU (logits on the token grid -> bilinear upsampling to label size ->
-argmax -> `SegmentationMeter`, computed exactly by `upsample.UpsampleArgmax`). Nothing but the
-result table is written. The scan fits patch tokens only (no CLS): the table's `variant` says so.
+grid of penalties at once. Scores are the probes' mIoU (logits on the token grid -> bilinear
+upsampling to label size -> argmax -> `SegmentationMeter`, computed exactly by
+`upsample.UpsampleArgmax`).
+
+The penalty is chosen without looking at the validation split: a seeded share of the training
+images (`holdout_split`) is held out of the statistics, every layer x penalty is scored on it,
+each layer keeps its best penalty, and only then is the validation split scored, once per layer
+with that penalty. So the reported validation mIoU is not the maximum over a grid of it.
+Nothing but the result table is written. The scan fits patch tokens only (no CLS): the table's
+`variant` says so.
 """
 
 from __future__ import annotations
@@ -32,7 +38,8 @@ from .upsample import CellLabels, UpsampleArgmax, count_sparse
 
 log = logging.getLogger("layerprobe.scan")
 
-COLUMNS = ["model", "prompt", "layer", "variant", "best_lambda", "miou", "acc"]
+# miou/acc: validation, at best_lambda; holdout_miou: the held-out training images that chose it.
+COLUMNS = ["model", "prompt", "layer", "variant", "best_lambda", "miou", "acc", "holdout_miou"]
 VARIANT = "patch"  # the probe variant the scan fits: patch tokens, no CLS concatenated
 # Gets the batch's uint8 labels (B, H, W) and returns one prompt per image (e.g. {category} filled).
 PromptsFn = Callable[[np.ndarray], list[str]]
@@ -94,8 +101,8 @@ def fit_pass(backbone: Backbone, data: Any, rows: Sequence[int] | None, keys: li
 
 def score_pass(backbone: Backbone, data: Any, rows: Sequence[int] | None, heads: dict[str, Head],
                prompts_fn: PromptsFn | None, batch_size: int, num_classes: int, device: torch.device,
-               desc: str) -> dict[str, list[SegmentationMeter]]:
-    """One pass over the validation split scoring every key x lambda with the solved heads.
+               desc: str, split: str = "validation") -> dict[str, list[SegmentationMeter]]:
+    """One pass over `split` (its `rows`) scoring every key x lambda of the solved heads.
 
     One layer at a time: its logits for all lambdas (a few MB) stay in cache; stacking layers
     into bigger calls was measured slower on CPU.
@@ -105,8 +112,8 @@ def score_pass(backbone: Backbone, data: Any, rows: Sequence[int] | None, heads:
     meters = {k: [SegmentationMeter(num_classes) for _ in range(n_lambdas)] for k in keys}
     g = backbone.grid
     upsample: UpsampleArgmax | None = None
-    total = math.ceil(_count(data, "validation", rows) / batch_size)
-    batches = _batches(data, "validation", rows, batch_size)
+    total = math.ceil(_count(data, split, rows) / batch_size)
+    batches = _batches(data, split, rows, batch_size)
     for images, labels in progress(batches, desc=desc, total=total, unit="batch"):
         if upsample is None:
             upsample = UpsampleArgmax(g, tuple(labels.shape[1:]), device)
@@ -128,16 +135,40 @@ def _logits(head: Head, tokens: torch.Tensor, grid: int) -> torch.Tensor:
     return torch.baddbmm(bias, x, weight).view(len(weight) * b, grid, grid, len(classes))
 
 
+def holdout_split(rows: Sequence[int] | None, n_rows: int, fraction: float,
+                  seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """(fit rows, held-out rows) of the training rows in use (`rows`, or all `n_rows`), both sorted.
+
+    Which positions are held out depends on (number of rows in use, fraction, seed) only:
+    round(fraction * n), at least 1 and leaving at least 1 to fit on.
+    """
+    in_use = np.arange(n_rows) if rows is None else np.sort(np.asarray(rows, dtype=np.int64))
+    n = len(in_use)
+    if not 0 < fraction < 1:
+        raise ValueError(f"scan.holdout_fraction must be in (0, 1), got {fraction}")
+    if n < 2:
+        raise ValueError(f"scan.holdout_fraction: the scan chooses lambda on held-out training images and fits on "
+                         f"the others, so it needs at least 2 training images; it has {n}")
+    size = min(n - 1, max(1, round(fraction * n)))
+    held = np.zeros(n, dtype=bool)
+    held[np.random.default_rng(seed).permutation(n)[:size]] = True
+    return in_use[~held], in_use[held]
+
+
 def run_scan(backbone: Backbone, data_group: Any, split_rows: dict[str, Sequence[int]] | None, keys: list[str],
              prompts_fn: PromptsFn | None, lambdas: Sequence[float], batch_size: int, *, prompt: str = "none",
              num_classes: int = NUM_CLASSES, max_stats_bytes: int | None = None,
-             device: str | torch.device = "cpu") -> pd.DataFrame:
-    """Rank layers: ridge statistics on the training split, solve, score on the validation split.
+             device: str | torch.device = "cpu", holdout_fraction: float = 0.1,
+             holdout_seed: int = 0) -> pd.DataFrame:
+    """Rank layers: fit on most training images, choose lambda on the rest, score validation once.
 
-    split_rows: rows per split of the data store to use (None: all). Returns one row per layer
-    with columns model, prompt, layer, variant ("patch": the probe without CLS), best_lambda, miou,
-    acc. `df.attrs` (plain data, so frames still concatenate) holds the full grid (`grid`: records
-    layer, lambda, miou, acc), the wall time per phase (`seconds`) and each layer's absolute
+    split_rows: rows per split of the data store to use (None: all); the hold-out
+    (`holdout_split`, the config's `scan.holdout_*`) is drawn from the training rows in use.
+    Returns one row per layer with columns model, prompt, layer, variant ("patch": the probe
+    without CLS), best_lambda (best held-out mIoU, the smallest on ties), miou and acc (validation,
+    at best_lambda), holdout_miou. `df.attrs` (plain data, so frames still concatenate) holds
+    `grid`: records layer, lambda, holdout_miou, holdout_acc for every lambda (held-out training
+    images, never validation), the wall time per phase (`seconds`) and each layer's absolute
     penalty per unit lambda (`lambda_scale`).
     """
     device = torch.device(device)
@@ -145,17 +176,42 @@ def run_scan(backbone: Backbone, data_group: Any, split_rows: dict[str, Sequence
     backbone.check_keys(keys)
     lambdas = sorted(float(x) for x in lambdas)
     dims = {k: backbone.dims()[k] for k in keys}
-    rows = split_rows or {}
+    rows = dict(split_rows or {})
+    fit_rows, held_rows = holdout_split(rows.get("training"), _count(data_group, "training", None),
+                                        holdout_fraction, holdout_seed)
     groups = plan_groups(keys, dims, max_stats_bytes, num_classes)
     _log_plan(backbone, keys, dims, groups, max_stats_bytes, num_classes, rows)
-    seconds = {"fit": 0.0, "solve": 0.0, "score": 0.0}
+    log.info("lambda chosen on %d held-out training images (scan.holdout_fraction=%g, holdout_seed=%d); "
+             "statistics fitted on the other %d", len(held_rows), holdout_fraction, holdout_seed, len(fit_rows))
+    seconds = {"fit": 0.0, "solve": 0.0, "holdout": 0.0, "score": 0.0}
+    name = f"scan {backbone.name}/{prompt}"
+    heads, scales = _fit_heads(backbone, data_group, fit_rows, groups, dims, prompts_fn, lambdas, batch_size,
+                               num_classes, device, name, seconds)
+    t0 = time.perf_counter()
+    held = score_pass(backbone, data_group, held_rows, heads, prompts_fn, batch_size, num_classes, device,
+                      f"{name} hold-out", split="training")
+    best = {k: _best(held[k]) for k in keys}
+    t1 = time.perf_counter()
+    chosen = {k: _at(heads[k], best[k]) for k in keys}  # validation scores one lambda per layer
+    val = score_pass(backbone, data_group, rows.get("validation"), chosen, prompts_fn, batch_size, num_classes,
+                     device, f"{name} score")
+    seconds["holdout"], seconds["score"] = t1 - t0, time.perf_counter() - t1
+    table, grid = _summarise(backbone.name, prompt, keys, lambdas, best, held, val)
+    table.attrs.update({"grid": grid.to_dict("records"), "seconds": seconds, "lambda_scale": scales})
+    log.info("%s: %s", name, {k: round(v, 2) for k, v in seconds.items()})
+    return table
+
+
+def _fit_heads(backbone: Backbone, data: Any, rows: Sequence[int], groups: list[list[str]], dims: dict[str, int],
+               prompts_fn: PromptsFn | None, lambdas: list[float], batch_size: int, num_classes: int,
+               device: torch.device, name: str, seconds: dict[str, float]) -> tuple[dict[str, Head], dict[str, float]]:
+    """Ridge statistics on `rows`, one training pass per group of layers, solved for every lambda."""
     heads: dict[str, Head] = {}
     scales: dict[str, float] = {}
     for i, group in enumerate(groups):
         t0 = time.perf_counter()
-        label = f"scan {backbone.name}/{prompt} fit" + (f" group {i + 1}/{len(groups)}" if len(groups) > 1 else "")
-        stats = fit_pass(backbone, data_group, rows.get("training"), group, dims, prompts_fn, batch_size,
-                         num_classes, device, label)
+        label = f"{name} fit" + (f" group {i + 1}/{len(groups)}" if len(groups) > 1 else "")
+        stats = fit_pass(backbone, data, rows, group, dims, prompts_fn, batch_size, num_classes, device, label)
         t1 = time.perf_counter()
         for key in group:
             heads[key], scales[key] = _solve(stats.pop(key), lambdas)
@@ -164,15 +220,19 @@ def run_scan(backbone: Backbone, data_group: Any, split_rows: dict[str, Sequence
         del stats
         if device.type == "cuda":
             torch.cuda.empty_cache()
-    t0 = time.perf_counter()
-    meters = score_pass(backbone, data_group, rows.get("validation"), heads, prompts_fn, batch_size, num_classes,
-                        device, f"scan {backbone.name}/{prompt} score")
-    seconds["score"] = time.perf_counter() - t0
-    table, grid = _summarise(backbone.name, prompt, keys, lambdas, meters)
-    grid = grid.to_dict("records")
-    table.attrs.update({"grid": grid, "seconds": seconds, "lambda_scale": scales})
-    log.info("scan %s/%s: %s", backbone.name, prompt, {k: round(v, 2) for k, v in seconds.items()})
-    return table
+    return heads, scales
+
+
+def _best(meters: list[SegmentationMeter]) -> int:
+    """Index of the best mIoU; the first (the smallest lambda) on ties; NaN loses to any number."""
+    mious = np.array([m.miou() for m in meters])
+    return int(np.argmax(np.where(np.isnan(mious), -np.inf, mious)))
+
+
+def _at(head: Head, i: int) -> Head:
+    """The head of lambda number i alone (classes kept: dropping duplicates stays exact)."""
+    weight, bias, classes = head
+    return weight[i:i + 1], bias[i:i + 1], classes
 
 
 def _solve(stats: RidgeStats, lambdas: list[float]) -> tuple[Head, float]:
@@ -193,25 +253,26 @@ def _solve(stats: RidgeStats, lambdas: list[float]) -> tuple[Head, float]:
     return head, stats.lambda_scale()
 
 
-def _summarise(model: str, prompt: str, keys: list[str], lambdas: list[float],
-               meters: dict[str, list[SegmentationMeter]]) -> tuple[pd.DataFrame, pd.DataFrame]:
+def _summarise(model: str, prompt: str, keys: list[str], lambdas: list[float], best: dict[str, int],
+               held: dict[str, list[SegmentationMeter]],
+               val: dict[str, list[SegmentationMeter]]) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """The table (validation at each layer's chosen lambda) and the held-out grid it was chosen on."""
     records, grid, edge = [], [], []
     for key in keys:
-        mious = np.array([m.miou() for m in meters[key]])
-        accs = np.array([m.accuracy() for m in meters[key]])
-        best = int(np.argmax(np.where(np.isnan(mious), -np.inf, mious)))  # first = smallest lambda on ties
-        if len(lambdas) > 1 and best in (0, len(lambdas) - 1):
+        mious = [m.miou() for m in held[key]]
+        if len(lambdas) > 1 and best[key] in (0, len(lambdas) - 1):
             edge.append(key)
         records.append({"model": model, "prompt": prompt, "layer": key, "variant": VARIANT,
-                        "best_lambda": lambdas[best],
-                        "miou": float(mious[best]), "acc": float(accs[best])})
-        grid += [{"layer": key, "lambda": lam, "miou": float(mi), "acc": float(ac)}
-                 for lam, mi, ac in zip(lambdas, mious, accs)]
+                        "best_lambda": lambdas[best[key]], "miou": val[key][0].miou(),
+                        "acc": val[key][0].accuracy(), "holdout_miou": mious[best[key]]})
+        grid += [{"layer": key, "lambda": lam, "holdout_miou": mi, "holdout_acc": m.accuracy()}
+                 for lam, mi, m in zip(lambdas, mious, held[key])]
     if edge:
         log.warning("best lambda at the edge of the grid %s for %s: a wider scan.lambdas may score higher",
                     lambdas, edge)
     grid_df = pd.DataFrame(grid)
-    log.info("mIoU per layer x lambda:\n%s", grid_df.pivot(index="layer", columns="lambda", values="miou")
+    log.info("held-out training mIoU per layer x lambda:\n%s",
+             grid_df.pivot(index="layer", columns="lambda", values="holdout_miou")
              .reindex(keys).to_string(float_format=lambda v: f"{v:.4f}"))
     return pd.DataFrame(records, columns=COLUMNS), grid_df
 
@@ -250,7 +311,7 @@ def tune_malloc(mmap_threshold: int = 32 << 20, trim_threshold: int = 512 << 20)
 
 
 # --------------------------------------------------------------------------------------------
-# Config helpers and agreement with the probes
+# Config helpers
 # --------------------------------------------------------------------------------------------
 
 def prompts_filler(text: str | None, class_names: list[str] | None) -> PromptsFn | None:
@@ -260,35 +321,3 @@ def prompts_filler(text: str | None, class_names: list[str] | None) -> PromptsFn
     from .prompts import fill_prompt  # imported lazily: only LLaVA needs it
 
     return lambda labels: [fill_prompt(text, label, class_names) for label in labels]
-
-
-def _ranks(values: np.ndarray) -> np.ndarray:
-    """1-based ranks, ties get the mean of the ranks they span."""
-    order = np.argsort(values, kind="mergesort")
-    ranks = np.empty(len(values), dtype=np.float64)
-    sorted_values = values[order]
-    start = 0
-    while start < len(values):
-        stop = start
-        while stop + 1 < len(values) and sorted_values[stop + 1] == sorted_values[start]:
-            stop += 1
-        ranks[order[start:stop + 1]] = (start + stop) / 2 + 1
-        start = stop + 1
-    return ranks
-
-
-def rank_agreement(scan: pd.DataFrame, probes: pd.DataFrame) -> float:
-    """Spearman correlation of per-layer mIoU between the scan and the probes.
-
-    Uses the (model, prompt, layer) rows both contain (filter both frames first for a
-    per-model figure). NaN when fewer than 2 common layers or either side is constant.
-    """
-    on = ["model", "prompt", "layer"]
-    both = scan[on + ["miou"]].merge(probes[on + ["miou"]], on=on, suffixes=("_scan", "_probe")).dropna()
-    if len(both) < 2:
-        return float("nan")
-    a = _ranks(both["miou_scan"].to_numpy(dtype=np.float64))
-    b = _ranks(both["miou_probe"].to_numpy(dtype=np.float64))
-    a, b = a - a.mean(), b - b.mean()
-    denom = math.sqrt(float((a * a).sum() * (b * b).sum()))
-    return float((a * b).sum() / denom) if denom > 0 else float("nan")

@@ -24,6 +24,7 @@ with redirect_output(snakemake.log[0]):
     prompts_fn = prompts_filler(lp_config.prompt_text(model, prompt), data.attrs.get("class_names"))
     max_mb = settings["max_stats_mb"]  # null: every layer in one fit pass
     table = run_scan(backbone, data, None, keys, prompts_fn, settings["lambdas"], settings["batch_size"],
-                     prompt=prompt, device=device, max_stats_bytes=None if max_mb is None else int(max_mb * 2**20))
+                     prompt=prompt, device=device, max_stats_bytes=None if max_mb is None else int(max_mb * 2**20),
+                     holdout_fraction=settings["holdout_fraction"], holdout_seed=settings["holdout_seed"])
     table.to_csv(snakemake.output.table, index=False)
     lp_fp.write(snakemake.output.fingerprint, fingerprint)

@@ -121,9 +121,13 @@ def scan_section(results: Results, sink: FigureSink) -> str:
     stores = tables.scanned_stores(results)
     if not stores:
         return section("scan", "Layer scan", '<p class="muted">Scan enabled but no scan results found.</p>')
+    held_out = results.config["scan"]["holdout_fraction"]
     fig = sink.add(figures.scan_figure(results, stores), "scan",
                    "Layer scan (closed-form ridge probes fitted on the fly for every layer, no features stored; "
-                   "thin line) beside the trained linear probes (thick line). The two need not agree in absolute "
+                   "thin line) beside the trained linear probes (thick line). Each layer's ridge penalty is chosen "
+                   f"on held-out training images ({held_out * 100:g}% of them, scan.holdout_fraction, left out of the "
+                   "fit); the validation split is then scored once, with that penalty, so the scan's validation "
+                   "mIoU is not tuned on validation. The two need not agree in absolute "
                    "mIoU (the scan regresses label distributions on the token grid, without training epochs); what "
                    "matters is whether the scan ranks layers like the probes, so it can pick the layers worth "
                    "extracting. ✚ scan's best layer, ★ probe's best layer.", "layer scan vs probes")

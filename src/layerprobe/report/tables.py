@@ -9,6 +9,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from ..scan_agreement import rank_agreement
 from ..store import human_bytes
 from .collect import Results, Store
 from .figures import IDENTICAL, delta_colour, interval_columns, prompt_deltas, store_label
@@ -108,24 +109,6 @@ def probes_csv(results: Results) -> pd.DataFrame:
     return results.probes[columns].rename(columns={"prompt": "series"})
 
 
-def spearman(scan: pd.DataFrame, probes: pd.DataFrame) -> float:
-    """Rank agreement scan vs probes; `layerprobe.scan.rank_agreement` when importable (it needs torch)."""
-    try:
-        from ..scan import rank_agreement
-    except ImportError:
-        return _spearman_fallback(scan, probes)
-    return rank_agreement(scan, probes)
-
-
-def _spearman_fallback(scan: pd.DataFrame, probes: pd.DataFrame) -> float:
-    on = ["model", "prompt", "layer"]
-    both = scan[on + ["miou"]].merge(probes[on + ["miou"]], on=on, suffixes=("_scan", "_probe")).dropna()
-    if len(both) < 2:
-        return float("nan")
-    value = both["miou_scan"].rank().corr(both["miou_probe"].rank())
-    return float(value) if value is not None else float("nan")
-
-
 def scan_agreement(results: Results) -> pd.DataFrame:
     rows = []
     for store in scanned_stores(results):
@@ -134,7 +117,7 @@ def scan_agreement(results: Results) -> pd.DataFrame:
         common = set(scan["layer"]) & set(probes["layer"])
         scan_best = scan.loc[scan["miou"].idxmax(), "layer"] if scan["miou"].notna().any() else ""
         probe_best = probes.loc[probes["miou"].idxmax(), "layer"] if probes["miou"].notna().any() else ""
-        rows.append({"model / prompt": store_label(store), "Spearman ρ": spearman(scan, probes),
+        rows.append({"model / prompt": store_label(store), "Spearman ρ": rank_agreement(scan, probes),
                      "layers in both": len(common), "scanned layers": len(scan),
                      "scan's best layer": scan_best, "probe's best layer": probe_best,
                      "scan's best among probed": _best_among(scan, common)})
