@@ -71,3 +71,23 @@ def test_demo_scan_ranking_agrees_with_probes(demo_run):
     for (model, prompt), group in probes.groupby(["model", "prompt"]):
         scan = pd.read_csv(demo_run / f"results/scan/{model}/{prompt}.csv")
         assert rank_agreement(scan, group) >= 0.8, (model, prompt, scan, group)
+
+
+def test_demo_report_has_an_interval_on_every_miou_and_delta(demo_run):
+    """Issue 11: every probe's metrics.json brackets its mIoU; the report's tables carry the
+    bounds, and every prompt delta has its paired interval."""
+    from layerprobe.metrics import ImageCounts
+
+    results = demo_run / "results"
+    for path in results.glob("probes/*/*/*/metrics.json"):
+        metrics = json.loads(path.read_text())
+        assert metrics["miou_low"] <= metrics["miou"] <= metrics["miou_high"], path
+        counts = ImageCounts.load(path.with_name("per_image.npz"))
+        assert abs(counts.miou() - metrics["miou"]) < 1e-9, path
+    probes = pd.read_csv(results / "report_files/probes.csv")
+    assert probes[["miou", "miou_low", "miou_high"]].notna().all().all()
+    deltas = pd.read_csv(results / "report_files/prompt_deltas.csv")
+    assert len(deltas) and deltas[["delta", "low", "high"]].notna().all().all()
+    assert (deltas["low"] <= deltas["high"]).all()
+    html = (results / "report.html").read_text()
+    assert "best mIoU [95% CI]" in html and "paired bootstrap 95% interval" in html
