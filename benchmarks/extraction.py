@@ -139,7 +139,7 @@ def part_batches(layout: store.Layout, data: Any, part: int, parts: int, batch_s
     out: Batches = []
     for split, chunk in store.part_chunks(layout, part, parts):
         start, stop = layout.rows(chunk, split)
-        images, labels = X._gather(data, split, layout.orders[split][start:stop])
+        images, labels, _ = X._gather(data, split, layout.orders[split][start:stop])
         prompts = X._fill_prompts(layout.prompt_text, labels, names) if with_prompts else None
         for b in range(0, len(images), batch_size):
             out.append((images[b:b + batch_size], prompts[b:b + batch_size] if prompts else None))

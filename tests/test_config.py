@@ -96,3 +96,25 @@ def test_probe_seeds_add_probes_and_each_fingerprint_names_its_seed():
     assert lp_fp.probe(three, "tiny_vit", "none", "layer_02-seed5").inputs["probe.seed"] == 5
     with pytest.raises(lp_config.ConfigError, match=r"probe.seed: replaced by probe.seeds.*\[3\]"):
         lp_config.validate({**demo, "probe": {**demo["probe"], "seed": 3}})
+
+
+def test_geometry_defaults_to_center_crop_and_a_model_may_override_it():
+    demo = lp_config.validate(BASE)
+    assert demo["dataset"]["geometry"] == "center_crop"
+    assert {lp_config.geometry(demo, name) for name in demo["models"]} == {"center_crop"}
+    assert lp_config.data_stores(demo) == [(48, "center_crop"), (64, "center_crop")]
+    raw = copy.deepcopy(BASE)
+    raw["models"]["tiny_vit_pad"] = {**copy.deepcopy(raw["models"]["tiny_vit"]), "geometry": "pad"}
+    both = lp_config.validate(raw)
+    assert lp_config.geometry(both, "tiny_vit_pad") == "pad" and lp_config.geometry(both, "tiny_vit") == "center_crop"
+    assert lp_config.data_stores(both) == [(48, "center_crop"), (64, "center_crop"), (64, "pad")]
+    assert lp_config.model_data_name(both, "tiny_vit_pad") == "64px_pad"
+    assert lp_config.model_data_name(both, "tiny_vit") == "64px"  # the centre-crop store's name, as ever
+    raw["dataset"]["geometry"] = "pad"
+    inherited = lp_config.validate(raw)
+    assert {lp_config.geometry(inherited, name) for name in inherited["models"]} == {"pad"}
+
+
+def test_unknown_geometry_is_named():
+    assert "dataset.geometry" in _bad(lambda c: c["dataset"].update(geometry="letterbox"))
+    assert "models.tiny_vit.geometry" in _bad(lambda c: c["models"]["tiny_vit"].update(geometry="crop"))

@@ -22,7 +22,7 @@ def demo() -> dict:
 def every_fingerprint(raw: dict) -> dict[str, str]:
     """Artefact -> hash for every artefact a config defines."""
     cfg = lp_config.validate(raw)
-    out = {f"data:{r}": lp_fp.data(cfg, r).hash for r in lp_config.resolutions(cfg)}
+    out = {f"data:{lp_config.data_name(r, g)}": lp_fp.data(cfg, r, g).hash for r, g in lp_config.data_stores(cfg)}
     for name, model in cfg["models"].items():
         if model.get("tiny"):
             out[f"tiny:{name}"] = lp_fp.tiny_model(cfg, name).hash
@@ -72,6 +72,12 @@ SCANS = {"scan:tiny_vit/none", "scan:tiny_llava/describe", "scan:tiny_llava/desc
     (lambda c: c["store"].update(parts=3), set()),
     (lambda c: c["probe"].update(checkpoint_every_batches=7), set()),
     (lambda c: c["report"].update(qualitative_images=2), {"report"}),
+    (lambda c: c["dataset"].update(geometry="center_crop"), set()),  # the default, spelled out
+    (lambda c: c["models"]["tiny_vit"].update(geometry="pad"),
+     {"data:64px_pad", "store:tiny_vit/none", "scan:tiny_vit/none", "report"} | VIT_PROBES),
+    (lambda c: c["models"].update(tiny_vit_pad={**c["models"]["tiny_vit"], "geometry": "pad"}),
+     {"data:64px_pad", "tiny:tiny_vit_pad", "store:tiny_vit_pad/none", "scan:tiny_vit_pad/none", "report"}
+     | {p.replace("tiny_vit/", "tiny_vit_pad/") for p in VIT_PROBES}),
 ])
 def test_each_edit_changes_exactly_what_it_shapes(demo, edit, expected):
     assert changed(demo, edit) == expected
@@ -81,6 +87,8 @@ def test_data_edits_change_everything_downstream(demo):
     everything = set(every_fingerprint(demo)) - {"tiny:tiny_vit", "tiny:tiny_llava"}
     assert changed(demo, lambda c: c["dataset"]["synthetic"].update(seed=1)) == everything
     assert changed(demo, lambda c: c["dataset"].update(max_images={"training": 10})) == everything
+    pad = (everything - {"data:48px", "data:64px"}) | {"data:48px_pad", "data:64px_pad"}
+    assert changed(demo, lambda c: c["dataset"].update(geometry="pad")) == pad
 
 
 def test_real_dataset_content_changed_in_place_changes_the_data_fingerprint(tmp_path, monkeypatch):
@@ -124,3 +132,14 @@ def test_check_names_the_differing_keys(demo):
     with pytest.raises(lp_fp.StaleResultError, match="no fingerprint recorded"):
         current.check(None, "old.json")
     current.check(current.record(), "fresh.json")
+
+
+def test_centre_crop_data_fingerprint_has_the_keys_it_always_had(demo):
+    """Centre-crop stores made before geometries existed keep their fingerprints: no geometry key."""
+    cfg = lp_config.validate(demo)
+    keys = {"dataset.class_names", "dataset.max_images.training", "dataset.max_images.validation",
+            "data.resolution", "version.data"} | set(lp_fp.dataset(cfg).inputs)
+    assert set(lp_fp.data(cfg, 64).inputs) == keys
+    assert lp_fp.data(cfg, 64, "center_crop") == lp_fp.data(cfg, 64)
+    assert lp_fp.data(cfg, 64, "pad").inputs == {**lp_fp.data(cfg, 64).inputs, "data.geometry": "pad"}
+    assert set(lp_fp.report(cfg).inputs) >= {"data:48px", "data:64px"}

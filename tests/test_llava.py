@@ -181,3 +181,25 @@ def test_prompt_count_and_image_size_are_checked(backbones) -> None:
         bb.extract(torch.zeros(1, 40, 40, 3, dtype=torch.uint8), PROMPTS[:1], [layer_key(1)])
     with pytest.raises(ValueError, match="no layers"):
         bb.extract(_images(1), PROMPTS[:1], [layer_key(9)])
+
+
+def test_padding_outside_the_box_is_the_processors_mean(backbones) -> None:
+    """Pad geometry: pixel values wholly outside each content box are 0 (the processor's
+    image_mean, normalised), inside untouched; so tokens do not depend on the padding bytes."""
+    from layerprobe.geometry import padding_mask
+
+    bb = backbones[PROMPT_FIRST]
+    images, boxes = _images(2, seed=3), torch.tensor([[8.0, 0.0, 16.0, 32.0], [0.0, 4.5, 32.0, 20.0]])
+    outside = padding_mask(boxes, 32)
+    noisy = images.clone()
+    noisy[outside] = torch.randint(0, 256, (int(outside.sum()), 3), dtype=torch.uint8,
+                                   generator=torch.Generator().manual_seed(1))
+    prompts = PROMPTS[:2]
+    plain = bb.inputs(images, prompts)["pixel_values"]
+    padded = bb.inputs(noisy, prompts, boxes)["pixel_values"]
+    mask = outside[:, None].expand_as(padded)
+    assert (padded[mask] == 0).all() and torch.equal(padded[~mask], plain[~mask])
+    keys = [vision_key(1), layer_key(2)]
+    clean, _ = bb.extract(images, prompts, keys, boxes=boxes)
+    dirty, _ = bb.extract(noisy, prompts, keys, boxes=boxes)
+    assert all(torch.equal(clean[k], dirty[k]) for k in keys)

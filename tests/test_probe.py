@@ -194,3 +194,40 @@ def test_chunk_shuffle_matches_full_permutation_within_noise(feature_store, tmp_
                        tmp_path / "b.pt")
     assert (chunked["loader_mode"], full["loader_mode"]) == ("chunks", "resident")
     assert abs(chunked["miou"] - full["miou"]) <= 0.05, (chunked["miou"], full["miou"])
+
+
+def test_centre_crop_probe_writes_no_whole_image_score(feature_store, tmp_path):
+    metrics = train_probe(feature_store, "layer_01", settings(epochs=1), tmp_path / "cc", tmp_path / "cc.pt")
+    assert "whole_image_miou" not in metrics and not (tmp_path / "cc" / "whole_image_per_image.npz").exists()
+
+
+def test_pad_probe_is_also_scored_on_whole_original_annotations(tmp_path):
+    """A pad store's probe scores every validation image at its original 40 x 48 on its whole
+    annotation, image by image: the per-image counts cover exactly each image's labelled pixels
+    and give whole_image_miou."""
+    from layerprobe import ade20k
+    from layerprobe.backbones import load_backbone
+    from layerprobe.data import open_data, preprocess
+    from layerprobe.extract import build_store
+    from layerprobe.metrics import ImageCounts
+    from layerprobe.store import open_store
+    from layerprobe.synthetic import write_dataset
+    from tests.helpers import KEYS, tiny_config, tiny_layout
+
+    cfg = tiny_config(tmp_path, 16, 6, geometry="pad")
+    root = write_dataset(tmp_path / "ADEChallengeData2016", training=16, validation=6, height=40, width=48)
+    preprocess(root, tmp_path / "32px_pad.zarr", tmp_path / "32px_pad.json", 32, {}, chunk_images=4, geometry="pad")
+    data = open_data(tmp_path / "32px_pad.zarr")
+    path = tmp_path / "features.zarr"
+    build_store(load_backbone("tiny", cfg["models"]["tiny"], "cpu"), data, path, tmp_path / "features.json",
+                tiny_layout(cfg, data), KEYS[:3], 4)
+    assert open_store(path).attrs["geometry"] == "pad"
+    metrics = train_probe(path, "layer_02", settings(epochs=3), tmp_path / "out", tmp_path / "ck.pt")
+    assert 0 < metrics["whole_image_miou"] <= 1 and 0 < metrics["whole_image_acc"] <= 1
+    counts = ImageCounts.load(tmp_path / "out" / "whole_image_per_image.npz")
+    assert counts.ids == open_store(path).attrs["validation_image_ids"]  # store order, every image once
+    labelled = {s.image_id: int((ade20k.read_sample(s)[1] != ade20k.IGNORE).sum())
+                for s in ade20k.list_samples(root, "validation")}
+    assert counts.label_pixels.tolist() == [labelled[i] for i in counts.ids]
+    assert counts.miou() == pytest.approx(metrics["whole_image_miou"])
+    assert counts.accuracy() == pytest.approx(metrics["whole_image_acc"])

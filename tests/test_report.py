@@ -155,7 +155,7 @@ def test_axis_without_llava_is_the_block_index(tmp_path: Path) -> None:
 def test_per_class_uses_classes_present_in_validation(fake_run: tuple[dict, Path]) -> None:
     config, results = fake_run
     found = collect(config, results)
-    frequency = qualitative.class_frequency(found, 32)
+    frequency = qualitative.class_frequency(found, "32px")
     assert frequency is not None and frequency.sum() == pytest.approx(1.0)
     present = qualitative.present_classes(found, ("tiny_vit", "none"), frequency)
     assert sorted(present) == sorted(CLASSES)

@@ -224,3 +224,24 @@ def prompt_text(model: dict[str, Any], prompt_id: str) -> str | None:
 
 def resolutions(config: dict[str, Any]) -> list[int]:
     return sorted({model_spec(n, m).image_size for n, m in config["models"].items()})
+
+
+def geometry(config: dict[str, Any], name: str) -> str:
+    """A model's geometry: its own `geometry`, else `dataset.geometry`."""
+    model = config["models"][name]
+    return model.get("geometry") or config["dataset"].get("geometry", "center_crop")
+
+
+def data_name(resolution: int, geometry: str) -> str:
+    """A data store's name under results/data/: `224px` (centre crop, as ever) or `224px_pad`."""
+    return f"{resolution}px" + ("" if geometry == "center_crop" else f"_{geometry}")
+
+
+def model_data_name(config: dict[str, Any], name: str) -> str:
+    """The data store a model reads: its resolution and geometry."""
+    return data_name(model_spec(name, config["models"][name]).image_size, geometry(config, name))
+
+
+def data_stores(config: dict[str, Any]) -> list[tuple[int, str]]:
+    """(resolution, geometry) of every data store the models need, sorted."""
+    return sorted({(model_spec(n, m).image_size, geometry(config, n)) for n, m in config["models"].items()})

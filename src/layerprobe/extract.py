@@ -45,7 +45,14 @@ def make_layout(name: str, model: dict[str, Any], prompt_id: str, data: Any, chu
     return store.Layout(model=name, prompt_id=prompt_id, prompt_text=prompt_text(model, prompt_id),
                         dims=spec.dims(), tokens=spec.tokens, grid=spec.grid, label_size=spec.image_size,
                         has_cls=spec.has_cls, chunk_images=chunk_images, orders=orders, image_ids=ids,
-                        fingerprint=fingerprint)
+                        fingerprint=fingerprint, geometry=data.attrs.get("geometry", "center_crop"),
+                        data_store=_location(data))
+
+
+def _location(data: Any) -> str | None:
+    """The data store's path as it was opened (relative to the workdir in the workflow)."""
+    root = getattr(data.store, "root", None)
+    return None if root is None else str(root)
 
 
 class ChunkWriter:
@@ -192,12 +199,12 @@ def extract_part(backbone: Backbone | Callable[[], Backbone], data: Any, store_p
             if i + 1 < len(todo):
                 s_, c, _ = todo[i + 1]
                 inputs.append(reader.submit(_gather, data, s_, layout.orders[s_][slice(*layout.rows(c, s_))]))
-            images, labels = inputs[i].result()
+            images, labels, boxes = inputs[i].result()
             inputs[i] = None
             prompts = _fill_prompts(layout.prompt_text, labels, names)
             wanted = [k for k in missing if k != store.LABELS]
             t0 = time.perf_counter()
-            arrays = _forward_chunk(backbone, images, prompts, wanted, batch_size) if wanted else {}
+            arrays = _forward_chunk(backbone, images, prompts, wanted, batch_size, boxes) if wanted else {}
             stats["forward_seconds"] += time.perf_counter() - t0
             if store.LABELS in missing:
                 arrays[store.LABELS] = labels
@@ -228,26 +235,29 @@ def _fill_prompts(text: str | None, labels: np.ndarray, names: list[str]) -> lis
     return [fill_prompt(text, label, names) for label in labels]
 
 
-def _gather(data: Any, split: str, rows: list[int]) -> tuple[np.ndarray, np.ndarray]:
-    """Images and labels of data-store rows, in the given (shuffled) order."""
+def _gather(data: Any, split: str, rows: list[int]) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
+    """Images, labels and (pad geometry) content boxes of data-store rows, in the given order."""
     idx = np.asarray(rows)
     sorted_idx = np.sort(idx)
     inverse = np.searchsorted(sorted_idx, idx)
     images = data[f"{split}/images"].get_orthogonal_selection((sorted_idx,))[inverse]
     labels = data[f"{split}/labels"].get_orthogonal_selection((sorted_idx,))[inverse]
-    return images, labels
+    boxes = np.asarray(data[f"{split}/boxes"][:])[idx] if f"{split}/boxes" in data else None
+    return images, labels, boxes
 
 
 def _forward_chunk(backbone: Backbone, images: np.ndarray, prompts: list[str] | None, keys: list[str],
-                   batch_size: int) -> dict[str, list[np.ndarray]]:
+                   batch_size: int, boxes: np.ndarray | None = None) -> dict[str, list[np.ndarray]]:
     """Per key, the chunk's features as its forward batches' float16 arrays (no copy: the writer
     writes the parts with one gathered write)."""
     parts: dict[str, list[np.ndarray]] = {}
     for b in range(0, len(images), batch_size):
         batch = torch.from_numpy(images[b:b + batch_size])
+        # Only pad stores have boxes; a centre-crop forward is called exactly as before.
+        padding = {} if boxes is None else {"boxes": torch.from_numpy(boxes[b:b + batch_size])}
         # float16 cast on the model's device: half the bytes cross to the host, none converted here.
         tokens, cls = backbone.extract(batch, prompts[b:b + batch_size] if prompts else None, keys,
-                                       dtype=torch.float16)
+                                       dtype=torch.float16, **padding)
         for key in keys:
             parts.setdefault(key, []).append(tokens[key].numpy())
             if key in cls:

@@ -155,13 +155,15 @@ def forget() -> None:
     _MEMO.clear()
 
 
-def data(config: dict[str, Any], resolution: int) -> Fingerprint:
-    """A preprocessed data store: the dataset, the subset and the resolution."""
+def data(config: dict[str, Any], resolution: int, geometry: str = "center_crop") -> Fingerprint:
+    """A preprocessed data store: the dataset, the subset, the resolution and (pad only, so that
+    centre-crop fingerprints stay as they were) the geometry."""
     ds = config["dataset"]
     return dataset(config) | {"dataset.class_names": ds["class_names"],
                               "dataset.max_images.training": ds["max_images"].get("training"),
                               "dataset.max_images.validation": ds["max_images"].get("validation"),
-                              "data.resolution": resolution, "version.data": VERSIONS["data"]}
+                              "data.resolution": resolution, "version.data": VERSIONS["data"],
+                              **({} if geometry == "center_crop" else {"data.geometry": geometry})}
 
 
 def tiny_model(config: dict[str, Any], name: str) -> Fingerprint:
@@ -197,8 +199,8 @@ def _prompt(config: dict[str, Any], name: str, prompt: str) -> dict[str, Any]:
 def store(config: dict[str, Any], name: str, prompt: str) -> Fingerprint:
     """What shapes every layer of a (model, prompt) store; a change discards the whole store."""
     model = config["models"][name]
-    resolution = model_spec(name, model).image_size
-    return data(config, resolution) | {**_model(config, name), **_prompt(config, name, prompt),
+    resolution, geometry = model_spec(name, model).image_size, lp_config.geometry(config, name)
+    return data(config, resolution, geometry) | {**_model(config, name), **_prompt(config, name, prompt),
                                        f"models.{name}.batch_size": model["batch_size"],
                                        "store.chunk_images": config["store"]["chunk_images"],
                                        "store.shuffle_seed": config["store"]["shuffle_seed"],
@@ -222,9 +224,9 @@ def probe(config: dict[str, Any], name: str, prompt: str, probe_id: str) -> Fing
 def scan(config: dict[str, Any], name: str, prompt: str) -> Fingerprint:
     """A layer scan: data, model, prompt and the scan's own settings (it reads no store)."""
     model = config["models"][name]
-    resolution = model_spec(name, model).image_size
+    resolution, geometry = model_spec(name, model).image_size, lp_config.geometry(config, name)
     settings = config["scan"]
-    return data(config, resolution) | {**_model(config, name), **_prompt(config, name, prompt),
+    return data(config, resolution, geometry) | {**_model(config, name), **_prompt(config, name, prompt),
                                        **{f"scan.{k}": settings[k] for k in SCAN_KEYS},
                                        "version.scan": VERSIONS["scan"]}
 
@@ -232,8 +234,8 @@ def scan(config: dict[str, Any], name: str, prompt: str) -> Fingerprint:
 def report(config: dict[str, Any]) -> Fingerprint:
     """The report: every result it shows (by fingerprint) and its own settings."""
     inputs: dict[str, Any] = {f"report.{k}": v for k, v in config["report"].items()}
-    for resolution in lp_config.resolutions(config):
-        inputs[f"data:{resolution}px"] = data(config, resolution).hash
+    for resolution, geometry in lp_config.data_stores(config):
+        inputs[f"data:{lp_config.data_name(resolution, geometry)}"] = data(config, resolution, geometry).hash
     for name, model in config["models"].items():
         for prompt in lp_config.prompt_ids(model):
             inputs[f"store:{name}/{prompt}"] = store(config, name, prompt).hash

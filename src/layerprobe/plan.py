@@ -143,11 +143,23 @@ def store_rows(config: dict[str, Any], sizes: dict[str, int]) -> pd.DataFrame:
                                        "training_bytes", "validation_bytes", "bytes"])
 
 
+# A pad data store also keeps every validation annotation at its original size (uint8, before
+# compression); the plan assumes ADE20K's common 683 x 512 (the report shows the measured size).
+ASSUMED_ORIGINAL_PIXELS = 683 * 512
+BOX_BYTES = 4 * 8  # (top, left, height, width) float64 per image
+
+
 def data_rows(config: dict[str, Any], sizes: dict[str, int]) -> pd.DataFrame:
-    """Preprocessed uint8 images (res x res x 3) + labels (res x res), one store per input resolution."""
+    """Preprocessed uint8 images (res x res x 3) + labels (res x res), one store per input resolution
+    and geometry; a pad store adds content boxes and the validation annotations at original size."""
     total = sum(sizes.values())
-    return pd.DataFrame([{"resolution": res, "images": total, "bytes": total * res * res * 4}
-                         for res in lp_config.resolutions(config)], columns=["resolution", "images", "bytes"])
+    rows = []
+    for res, geometry in lp_config.data_stores(config):
+        pad = geometry == "pad"
+        extra = total * BOX_BYTES + sizes.get("validation", 0) * ASSUMED_ORIGINAL_PIXELS if pad else 0
+        rows.append({"store": lp_config.data_name(res, geometry), "resolution": res, "geometry": geometry,
+                     "images": total, "bytes": total * res * res * 4 + extra})
+    return pd.DataFrame(rows, columns=["store", "resolution", "geometry", "images", "bytes"])
 
 
 def data_store_bytes(config: dict[str, Any], sizes: dict[str, int]) -> int:
@@ -365,7 +377,8 @@ def format_plan(result: Plan) -> str:
                   "", human_bytes(t["feature_bytes"])]]
     lines += _text_table(["model", "prompt", "layers", "tokens x dim", "1 layer, training", "training",
                           "validation", "store"], rows, {2, 4, 5, 6, 7})
-    data = ", ".join(f"{r.resolution} px {human_bytes(r.bytes)}" for r in result.data.itertuples())
+    data = ", ".join(f"{r.resolution} px{' pad' if r.geometry == 'pad' else ''} {human_bytes(r.bytes)}"
+                     for r in result.data.itertuples())
     lines += [f"Preprocessed data stores (uint8 images + labels, results/data/): {data}", "",
               "Per rule: RAM, GPUs and runtime each job requests (layerprobe.resources); hours expected from the "
               "assumed throughputs below"]

@@ -17,6 +17,7 @@ import logging
 import os
 import signal
 import time
+from collections.abc import Iterator
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -52,10 +53,14 @@ class LinearHead(nn.Module):
 
     def forward(self, tokens: torch.Tensor, out_size: int) -> torch.Tensor:
         """tokens (B, T, D) -> logits (B, C, out_size, out_size)."""
+        logits = self.grid_logits(tokens)
+        return F.interpolate(logits, size=(out_size, out_size), mode="bilinear", align_corners=False)
+
+    def grid_logits(self, tokens: torch.Tensor) -> torch.Tensor:
+        """tokens (B, T, D) -> logits on the token grid (B, C, grid, grid)."""
         b, t, d = tokens.shape
         x = self.norm(tokens.reshape(b * t, d))
-        logits = self.linear(x).reshape(b, self.grid, self.grid, -1).permute(0, 3, 1, 2)
-        return F.interpolate(logits, size=(out_size, out_size), mode="bilinear", align_corners=False)
+        return self.linear(x).reshape(b, self.grid, self.grid, -1).permute(0, 3, 1, 2)
 
 
 @dataclass
@@ -234,6 +239,14 @@ class ProbeTrainer:
                     self.kept[row] = pred[i].to(torch.uint8).cpu().numpy()
         return meter
 
+    def grid_logit_batches(self) -> Iterator[tuple[torch.Tensor, np.ndarray]]:
+        """(validation grid logits (B, C, g, g), store rows) per batch, in eval mode."""
+        self.head.eval()
+        for feats, cls, _, rows in self.test_loader.iterate():
+            with torch.inference_mode():  # not around the yield: the caller's code would run inside it
+                logits = self.head.grid_logits(_inputs(feats, cls, self.s.concat_cls))
+            yield logits, rows
+
 
 def _write_csv(path: Path, rows: list[dict[str, float]]) -> None:
     tmp = path.with_suffix(".tmp")
@@ -247,13 +260,15 @@ def _write_csv(path: Path, rows: list[dict[str, float]]) -> None:
 
 def train_probe(store_path: str | Path, key: str, settings: ProbeSettings, out_dir: str | Path,
                 checkpoint: str | Path, saved_predictions: int = 8, fingerprint: Fingerprint | None = None,
-                name: str | None = None) -> dict[str, Any]:
+                name: str | None = None, data_store: str | Path | None = None) -> dict[str, Any]:
     """Train (or resume) one probe; write epochs.csv, predictions.npz, per_image.npz (every
     validation image's intersection and union per class) and metrics.json (last, with the
     mIoU's bootstrap interval).
 
     `fingerprint` (fingerprint.probe() in the workflow) goes into the checkpoint and metrics.json;
-    `name` is the probe's id (layer key, '+cls' for the CLS variant).
+    `name` is the probe's id (layer key, '+cls' for the CLS variant). A store of the pad geometry
+    is also scored on whole images, against the original annotations in `data_store` (default:
+    the data store it was made from, in its attrs).
     """
     from .store import open_store
 
@@ -273,6 +288,7 @@ def train_probe(store_path: str | Path, key: str, settings: ProbeSettings, out_d
     counts = final.image_counts([ids[row] for row in trainer.evaluated_rows])
     counts.save(out_dir / "per_image.npz")  # what the report's paired intervals resample
     interval = miou_interval(counts)
+    whole = _whole_image(trainer, group, data_store, out_dir) if group.attrs.get("geometry") == "pad" else {}
     best = max(rows, key=lambda r: r["test_miou"])
     iou = final.per_class_iou()
     metrics = {"model": group.attrs["model"], "prompt": group.attrs["prompt_id"], "layer": key,
@@ -283,10 +299,29 @@ def train_probe(store_path: str | Path, key: str, settings: ProbeSettings, out_d
                "best_test_miou": best["test_miou"], "epochs": len(rows),
                "per_class_iou": [None if np.isnan(v) else float(v) for v in iou],
                "class_names": list(CLASS_NAMES), "loader_mode": trainer.train_loader.mode,
-               "train_seconds_this_run": time.perf_counter() - start,
+               "train_seconds_this_run": time.perf_counter() - start, **whole,
                "fingerprint": trainer.fingerprint.record()}
     tmp = out_dir / "metrics.json.tmp"
     tmp.write_text(json.dumps(metrics, indent=2))
     os.replace(tmp, out_dir / "metrics.json")  # last: a probe with metrics.json is whole
     checkpoint.unlink(missing_ok=True)  # finished: nothing a forced rerun could resume
     return metrics
+
+
+def _whole_image(trainer: ProbeTrainer, group: Any, data_store: str | Path | None, out_dir: Path) -> dict[str, float]:
+    """Pad geometry: every validation image scored at its original size on its whole annotation
+    (mmseg's protocol); per-image counts to whole_image_per_image.npz, before metrics.json."""
+    from .data import OriginalAnnotations, open_data
+    from .wholeimage import evaluate
+
+    data_store = data_store or group.attrs.get("data_store")
+    if data_store is None:
+        raise ValueError("a pad-geometry store is scored on whole images: give the data store it was made from")
+    data = open_data(data_store)
+    meter, ids = evaluate(trainer.grid_logit_batches(), OriginalAnnotations(data), group.attrs["validation_order"],
+                          group.attrs["validation_image_ids"], data.attrs["validation_image_ids"])
+    counts = meter.image_counts(ids)
+    counts.save(out_dir / "whole_image_per_image.npz")
+    interval = miou_interval(counts)
+    return {"whole_image_miou": meter.miou(), "whole_image_miou_low": interval.low,
+            "whole_image_miou_high": interval.high, "whole_image_acc": meter.accuracy()}

@@ -52,9 +52,11 @@ Head = tuple[torch.Tensor, torch.Tensor, torch.Tensor]
 # --------------------------------------------------------------------------------------------
 
 def _batches(data: Any, split: str, rows: Sequence[int] | None,
-             batch_size: int) -> Iterator[tuple[np.ndarray, np.ndarray]]:
-    """(images, labels) batches; reads whole Zarr chunks at a time so none is decoded twice."""
+             batch_size: int) -> Iterator[tuple[np.ndarray, np.ndarray, np.ndarray | None]]:
+    """(images, labels, pad boxes or None) batches; reads whole Zarr chunks at a time so none is
+    decoded twice."""
     images, labels = data[f"{split}/images"], data[f"{split}/labels"]
+    boxes = np.asarray(data[f"{split}/boxes"][:]) if f"{split}/boxes" in data else None
     order = np.arange(images.shape[0]) if rows is None else np.sort(np.asarray(rows, dtype=np.int64))
     chunk = int(images.chunks[0])
     block = max(batch_size, math.ceil(chunk / batch_size) * batch_size)
@@ -65,7 +67,7 @@ def _batches(data: Any, split: str, rows: Sequence[int] | None,
         else:
             im, lab = images.get_orthogonal_selection((idx,)), labels.get_orthogonal_selection((idx,))
         for b in range(0, len(idx), batch_size):
-            yield im[b:b + batch_size], lab[b:b + batch_size]
+            yield im[b:b + batch_size], lab[b:b + batch_size], None if boxes is None else boxes[idx[b:b + batch_size]]
 
 
 def _count(data: Any, split: str, rows: Sequence[int] | None) -> int:
@@ -73,9 +75,10 @@ def _count(data: Any, split: str, rows: Sequence[int] | None) -> int:
 
 
 def _extract(backbone: Backbone, images: np.ndarray, labels: np.ndarray, prompts_fn: PromptsFn | None,
-             keys: list[str]) -> dict[str, torch.Tensor]:
+             keys: list[str], boxes: np.ndarray | None = None) -> dict[str, torch.Tensor]:
     prompts = prompts_fn(labels) if prompts_fn is not None else None
-    tokens, _ = backbone.extract(torch.from_numpy(np.ascontiguousarray(images)), prompts, keys)
+    padding = {} if boxes is None else {"boxes": torch.from_numpy(boxes)}  # pad geometry only
+    tokens, _ = backbone.extract(torch.from_numpy(np.ascontiguousarray(images)), prompts, keys, **padding)
     return tokens
 
 
@@ -86,10 +89,10 @@ def fit_pass(backbone: Backbone, data: Any, rows: Sequence[int] | None, keys: li
     workspace: dict[str, torch.Tensor] = {}  # per-batch scratch, shared by all layers
     stats = {k: RidgeStats(dims[k], num_classes, device, workspace) for k in keys}
     total = math.ceil(_count(data, "training", rows) / batch_size)
-    for images, labels in progress(_batches(data, "training", rows, batch_size), desc=desc, total=total,
-                                   unit="batch"):
+    for images, labels, boxes in progress(_batches(data, "training", rows, batch_size), desc=desc, total=total,
+                                          unit="batch"):
         y, mask = token_label_distribution(labels, backbone.grid, num_classes)
-        tokens = _extract(backbone, images, labels, prompts_fn, keys)
+        tokens = _extract(backbone, images, labels, prompts_fn, keys, boxes)
         everything = bool(mask.all())  # the usual case: no copy of the features
         y = y.flatten(0, 1) if everything else y[mask]
         classes = torch.nonzero(y.sum(0) > 0).squeeze(1)  # shared by every layer
@@ -114,10 +117,10 @@ def score_pass(backbone: Backbone, data: Any, rows: Sequence[int] | None, heads:
     upsample: UpsampleArgmax | None = None
     total = math.ceil(_count(data, split, rows) / batch_size)
     batches = _batches(data, split, rows, batch_size)
-    for images, labels in progress(batches, desc=desc, total=total, unit="batch"):
+    for images, labels, boxes in progress(batches, desc=desc, total=total, unit="batch"):
         if upsample is None:
             upsample = UpsampleArgmax(g, tuple(labels.shape[1:]), device)
-        tokens = _extract(backbone, images, labels, prompts_fn, keys)
+        tokens = _extract(backbone, images, labels, prompts_fn, keys, boxes)
         cell_labels = CellLabels(torch.from_numpy(np.ascontiguousarray(labels)).to(device), upsample, num_classes,
                                  meters[keys[0]][0].ignore)
         for key in keys:

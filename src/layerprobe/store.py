@@ -61,6 +61,8 @@ class Layout:
     orders: dict[str, list[int]]  # split -> data-store indices in store order
     image_ids: dict[str, list[str]]  # split -> ids in store order
     fingerprint: Fingerprint  # fingerprint.store(): a change discards the whole store
+    geometry: str = "center_crop"  # the data store's (layerprobe.geometry); labels are in it
+    data_store: str | None = None  # pad: where whole-image scoring finds the original annotations
 
     def count(self, split: str) -> int:
         return len(self.orders[split])
@@ -175,6 +177,8 @@ def _create(path: Path, layout: Layout) -> None:
                         "fingerprint": layout.fingerprint.record(),
                         **{f"{s}_image_ids": layout.image_ids[s] for s in SPLITS},
                         **{f"{s}_order": layout.orders[s] for s in SPLITS}})
+    if layout.geometry != "center_crop":  # centre-crop stores keep the attrs they always had
+        group.attrs.update({"geometry": layout.geometry, "data_store": layout.data_store})
     path.parent.mkdir(parents=True, exist_ok=True)
     os.rename(tmp, path)
 

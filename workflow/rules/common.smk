@@ -65,7 +65,13 @@ def stores():
 
 
 def data_manifest(wildcards):
-    return f"results/data/{SPECS[wildcards.model].image_size}px.json"
+    """The model's data store: its resolution and geometry (`64px`, or `64px_pad`)."""
+    return f"results/data/{lp_config.model_data_name(CFG, wildcards.model)}.json"
+
+
+def probe_data_manifest(wildcards):
+    """Pad geometry: the probe also reads the original annotations (whole-image scoring)."""
+    return [data_manifest(wildcards)] if lp_config.geometry(CFG, wildcards.model) == "pad" else []
 
 
 def dataset_marker(wildcards=None):
@@ -128,12 +134,16 @@ def all_store_manifests():
 
 
 def all_data_manifests():
-    return [f"results/data/{r}px.json" for r in lp_config.resolutions(CFG)]
+    return [f"results/data/{lp_config.data_name(r, g)}.json" for r, g in lp_config.data_stores(CFG)]
 
 
 # Fingerprint params (hashes): Snakemake reruns a job when its params change.
 def data_fingerprint(wildcards):
     return lp_fp.data(CFG, int(wildcards.res)).hash
+
+
+def pad_data_fingerprint(wildcards):
+    return lp_fp.data(CFG, int(wildcards.res), "pad").hash
 
 
 def tiny_model_fingerprint(wildcards):

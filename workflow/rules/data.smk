@@ -1,6 +1,9 @@
-# Stage 1: the dataset (synthetic for the demo) preprocessed once per model input resolution.
-# `fingerprint` covers the dataset's content (a digest of the files, or the synthetic settings),
-# the subset and the resolution: data changed in place under the same names reruns everything.
+# Stage 1: the dataset (synthetic for the demo) preprocessed once per model input resolution and
+# geometry: centre crop -> {res}px, pad -> {res}px_pad. Pad has a rule and script of its own
+# because Snakemake reruns a job whose script is newer than its outputs: the centre-crop rule and
+# script stay untouched. `fingerprint` covers the dataset's content (a digest of the files, or the
+# synthetic settings), the subset, the resolution and (pad) the geometry: data changed in place
+# under the same names reruns everything.
 
 
 rule synthetic_dataset:
@@ -39,3 +42,24 @@ rule preprocess:
         runtime=runtime("preprocess"),
     script:
         "../scripts/preprocess.py"
+
+
+rule preprocess_pad:
+    input:
+        dataset_marker,
+    output:
+        "results/data/{res}px_pad.json",
+    params:
+        root=DATASET["root"],
+        max_images=DATASET["max_images"],
+        store="results/data/{res}px_pad.zarr",
+        fingerprint=pad_data_fingerprint,
+    log:
+        "results/logs/preprocess/{res}px_pad.log",
+    benchmark:
+        "results/benchmarks/preprocess/{res}px_pad.tsv"
+    resources:
+        mem_mb=mem_mb("preprocess"),
+        runtime=runtime("preprocess"),
+    script:
+        "../scripts/preprocess_pad.py"

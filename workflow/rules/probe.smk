@@ -1,6 +1,7 @@
 # Stage 3: one linear probe per (model, prompt, layer, CLS variant). Checkpoints go to
 # results/checkpoints/, which is not a declared output, so Snakemake's cleanup of a failed job
-# keeps them.
+# keeps them. A pad-geometry probe also writes whole_image_per_image.npz (not declared, so that
+# the centre-crop probes' outputs stay as they were; written before metrics.json, the last file).
 #
 # Why the store manifest is `ancient` and the fingerprint is a file: extending a store (a new
 # layer) rewrites its manifest, which must not rerun the probes of the layers it already had.
@@ -27,6 +28,7 @@ rule probe:
     input:
         store=ancient(store_manifest),
         fingerprint=probe_fingerprint_file,
+        data=ancient(probe_data_manifest),  # pad geometry only: the original annotations
     output:
         metrics="results/probes/{model}/{prompt}/{probe}/metrics.json",
         epochs="results/probes/{model}/{prompt}/{probe}/epochs.csv",

@@ -23,9 +23,14 @@ class Backbone(abc.ABC):
 
     @abc.abstractmethod
     def extract(
-        self, images: torch.Tensor, prompts: list[str] | None, keys: list[str], dtype: torch.dtype = torch.float32
+        self, images: torch.Tensor, prompts: list[str] | None, keys: list[str], dtype: torch.dtype = torch.float32,
+        boxes: torch.Tensor | None = None,
     ) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor]]:
         """One forward for uint8 images (B, H, W, 3) already at ``image_size``.
+
+        ``boxes`` (B, 4) (pad geometry): each image's content box (top, left, height, width) in
+        pixels; what lies wholly outside it is set to the model's own mean colour (0 after
+        normalisation, `geometry.fill_padding`), so padded data stores serve every model.
 
         Returns (tokens, cls): per key CPU tensors of `dtype` (B, grid*grid, dim) and, when the
         model has a CLS token, (B, dim) per key (empty dict otherwise). The cast happens on the

@@ -12,6 +12,7 @@ from typing import Any
 import open_clip
 import torch
 
+from ..geometry import fill_padding
 from ..layers import layer_key, parse_key
 from .base import Backbone, StopForward
 
@@ -38,13 +39,14 @@ class OpenClipBackbone(Backbone):
     def dims(self) -> dict[str, int]:
         return {layer_key(i): self.width for i in range(len(self.blocks) + 1)}
 
-    def normalize(self, images: torch.Tensor) -> torch.Tensor:
+    def normalize(self, images: torch.Tensor, boxes: torch.Tensor | None = None) -> torch.Tensor:
         x = images.to(self.device).permute(0, 3, 1, 2).float() / 255.0
-        return (x - self.mean) / self.std
+        return fill_padding((x - self.mean) / self.std, boxes)
 
     @torch.inference_mode()
     def extract(self, images: torch.Tensor, prompts: list[str] | None, keys: list[str],
-                dtype: torch.dtype = torch.float32) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor]]:
+                dtype: torch.dtype = torch.float32,
+                boxes: torch.Tensor | None = None) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor]]:
         self.check_keys(keys)
         wanted = {parse_key(k)[1] for k in keys}
         captured: dict[int, torch.Tensor] = {}
@@ -60,7 +62,7 @@ class OpenClipBackbone(Backbone):
         for i, block in enumerate(self.blocks, start=1):
             hooks.append(block.register_forward_hook(lambda m, args, out, i=i: keep(i, out)))
         try:
-            self.visual(self.normalize(images))
+            self.visual(self.normalize(images, boxes))
         except StopForward:
             pass
         finally:

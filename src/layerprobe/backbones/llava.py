@@ -20,6 +20,7 @@ import torch
 from torch import nn
 from transformers import AutoProcessor, LlavaForConditionalGeneration
 
+from ..geometry import fill_padding
 from ..layers import PROJECTOR, layer_key, parse_key, vision_key
 from ..prompts import DEFAULT_FORMAT, wrap_prompt
 from .base import Backbone, StopForward
@@ -93,8 +94,10 @@ class LlavaBackbone(Backbone):
         out.update({layer_key(i): int(text.hidden_size) for i in range(len(self.decoder_blocks) + 1)})
         return out
 
-    def inputs(self, images: torch.Tensor, prompts: list[str]) -> dict[str, torch.Tensor]:
-        """Processor inputs (right-padded batch) for uint8 images (B, H, W, 3) and filled prompts."""
+    def inputs(self, images: torch.Tensor, prompts: list[str],
+               boxes: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
+        """Processor inputs (right-padded batch) for uint8 images (B, H, W, 3) and filled prompts;
+        `boxes`: the padding outside them becomes the processor's image_mean (see Backbone.extract)."""
         if len(prompts) != images.shape[0]:
             raise ValueError(f"{len(prompts)} prompts for {images.shape[0]} images")
         if tuple(images.shape[1:]) != (self.image_size, self.image_size, 3):
@@ -104,17 +107,18 @@ class LlavaBackbone(Backbone):
         texts = [wrap_prompt(p, self.prompt_format) for p in prompts]
         batch = self.processor(images=list(images), text=texts, padding=True, return_tensors="pt")
         batch = {k: v.to(self.device) for k, v in batch.items()}
-        batch["pixel_values"] = batch["pixel_values"].to(self.dtype)
+        batch["pixel_values"] = fill_padding(batch["pixel_values"], boxes).to(self.dtype)
         return batch
 
     def extract(self, images: torch.Tensor, prompts: list[str] | None, keys: list[str],
-                dtype: torch.dtype = torch.float32) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor]]:
+                dtype: torch.dtype = torch.float32,
+                boxes: torch.Tensor | None = None) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor]]:
         self.check_keys(keys)
         if not keys:
             return {}, {}
         if prompts is None:
             raise ValueError(f"{self.name}: LLaVA needs one prompt per image")
-        batch = self.inputs(images, prompts)
+        batch = self.inputs(images, prompts, boxes)
         positions = image_positions(batch["input_ids"], self.image_token_id)
         if positions.shape[1] != self.grid * self.grid:
             raise ValueError(f"{positions.shape[1]} image tokens per sample, expected {self.grid}x{self.grid}")

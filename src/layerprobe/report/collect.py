@@ -44,7 +44,7 @@ class Results:
     predictions: dict[tuple[str, str, str], tuple[list[str], np.ndarray]]
     scan: pd.DataFrame
     stores: pd.DataFrame  # feature store manifests
-    data: dict[int, dict[str, Any]]  # resolution -> data manifest
+    data: dict[str, dict[str, Any]]  # data store name (`224px`, `224px_pad`) -> data manifest
     benchmarks: pd.DataFrame
     class_names: list[str]
     missing: list[str] = field(default_factory=list)
@@ -159,7 +159,7 @@ def _read_probes(config: dict[str, Any], results: Path, axis: LayerAxis, missing
 
 
 PROBE_COLUMNS = ["model", "prompt", "layer", "x", "segment", "miou", "miou_low", "miou_high", "acc", "best_epoch",
-                 "best_test_miou", "epochs", "loader_mode", "store_prompt", "probe"]
+                 "best_test_miou", "epochs", "loader_mode", "store_prompt", "probe", "whole_image_miou"]
 CURVE_COLUMNS = ["model", "prompt", "layer", "epoch", "loss", "running_train_miou", "running_train_acc", "test_miou", "test_acc"]
 
 
@@ -178,7 +178,8 @@ def _probe_row(metrics: dict[str, Any], model: str, prompt: str, layer: str, axi
             "miou_low": _float(metrics.get("miou_low")), "miou_high": _float(metrics.get("miou_high")),
             "acc": _float(metrics.get("acc")),
             "best_epoch": metrics.get("best_epoch"), "best_test_miou": _float(metrics.get("best_test_miou")),
-            "epochs": metrics.get("epochs"), "loader_mode": metrics.get("loader_mode", "")}
+            "epochs": metrics.get("epochs"), "loader_mode": metrics.get("loader_mode", ""),
+            "whole_image_miou": _float(metrics.get("whole_image_miou"))}  # pad geometry only
 
 
 def _float(value: Any) -> float:
@@ -241,15 +242,21 @@ def _read_store_manifests(config: dict[str, Any], results: Path, seen: list[tupl
 
 
 def _read_data_manifests(config: dict[str, Any], results: Path,
-                         seen: list[tuple[str, str]]) -> dict[int, dict[str, Any]]:
+                         seen: list[tuple[str, str]]) -> dict[str, dict[str, Any]]:
     out = {}
-    for res in lp_config.resolutions(config):
-        path = results / "data" / f"{res}px.json"
+    for res, geometry in lp_config.data_stores(config):
+        name = lp_config.data_name(res, geometry)
+        path = results / "data" / f"{name}.json"
         if path.is_file():
-            out[res] = json.loads(path.read_text())
-            _checked(lp_fp.data(config, res), out[res].get("fingerprint"), path, seen)
+            out[name] = json.loads(path.read_text())
+            _checked(lp_fp.data(config, res, geometry), out[name].get("fingerprint"), path, seen)
     return out
 
 
 def model_resolution(config: dict[str, Any], model: str) -> int:
     return model_spec(model, config["models"][model]).image_size
+
+
+def model_data(config: dict[str, Any], model: str) -> str:
+    """The data store (a key of `Results.data`) a model's probes were trained and scored on."""
+    return lp_config.model_data_name(config, model)

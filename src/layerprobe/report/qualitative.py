@@ -18,7 +18,7 @@ from matplotlib.figure import Figure
 from matplotlib.patches import Patch
 
 from ..ade20k import CLASS_NAMES, IGNORE, NUM_CLASSES
-from .collect import Results, Store, model_resolution
+from .collect import Results, Store, model_data
 from .figures import plt, store_label
 
 IGNORE_COLOUR = np.array([40, 40, 40], np.uint8)
@@ -76,9 +76,9 @@ def overlay(image: np.ndarray, labels: np.ndarray, alpha: float = OVERLAY_ALPHA)
     return np.clip((1 - alpha) * base + alpha * colourise(labels), 0, 255).astype(np.uint8)
 
 
-def open_validation(results: Results, res: int) -> Any | None:
-    """The preprocessed data store of one resolution, or None when not available."""
-    manifest = results.data.get(res)
+def open_validation(results: Results, data_name: str) -> Any | None:
+    """A preprocessed data store (`64px`, `64px_pad`), or None when not available."""
+    manifest = results.data.get(data_name)
     if not manifest:
         return None
     path = Path(manifest["store"])
@@ -88,10 +88,10 @@ def open_validation(results: Results, res: int) -> Any | None:
     return zarr.open_group(path, mode="r")
 
 
-def class_frequency(results: Results, res: int) -> np.ndarray | None:
+def class_frequency(results: Results, data_name: str) -> np.ndarray | None:
     """Fraction of labelled validation pixels per class (chunk by chunk: 2,000 ADE images at 336 px
     are 226 MB of labels)."""
-    group = open_validation(results, res)
+    group = open_validation(results, data_name)
     if group is None or "validation/labels" not in group:
         return None
     labels = group["validation/labels"]
@@ -134,8 +134,7 @@ def chosen_layers(results: Results, store: Store) -> list[tuple[str, str]]:
 
 
 def qualitative_panel(results: Results, store: Store) -> Figure | None:
-    res = model_resolution(results.config, store[0])
-    group = open_validation(results, res)
+    group = open_validation(results, model_data(results.config, store[0]))
     layers = [(role, k) for role, k in chosen_layers(results, store) if (*store, k) in results.predictions]
     if group is None or not layers:
         return None

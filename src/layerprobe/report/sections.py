@@ -10,8 +10,9 @@ import numpy as np
 import yaml
 from matplotlib.figure import Figure
 
+from .. import config as lp_config
 from . import figures, qualitative, tables
-from .collect import Results, Store, model_resolution
+from .collect import Results, Store, model_data
 from .facts import run_facts
 from .figures import IDENTICAL, plt, store_label
 from .html import EmbeddedFigure, box, details, esc, figure, section, table
@@ -90,8 +91,31 @@ def summary_section(results: Results, sink: FigureSink) -> str:
              "probe with its interval: <code>report_files/probes.csv</code>; every prompt difference: "
              "<code>report_files/prompt_deltas.csv</code>.</p>")
     checks = "".join(box("<b>Check:</b> " + esc(text)) for text in tables.diagnostics(results))
-    return section("summary", "Which layer?", checks + body + figure(fig),
+    return section("summary", "Which layer?", checks + body + geometry_note(results) + figure(fig),
                    "Best layer per model and prompt (by validation mIoU), then every probed layer.")
+
+
+def geometry_note(results: Results) -> str:
+    """Which protocol each model's numbers follow, when a run holds the pad geometry."""
+    config = results.config
+    pads = [m for m in config["models"] if lp_config.geometry(config, m) == "pad"]
+    if not pads:
+        return ""
+    crops = [m for m in config["models"] if m not in pads]
+    parts = []
+    for model in pads:
+        rows = results.probes[results.probes["model"] == model].dropna(subset=["whole_image_miou"])
+        best = rows.loc[rows["whole_image_miou"].idxmax()] if not rows.empty else None
+        parts.append(f"<b>{esc(model)}</b>" + ("" if best is None else
+                     f" (best whole-image mIoU {best['whole_image_miou']:.4f}, {esc(best['layer'])})"))
+    text = ("<b>Geometry.</b> " + ", ".join(parts) + ": <i>pad</i>, LLaVA-1.5's own preprocessing (padded to a "
+            "square with the model's mean colour). Their mIoU here is at the model's resolution with the padding "
+            "ignored; their whole-image mIoU scores every validation image at its original size on its whole "
+            "annotation, as mmseg does, comparable with published ADE20K linear-probe results.")
+    if crops:
+        text += (" " + ", ".join(f"<b>{esc(m)}</b>" for m in crops) + ": <i>centre crop</i> (the researcher's "
+                 "protocol), scored on labels at the crop.")
+    return f"<p>{text}</p>"
 
 
 def prompt_section(results: Results, sink: FigureSink) -> str:
@@ -143,13 +167,13 @@ def per_class_section(results: Results, sink: FigureSink) -> str:
     for store in results.store_list():
         if store not in results.per_class:
             continue
-        res = model_resolution(results.config, store[0])
-        if res not in frequencies:
-            frequencies[res] = qualitative.class_frequency(results, res)
-        classes = qualitative.present_classes(results, store, frequencies[res])
+        data_name = model_data(results.config, store[0])
+        if data_name not in frequencies:
+            frequencies[data_name] = qualitative.class_frequency(results, data_name)
+        classes = qualitative.present_classes(results, store, frequencies[data_name])
         if not classes:
             continue
-        fig = sink.add(figures.per_class_heatmap(results, store, classes, frequencies[res]),
+        fig = sink.add(figures.per_class_heatmap(results, store, classes, frequencies[data_name]),
                        f"per_class_{_slug(store)}",
                        "Validation IoU per class (rows: classes present in the validation ground truth, most "
                        "frequent first, with their share of labelled pixels) and layer (columns, forward order). "

@@ -208,10 +208,11 @@ def store_sizes(results: Results) -> pd.DataFrame:
                      "images": f"{images['training']} + {images['validation']}",
                      "size on disk": measured if measured is not None else row.bytes,
                      "planned": float(planned.iloc[0]) if not planned.empty else np.nan})
-    for res, manifest in sorted(results.data.items()):
+    for name, manifest in sorted(results.data.items()):
         images = {s: int(manifest.get("images", {}).get(s, 0)) for s in ("training", "validation")}
-        planned = data_rows({**config, "models": _models_at(config, res)}, images)["bytes"]
-        rows.append({"store": f"data/{res}px.zarr", "layers": np.nan,
+        planned = data_rows({**config, "models": _models_at(config, manifest["resolution"])}, images)
+        planned = planned[planned["store"] == name]["bytes"]
+        rows.append({"store": f"data/{name}.zarr", "layers": np.nan,
                      "images": f"{images['training']} + {images['validation']}",
                      "size on disk": _disk_bytes(results, manifest.get("store")),
                      "planned": float(planned.sum()) if len(planned) else np.nan})
