@@ -25,7 +25,8 @@ def test_real_and_demo_configs_validate_with_defaults():
     real = lp_config.load(ROOT / "config/config.yaml")
     assert real["models"]["llava15_7b"]["layers"] == [1, 2, 4, 8, 12, 16, 20, 24, 28, 31, 32]
     assert real["models"]["clip_b16"]["arch"].endswith("quickgelu")
-    assert (demo["scan"]["holdout_fraction"], demo["scan"]["holdout_seed"]) == (0.1, 0)
+    assert (demo["scan"]["holdout_fraction"], demo["scan"]["holdout_seed"]) == (0.25, 0)  # demo.yaml sets it
+    assert (real["scan"]["holdout_fraction"], real["scan"]["holdout_seed"]) == (0.1, 0)  # the defaults
 
 
 def test_unknown_key_is_named():

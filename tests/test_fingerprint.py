@@ -59,7 +59,7 @@ SCANS = {"scan:tiny_vit/none", "scan:tiny_llava/describe", "scan:tiny_llava/desc
     (lambda c: c["models"]["tiny_vit"].update(concat_cls=[False, True]),
      {f"probe:tiny_vit/none/layer_{i:02d}+cls" for i in range(5)} | {"report"}),
     (lambda c: c["scan"].update(lambdas=[0.1, 1.0]), SCANS | {"report"}),
-    (lambda c: c["scan"].update(holdout_fraction=0.25), SCANS | {"report"}),
+    (lambda c: c["scan"].update(holdout_fraction=0.5), SCANS | {"report"}),
     (lambda c: c["scan"].update(holdout_seed=3), SCANS | {"report"}),
     (lambda c: c["scan"].update(max_stats_mb=1), set()),
     (lambda c: c["models"]["tiny_llava"]["prompts"][1].update(text="Find the {category} here"),
