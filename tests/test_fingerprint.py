@@ -121,3 +121,40 @@ def test_check_names_the_differing_keys(demo):
     with pytest.raises(lp_fp.StaleResultError, match="no fingerprint recorded"):
         current.check(None, "old.json")
     current.check(current.record(), "fresh.json")
+
+
+def _add_fills(*fills: str):
+    return lambda c: c["models"]["tiny_llava"]["prompts"][1].update(category_fill=["dominant", *fills])
+
+
+def _artefacts(store_id: str) -> set[str]:
+    """A tiny_llava store's own artefacts: the store, its probes and its scan."""
+    return ({f"store:tiny_llava/{store_id}", f"scan:tiny_llava/{store_id}"}
+            | {f"probe:tiny_llava/{store_id}/{k}" for k in ("vision_01", "vision_02", "projector", "layer_00",
+                                                           "layer_01", "layer_02")})
+
+
+def test_adding_a_fill_leaves_the_oracle_and_every_other_store_alone(demo):
+    demo["models"]["tiny_llava"]["prompts"][1].pop("category_fill", None)  # the oracle only
+    assert changed(demo, _add_fills("shuffled")) == _artefacts("describe_category+shuffled") | {"report"}
+    with_shuffled = copy.deepcopy(demo)
+    _add_fills("shuffled")(with_shuffled)
+    assert changed(with_shuffled, _add_fills("shuffled", "random", "none")) == \
+        _artefacts("describe_category+random") | _artefacts("describe_category+none") | {"report"}
+
+
+def test_a_store_records_its_own_fill_and_only_seeded_fills_the_seed(demo):
+    _add_fills("shuffled", "random", "none")(demo)
+    cfg = lp_config.validate(demo)
+    inputs = {p: lp_fp.store(cfg, "tiny_llava", p).inputs for p in lp_config.prompt_ids(cfg["models"]["tiny_llava"])}
+    fill, seed = "models.tiny_llava.category_fill", "models.tiny_llava.category_seed"
+    assert {p: (i.get(fill), i.get(seed)) for p, i in inputs.items()} == {
+        "describe": (None, None), "describe_category": ("dominant", None),
+        "describe_category+shuffled": ("shuffled", 0), "describe_category+random": ("random", 0),
+        "describe_category+none": ("none", None)}
+    # Every fill of the prompt is conditioned on the same text, under the prompt's own id.
+    assert {i["models.tiny_llava.prompts.describe_category.text"] for p, i in inputs.items() if p != "describe"} \
+        == {demo["models"]["tiny_llava"]["prompts"][1]["text"]}
+    # The seed reruns the seeded controls only.
+    assert changed(demo, lambda c: c["models"]["tiny_llava"].update(category_seed=3)) == \
+        _artefacts("describe_category+shuffled") | _artefacts("describe_category+random") | {"report"}
