@@ -71,7 +71,7 @@ def bare_forward(backbone, data, batch_size: int, splits=("training", "validatio
     """Every block of the tower over the splits, reading the store like the scan does."""
     start = time.perf_counter()
     for split in splits:
-        for images, _ in _batches(data, split, None, batch_size):
+        for images, _, _ in _batches(data, split, None, batch_size):
             backbone.visual(backbone.normalize(torch.from_numpy(np.ascontiguousarray(images))))
     return time.perf_counter() - start
 
