@@ -44,23 +44,25 @@ def changed(before: dict, edit) -> set[str]:
     return {k for k in new if old.get(k) != new[k]}
 
 
-LLAVA_PROBES = {f"probe:tiny_llava/{p}/{k}" for p in ("describe", "describe_category")
+CATEGORY = ("describe_category", "describe_category+shuffled")  # demo.yaml: the oracle and its control
+LLAVA_IDS = ("describe", *CATEGORY)
+LLAVA_PROBES = {f"probe:tiny_llava/{p}/{k}" for p in LLAVA_IDS
                 for k in ("vision_01", "vision_02", "projector", "layer_00", "layer_01", "layer_02")}
 VIT_PROBES = {f"probe:tiny_vit/none/layer_{i:02d}" for i in range(5)}
-LLAVA_STORES = {"store:tiny_llava/describe", "store:tiny_llava/describe_category"}
-SCANS = {"scan:tiny_vit/none", "scan:tiny_llava/describe", "scan:tiny_llava/describe_category"}
+LLAVA_STORES = {f"store:tiny_llava/{p}" for p in LLAVA_IDS}
+SCANS = {"scan:tiny_vit/none"} | {f"scan:tiny_llava/{p}" for p in LLAVA_IDS}
 
 
 @pytest.mark.parametrize("edit, expected", [
     (lambda c: c["models"]["tiny_llava"]["vision_layers"].insert(0, 0),
-     {"probe:tiny_llava/describe/vision_00", "probe:tiny_llava/describe_category/vision_00", "report"}),
+     {f"probe:tiny_llava/{p}/vision_00" for p in LLAVA_IDS} | {"report"}),
     (lambda c: c["models"]["tiny_llava"]["layers"].remove(1), {"report"}),
     (lambda c: c["probe"].update(lr=0.05, epochs=12), LLAVA_PROBES | VIT_PROBES | {"report"}),
     (lambda c: c["models"]["tiny_vit"].update(concat_cls=[False, True]),
      {f"probe:tiny_vit/none/layer_{i:02d}+cls" for i in range(5)} | {"report"}),
     (lambda c: c["scan"].update(lambdas=[0.1, 1.0]), SCANS | {"report"}),
     (lambda c: c["models"]["tiny_llava"]["prompts"][1].update(text="Find the {category} here"),
-     {"store:tiny_llava/describe_category", "scan:tiny_llava/describe_category", "report"}
+     {f"{kind}:tiny_llava/{p}" for kind in ("store", "scan") for p in CATEGORY} | {"report"}
      | {p for p in LLAVA_PROBES if "describe_category" in p}),
     (lambda c: c["models"]["tiny_vit"]["tiny"].update(seed=1),
      {"tiny:tiny_vit", "store:tiny_vit/none", "scan:tiny_vit/none", "report"} | VIT_PROBES),
