@@ -81,11 +81,17 @@ def _llava(mutate) -> dict:
 
 
 def test_category_fills_expand_into_store_ids():
+    assert lp_config.prompt_ids(lp_config.validate(BASE)["models"]["tiny_llava"]) == [
+        "describe", "describe_category", "describe_category+shuffled"]  # demo.yaml: the oracle and its control
     def one_fill_per_prompt(m):
         m["prompts"][1]["category_fill"] = "dominant"
     assert lp_config.prompt_ids(_llava(one_fill_per_prompt)) == ["describe", "describe_category"]
+
     # The model's list applies to every {category} prompt; a prompt without one keeps one store.
-    model = _llava(lambda m: m.update(category_fill=["dominant", "shuffled", "random", "none"]))
+    def model_level(m):
+        m["prompts"][1].pop("category_fill")
+        m["category_fill"] = ["dominant", "shuffled", "random", "none"]
+    model = _llava(model_level)
     ids = ["describe", "describe_category", "describe_category+shuffled", "describe_category+random",
            "describe_category+none"]
     assert lp_config.prompt_ids(model) == ids
