@@ -135,12 +135,12 @@ Batches = list[tuple[np.ndarray, "list[str] | None"]]
 def part_batches(layout: store.Layout, data: Any, part: int, parts: int, batch_size: int,
                  with_prompts: bool = False) -> Batches:
     """The batches extract_part feeds the backbone for one part (store order, chunk by chunk)."""
-    names = data.attrs["class_names"]
+    fill = X.store_prompt_filler(layout, data) if with_prompts else None
     out: Batches = []
     for split, chunk in store.part_chunks(layout, part, parts):
         start, stop = layout.rows(chunk, split)
         images, labels, _ = X._gather(data, split, layout.orders[split][start:stop])
-        prompts = X._fill_prompts(layout.prompt_text, labels, names) if with_prompts else None
+        prompts = fill(split, labels, layout.orders[split][start:stop]) if fill else None
         for b in range(0, len(images), batch_size):
             out.append((images[b:b + batch_size], prompts[b:b + batch_size] if prompts else None))
     return out

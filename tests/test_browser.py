@@ -3,7 +3,7 @@ loads and is shown at a readable size, nothing runs off the page, the console st
 a full-page screenshot is written for a person to look at.
 
 Runs on the demo run's own results/report.html (the session fixture `demo_run`), plus a report
-fabricated for the full experiment config (7 model/prompt stores, all 150 ADE20K classes in the
+fabricated for the full experiment config (9 model/prompt stores, all 150 ADE20K classes in the
 per-class maps) to check the layout at real scale. LAYERPROBE_SCREENSHOTS=<dir> keeps the PNGs.
 """
 

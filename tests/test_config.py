@@ -119,3 +119,59 @@ def test_geometry_defaults_to_center_crop_and_a_model_may_override_it():
 def test_unknown_geometry_is_named():
     assert "dataset.geometry" in _bad(lambda c: c["dataset"].update(geometry="letterbox"))
     assert "models.tiny_vit.geometry" in _bad(lambda c: c["models"]["tiny_vit"].update(geometry="crop"))
+
+
+def _llava(mutate) -> dict:
+    raw = copy.deepcopy(BASE)
+    mutate(raw["models"]["tiny_llava"])
+    return lp_config.validate(raw)["models"]["tiny_llava"]
+
+
+def test_category_fills_expand_into_store_ids():
+    assert lp_config.prompt_ids(lp_config.validate(BASE)["models"]["tiny_llava"]) == [
+        "describe", "describe_category", "describe_category+shuffled"]  # demo.yaml: the oracle and its control
+    def one_fill_per_prompt(m):
+        m["prompts"][1]["category_fill"] = "dominant"
+    assert lp_config.prompt_ids(_llava(one_fill_per_prompt)) == ["describe", "describe_category"]
+
+    # The model's list applies to every {category} prompt; a prompt without one keeps one store.
+    def model_level(m):
+        m["prompts"][1].pop("category_fill")
+        m["category_fill"] = ["dominant", "shuffled", "random", "none"]
+    model = _llava(model_level)
+    ids = ["describe", "describe_category", "describe_category+shuffled", "describe_category+random",
+           "describe_category+none"]
+    assert lp_config.prompt_ids(model) == ids
+    assert [lp_config.parse_store_id(i) for i in ids] == [
+        ("describe", "dominant"), ("describe_category", "dominant"), ("describe_category", "shuffled"),
+        ("describe_category", "random"), ("describe_category", "none")]
+    assert [lp_config.store_id(*lp_config.parse_store_id(i)) for i in ids] == ids
+    assert {lp_config.prompt_text(model, i) for i in ids[1:]} == {model["prompts"][1]["text"]}
+    assert [lp_config.store_fill(model, i) for i in ids] == [None, "dominant", "shuffled", "random", "none"]
+    # A prompt's own list wins over the model's; without dominant the plain id is not a store.
+    model = _llava(lambda m: (m.update(category_fill="random"), m["prompts"][1].update(category_fill=["shuffled"])))
+    assert lp_config.prompt_ids(model) == ["describe", "describe_category+shuffled"]
+    assert lp_config.prompt_ids(lp_config.validate(BASE)["models"]["tiny_vit"]) == ["none"]
+    with pytest.raises(ValueError, match="unknown category fill 'bogus'"):
+        lp_config.parse_store_id("describe_category+bogus")
+
+
+def test_category_fill_errors_name_the_key():
+    prompts = lambda c: c["models"]["tiny_llava"]["prompts"]  # noqa: E731
+    msg = _bad(lambda c: prompts(c)[0].update(category_fill=["dominant", "shuffled"]))
+    assert "models.tiny_llava.prompts[0].category_fill" in msg and "no {category}" in msg
+    msg = _bad(lambda c: c["models"]["tiny_llava"].update(category_fill="shufled"))
+    assert "models.tiny_llava.category_fill" in msg and "'shuffled'" in msg  # the allowed values are listed
+    assert "models.tiny_llava.prompts[1].category_fill[1]" in _bad(
+        lambda c: prompts(c)[1].update(category_fill=["dominant", "oracle"]))
+    assert "non-unique" in _bad(lambda c: prompts(c)[1].update(category_fill=["shuffled", "shuffled"]))
+    assert "models.tiny_llava.category_seed" in _bad(lambda c: c["models"]["tiny_llava"].update(category_seed=-1))
+
+
+def test_fills_of_one_prompt_with_image_first_format_are_an_error():
+    def mutate(c):
+        model = c["models"]["tiny_llava"]
+        model.update(prompt_format="USER: <image>\n{prompt} ASSISTANT:", category_fill=["dominant", "shuffled"])
+        del model["prompts"][0]
+    msg = _bad(mutate)
+    assert "models.tiny_llava.prompt_format" in msg and "identical" in msg

@@ -5,10 +5,11 @@ One small base run (tests/configs/edit_matrix.yaml). Per edit, the dry run's job
 (.snakemake metadata included) equal the set written here. Then the edits are applied and run,
 in two groups that together hold every edit (one Snakemake run plus a from-scratch run costs
 about a minute, so one pair per edit would take 20): the store-layout edits (extend a store, new
-store, new probe variants, removal, scan settings) and the edits that discard and redo (prompt
-text, model weights, chunking, probe settings, data). After each group's run a second dry run
-has nothing to do, and a from-scratch run of the edited config in a fresh directory gives
-identical feature bytes, metrics, epochs.csv, predictions and scan tables.
+store, a {category} prompt with its control, new probe variants, removal, scan settings) and the
+edits that discard and redo (prompt text, model weights, chunking, probe settings, data). After
+each group's run a second dry run has nothing to do, and a from-scratch run of the edited config
+in a fresh directory gives identical feature bytes, metrics, epochs.csv, predictions and scan
+tables. Then a control fill added to a prompt that has run plans that control's jobs only.
 """
 
 from __future__ import annotations
@@ -94,6 +95,12 @@ def _add_prompt(c: dict) -> None:
                                                  "text": "Describe the {category} in the image in detail"})
 
 
+def _add_prompt_with_control(c: dict) -> None:
+    """A {category} prompt with the oracle and its shuffled control: two stores from one entry."""
+    c["models"]["tiny_llava"]["prompts"].append({"id": "find_category", "text": "Find the {category} in the image",
+                                                 "category_fill": ["dominant", "shuffled"]})
+
+
 def _new_data(c: dict) -> None:
     c["dataset"]["synthetic"]["seed"] = 1  # new images and labels under the same file names
 
@@ -109,6 +116,11 @@ EDITS: dict[str, tuple[Callable[[dict], None], Jobs]] = {
     "change a prompt's text": (lambda c: c["models"]["tiny_llava"]["prompts"][0].update(text="Describe this picture"),
                                jobs(store(*LLAVA), LLAVA_PROBES)),
     "change probe.lr and epochs": (lambda c: c["probe"].update(lr=0.05, epochs=3), jobs(VIT_PROBES, LLAVA_PROBES)),
+    "add a {category} prompt with its shuffled control": (
+        _add_prompt_with_control,
+        jobs(*(part for prompt in ("find_category", "find_category+shuffled")
+               for part in (store("tiny_llava", prompt), probes("tiny_llava", prompt, "vision_02", "layer_01",
+                                                                "layer_03"))))),
     "switch concat_cls to both": (lambda c: c["models"]["tiny_vit"].update(concat_cls=[False, True]),
                                   jobs(probes(*VIT, "layer_01+cls", "layer_03+cls"))),
     "change the scan's lambdas": (lambda c: c["scan"].update(lambdas=[0.01, 1.0]), jobs(scan(*VIT))),
@@ -130,7 +142,8 @@ EDITS: dict[str, tuple[Callable[[dict], None], Jobs]] = {
 }
 GROUPS = {
     "layout edits": ["add an LLM layer", "add a vision layer", "remove a layer", "add a prompt",
-                     "switch concat_cls to both", "change the scan's lambdas", "add a probe seed"],
+                     "add a {category} prompt with its shuffled control", "switch concat_cls to both",
+                     "change the scan's lambdas", "add a probe seed"],
     "discard-and-redo edits": ["change a prompt's text", "change the model's weights", "change store.chunk_images",
                                "change probe.lr and epochs", "change dataset.max_images",
                                "change images and labels under the same names"],
@@ -189,6 +202,22 @@ def assert_same_results(done: Path, scratch: Path, config: dict[str, Any]) -> No
             assert (done / path).read_bytes() == (scratch / path).read_bytes(), path
 
 
+def assert_adding_a_fill_plans_only_its_store(done: Path, config: dict[str, Any]) -> None:
+    """After a run with the oracle of describe_category (added by "add a prompt"), listing a
+    control beside it plans that control's store and probes only: the oracle's store, probes
+    and fingerprints are untouched."""
+    more = copy.deepcopy(config)
+    prompt = next(p for p in more["models"]["tiny_llava"]["prompts"] if p["id"] == "describe_category")
+    prompt["category_fill"] = ["dominant", "random"]
+    write_config(done, more)
+    layers = lp_config.probe_ids(lp_config.validate(more)["models"]["tiny_llava"])  # the group's, not the base's
+    try:
+        assert planned_jobs(done) == jobs(store("tiny_llava", "describe_category+random"),
+                                          probes("tiny_llava", "describe_category+random", *layers))
+    finally:
+        write_config(done, config)
+
+
 # --------------------------------------------------------------------------------------------
 
 @pytest.fixture(scope="module")
@@ -234,6 +263,8 @@ def test_edited_run_equals_a_from_scratch_run(base, tmp_path, group):
     write_config(scratch, config)
     run(scratch)
     assert_same_results(done, scratch, config)
+    if group == "layout edits":
+        assert_adding_a_fill_plans_only_its_store(done, config)
     if group == "discard-and-redo edits":
         # --forcerun of a finished probe after its settings changed: it starts from epoch 1 (its
         # checkpoint is gone; one of other settings would be discarded) and matches scratch.

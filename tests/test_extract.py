@@ -278,3 +278,68 @@ def test_raw_chunk_writes_are_the_bytes_zarr_writes(tmp_path):
             (tmp_path / f"w.zarr/zarr/c/{chunk}/0/0").read_bytes()
     compressed = group.create_array("z", shape=(4, 2), chunks=(4, 2), dtype="float16")
     assert RawChunks.of(compressed) is None  # zstd by default: written through zarr
+
+
+# --------------------------------------------------------------------------------------------
+# LLaVA stores per category fill: the oracle and its shuffled control
+# --------------------------------------------------------------------------------------------
+
+CATEGORY_PROMPT = "Describe the {category} in the image"
+LLAVA_TINY = {"image_size": 32, "patch_size": 8, "width": 32, "layers": 2, "heads": 2, "text_width": 32,
+              "text_layers": 2, "seed": 0}
+
+
+@pytest.fixture(scope="module")
+def fill_stores(tmp_path_factory):
+    """A tiny LLaVA's dominant and shuffled stores of one {category} prompt, each in two parts."""
+    from layerprobe import config as lp_config
+    from layerprobe.backbones.tiny_llava import build_tiny_llava
+
+    tmp = tmp_path_factory.mktemp("fills")
+    tiny = {k: LLAVA_TINY[k] for k in ("image_size", "patch_size", "heads", "text_width", "text_layers", "seed")}
+    hub = build_tiny_llava(tmp / "tiny_llava", vision_width=32, vision_layers=2, **tiny)
+    model = {"kind": "llava", "hub_id": str(hub), "tiny": LLAVA_TINY, "layers": [1], "batch_size": 4,
+             "prompt_format": "USER: {prompt}\n<image> ASSISTANT:",
+             "prompts": [{"id": "describe_category", "text": CATEGORY_PROMPT, "category_fill": ["dominant", "shuffled"]}]}
+    cfg = lp_config.validate({"dataset": {"root": str(tmp / "ADEChallengeData2016"), "synthetic": {}},
+                              "store": {"chunk_images": 4}, "models": {"tiny_llava": model}})
+    backbone = load_backbone("tiny_llava", cfg["models"]["tiny_llava"], "cpu")
+    data = tiny_data(tmp)
+    paths = {}
+    for store_id in lp_config.prompt_ids(cfg["models"]["tiny_llava"]):
+        paths[store_id] = tmp / f"{store_id}.zarr"
+        build_store(backbone, data, paths[store_id], tmp / f"{store_id}.json",
+                    tiny_layout(cfg, data, "tiny_llava", store_id), ["layer_01"], 4, parts=2)
+    return cfg, data, paths
+
+
+def test_shuffled_store_is_conditioned_on_a_donors_class(fill_stores):
+    from layerprobe.prompts import donor_rows, split_dominant_classes
+
+    cfg, data, paths = fill_stores
+    assert sorted(paths) == ["describe_category", "describe_category+shuffled"]
+    oracle, control = (store.open_store(paths[p]) for p in sorted(paths))
+    names = data.attrs["class_names"]
+    name = lambda c: "object" if c < 0 else names[c]  # noqa: E731
+    differing = 0
+    for split in store.SPLITS:
+        order = oracle.attrs[f"{split}_order"]
+        assert control.attrs[f"{split}_order"] == order  # same images in the same store rows
+        own = split_dominant_classes(data, split)
+        donors = donor_rows(len(own), 0, split)
+        filled = {p: g.attrs["filled_prompts"][split] for p, g in (("dominant", oracle), ("shuffled", control))}
+        assert filled["dominant"] == [CATEGORY_PROMPT.format(category=name(own[r])) for r in order]
+        assert filled["shuffled"] == [CATEGORY_PROMPT.format(category=name(own[donors[r]])) for r in order]
+        changed = [name(own[r]) != name(own[donors[r]]) for r in order]
+        assert [a != b for a, b in zip(filled["dominant"], filled["shuffled"])] == changed
+        differing += sum(changed)
+        # The prompt reached the model: image tokens differ where the class name does (by ~3e-3
+        # in this tiny model; elsewhere padding in a batch of other prompts may move an fp16 ulp).
+        a, b = (g[f"{split}/layer_01"][:].astype(np.float32) for g in (oracle, control))
+        assert [not np.allclose(x, y, rtol=0, atol=1e-4) for x, y in zip(a, b)] == changed
+    assert differing > 0
+    assert "category_fill" not in oracle.attrs  # the oracle's attrs are as before fills had a choice
+    assert control.attrs["category_fill"] == "shuffled" and control.attrs["category_seed"] == 0
+    manifest = json.loads((paths["describe_category+shuffled"].parent / "describe_category+shuffled.json").read_text())
+    assert manifest["category_fill"] == "shuffled" and manifest["prompt_id"] == "describe_category+shuffled"
+    assert control.attrs["fingerprint"] == lp_fp.store(cfg, "tiny_llava", "describe_category+shuffled").record()

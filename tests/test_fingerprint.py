@@ -44,16 +44,18 @@ def changed(before: dict, edit) -> set[str]:
     return {k for k in new if old.get(k) != new[k]}
 
 
-LLAVA_PROBES = {f"probe:tiny_llava/{p}/{k}" for p in ("describe", "describe_category")
+CATEGORY = ("describe_category", "describe_category+shuffled")  # demo.yaml: the oracle and its control
+LLAVA_IDS = ("describe", *CATEGORY)
+LLAVA_PROBES = {f"probe:tiny_llava/{p}/{k}" for p in LLAVA_IDS
                 for k in ("vision_01", "vision_02", "projector", "layer_00", "layer_01", "layer_02")}
 VIT_PROBES = {f"probe:tiny_vit/none/layer_{i:02d}" for i in range(5)}
-LLAVA_STORES = {"store:tiny_llava/describe", "store:tiny_llava/describe_category"}
-SCANS = {"scan:tiny_vit/none", "scan:tiny_llava/describe", "scan:tiny_llava/describe_category"}
+LLAVA_STORES = {f"store:tiny_llava/{p}" for p in LLAVA_IDS}
+SCANS = {"scan:tiny_vit/none"} | {f"scan:tiny_llava/{p}" for p in LLAVA_IDS}
 
 
 @pytest.mark.parametrize("edit, expected", [
     (lambda c: c["models"]["tiny_llava"]["vision_layers"].insert(0, 0),
-     {"probe:tiny_llava/describe/vision_00", "probe:tiny_llava/describe_category/vision_00", "report"}),
+     {f"probe:tiny_llava/{p}/vision_00" for p in LLAVA_IDS} | {"report"}),
     (lambda c: c["models"]["tiny_llava"]["layers"].remove(1), {"report"}),
     (lambda c: c["probe"].update(lr=0.05, epochs=12), LLAVA_PROBES | VIT_PROBES | {"report"}),
     (lambda c: c["models"]["tiny_vit"].update(concat_cls=[False, True]),
@@ -63,7 +65,7 @@ SCANS = {"scan:tiny_vit/none", "scan:tiny_llava/describe", "scan:tiny_llava/desc
     (lambda c: c["scan"].update(holdout_seed=3), SCANS | {"report"}),
     (lambda c: c["scan"].update(max_stats_mb=1), set()),
     (lambda c: c["models"]["tiny_llava"]["prompts"][1].update(text="Find the {category} here"),
-     {"store:tiny_llava/describe_category", "scan:tiny_llava/describe_category", "report"}
+     {f"{kind}:tiny_llava/{p}" for kind in ("store", "scan") for p in CATEGORY} | {"report"}
      | {p for p in LLAVA_PROBES if "describe_category" in p}),
     (lambda c: c["models"]["tiny_vit"]["tiny"].update(seed=1),
      {"tiny:tiny_vit", "store:tiny_vit/none", "scan:tiny_vit/none", "report"} | VIT_PROBES),
@@ -143,3 +145,40 @@ def test_centre_crop_data_fingerprint_has_the_keys_it_always_had(demo):
     assert lp_fp.data(cfg, 64, "center_crop") == lp_fp.data(cfg, 64)
     assert lp_fp.data(cfg, 64, "pad").inputs == {**lp_fp.data(cfg, 64).inputs, "data.geometry": "pad"}
     assert set(lp_fp.report(cfg).inputs) >= {"data:48px", "data:64px"}
+
+
+def _add_fills(*fills: str):
+    return lambda c: c["models"]["tiny_llava"]["prompts"][1].update(category_fill=["dominant", *fills])
+
+
+def _artefacts(store_id: str) -> set[str]:
+    """A tiny_llava store's own artefacts: the store, its probes and its scan."""
+    return ({f"store:tiny_llava/{store_id}", f"scan:tiny_llava/{store_id}"}
+            | {f"probe:tiny_llava/{store_id}/{k}" for k in ("vision_01", "vision_02", "projector", "layer_00",
+                                                           "layer_01", "layer_02")})
+
+
+def test_adding_a_fill_leaves_the_oracle_and_every_other_store_alone(demo):
+    demo["models"]["tiny_llava"]["prompts"][1].pop("category_fill", None)  # the oracle only
+    assert changed(demo, _add_fills("shuffled")) == _artefacts("describe_category+shuffled") | {"report"}
+    with_shuffled = copy.deepcopy(demo)
+    _add_fills("shuffled")(with_shuffled)
+    assert changed(with_shuffled, _add_fills("shuffled", "random", "none")) == \
+        _artefacts("describe_category+random") | _artefacts("describe_category+none") | {"report"}
+
+
+def test_a_store_records_its_own_fill_and_only_seeded_fills_the_seed(demo):
+    _add_fills("shuffled", "random", "none")(demo)
+    cfg = lp_config.validate(demo)
+    inputs = {p: lp_fp.store(cfg, "tiny_llava", p).inputs for p in lp_config.prompt_ids(cfg["models"]["tiny_llava"])}
+    fill, seed = "models.tiny_llava.category_fill", "models.tiny_llava.category_seed"
+    assert {p: (i.get(fill), i.get(seed)) for p, i in inputs.items()} == {
+        "describe": (None, None), "describe_category": ("dominant", None),
+        "describe_category+shuffled": ("shuffled", 0), "describe_category+random": ("random", 0),
+        "describe_category+none": ("none", None)}
+    # Every fill of the prompt is conditioned on the same text, under the prompt's own id.
+    assert {i["models.tiny_llava.prompts.describe_category.text"] for p, i in inputs.items() if p != "describe"} \
+        == {demo["models"]["tiny_llava"]["prompts"][1]["text"]}
+    # The seed reruns the seeded controls only.
+    assert changed(demo, lambda c: c["models"]["tiny_llava"].update(category_seed=3)) == \
+        _artefacts("describe_category+shuffled") | _artefacts("describe_category+random") | {"report"}

@@ -71,14 +71,17 @@ def test_rules_use_the_requested_resources(real_config: dict) -> None:
     assert probe["mem_mb_per_job"] == real_config["probe"]["ram_budget_mb"] + resources.OVERHEAD_MB
     assert probe["jobs"] == 13  # 11 LLM layers + vision_23 + projector
     extract = rules.loc[("extract", "llava15_7b_prompted")]
-    assert extract["jobs"] == 3 * real_config["store"]["parts"]  # three prompts
+    # Three prompts, two of them with a shuffled control: five stores.
+    assert lp_config.prompt_ids(real_config["models"]["llava15_7b_prompted"]) == [
+        "describe", "describe_category", "describe_category+shuffled", "imagine_category", "imagine_category+shuffled"]
+    assert extract["jobs"] == 5 * real_config["store"]["parts"]
     assert extract["mem_mb_per_job"] == 8192 and extract["gpus_per_job"] == 1
     assert result.totals["gpu_hours"] == pytest.approx(result.rules["gpu_hours"].sum())
     assert (result.rules["gpu_hours"] >= 0).all()
 
 
 def test_quota_warning(real_config: dict) -> None:
-    assert not [w for w in lp_plan.plan(real_config).warnings if "disk_quota_gb" in w]  # 2.7 TB < 5000 GB
+    assert not [w for w in lp_plan.plan(real_config).warnings if "disk_quota_gb" in w]  # 3.3 TB < 5000 GB
     config = copy.deepcopy(real_config)
     config["store"]["disk_quota_gb"] = 1000
     warnings = lp_plan.plan(config).warnings

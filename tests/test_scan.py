@@ -335,10 +335,11 @@ def _validation_choice(data: zarr.Group, keys: list[str], lambdas: list[float]) 
 def test_scan_in_groups_and_with_prompts(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
     data = _fake_store(tmp_path / "data.zarr", {"training": 16, "validation": 8})
     backbone = FakeBackbone()
-    seen: list[int] = []
+    seen: list[tuple[str, list[int]]] = []
 
-    def prompts(labels: np.ndarray) -> list[str]:
-        seen.append(len(labels))
+    def prompts(split: str, labels: np.ndarray, rows: np.ndarray) -> list[str]:
+        assert np.array_equal(labels, data[f"{split}/labels"].get_orthogonal_selection((rows,)))
+        seen.append((split, rows.tolist()))
         return [f"image of class {int(label.max())}" for label in labels]
 
     budget = scan_cost.stats_bytes([12])  # room for one layer: two fit passes
@@ -351,9 +352,37 @@ def test_scan_in_groups_and_with_prompts(tmp_path: Path, caplog: pytest.LogCaptu
     # 11 fit images per group (1 of the 12 rows held out), then hold-out and validation, every key.
     assert keys == [("layer_00",)] * 3 + [("layer_01",)] * 3 + [("layer_00", "layer_01")] * 2
     assert all(c[2] is not None and len(c[2]) == c[0] for c in backbone.calls)
-    assert seen == [4, 4, 3] * 2 + [1, 4]
+    fit_rows, held_out = scan.holdout_split(list(range(12)), 12, 0.1, 0)
+    fit_rows = sorted(fit_rows)
+    fit = [("training", fit_rows[i:i + 4]) for i in range(0, len(fit_rows), 4)]
+    assert [len(r) for _, r in fit] == [4, 4, 3]
+    # the data-store rows of every batch: the fit rows (twice: two groups), the hold-out, validation
+    assert seen == fit * 2 + [("training", sorted(held_out)), ("validation", [1, 3, 5, 7])]
     assert set(table["prompt"]) == {"p1"} and set(table["model"]) == {"fake"}
     assert len(pd.concat([table, table])) == 4  # attrs hold plain data: frames still concatenate
+
+
+def test_scan_fills_prompts_as_extraction_does(tmp_path: Path) -> None:
+    """The scan's prompt per image is the one its extraction store records: same rows, same fill,
+    whatever the batching (here the shuffled control: each image gets a donor's class)."""
+    from layerprobe.ade20k import CLASS_NAMES
+    from layerprobe.prompts import prompt_filler
+
+    data = _fake_store(tmp_path / "data.zarr", {"training": 16, "validation": 8})
+    backbone = FakeBackbone()
+    text, rows = "Describe the {category}", {"training": [0, 2, 3, 5, 8, 9, 10, 15], "validation": [1, 2, 6]}
+    fill = scan.prompts_filler(text, list(CLASS_NAMES), "shuffled", 2, data)
+    scan.run_scan(backbone, data, rows, ["layer_01"], fill, [1.0], batch_size=3)
+    sent = [p for call in backbone.calls for p in call[2]]
+    extraction = prompt_filler(text, "shuffled", CLASS_NAMES, 2, data)
+    expected = [p for split in ("training", "validation")
+                for p in extraction(split, data[f"{split}/labels"].get_orthogonal_selection((rows[split],)),
+                                    np.array(rows[split]))]
+    assert sent == expected
+    dominant = prompt_filler(text, "dominant", CLASS_NAMES)
+    assert sent != [p for split in ("training", "validation")
+                    for p in dominant(split, data[f"{split}/labels"].get_orthogonal_selection((rows[split],)),
+                                      np.array(rows[split]))]
 
 
 def test_scan_with_tiny_open_clip(tmp_path: Path) -> None:

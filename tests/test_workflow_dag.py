@@ -20,13 +20,28 @@ def test_real_config_dry_run_lists_full_dag(workdir):
         for layer in real["models"][name]["layers"]:
             assert f"results/probes/{name}/none/layer_{layer:02d}/metrics.json" in out
             assert f"results/probes/{name}/none/layer_{layer:02d}+cls/metrics.json" in out  # concat_cls: both
-    for prompt in ("describe", "describe_category", "imagine_category"):
+    for prompt in ("describe", "describe_category", "imagine_category", "describe_category+shuffled",
+                   "imagine_category+shuffled"):  # the {category} oracles and their controls
         assert f"results/features/llava15_7b_prompted/{prompt}.manifest.json" in out
         assert f"results/probes/llava15_7b_prompted/{prompt}/layer_32/metrics.json" in out
+        assert f"results/scan/llava15_7b_prompted/{prompt}.csv" in out
+    assert "describe+shuffled" not in out  # a prompt without {category} has one store
     for layer in (1, 2, 4, 8, 12, 16, 20, 24, 28, 31, 32):
         assert f"results/probes/llava15_7b/describe/layer_{layer:02d}/metrics.json" in out
     assert "results/report.html" in out
     assert "wildcards: model=llava15_7b, prompt=describe, part=3" in out  # parts: 4
+
+
+def test_demo_dag_has_a_store_per_category_fill(workdir):
+    """demo.yaml lists [dominant, shuffled] for describe_category: the control is a store of its
+    own, with its extraction parts, probes and scan, beside the oracle's plain-id store."""
+    out = snakemake(workdir, "-n", "--profile", "profiles/local").stdout
+    control = "tiny_llava/describe_category+shuffled"
+    for path in (f"results/features/{control}.manifest.json", f"results/features/{control}.part1.json",
+                 f"results/probes/{control}/layer_02/metrics.json", f"results/scan/{control}.csv",
+                 "results/features/tiny_llava/describe_category.manifest.json"):
+        assert path in out, path
+    assert "wildcards: model=tiny_llava, prompt=describe_category+shuffled, part=1" in out
 
 
 def _write_config(workdir: Path, mutate) -> str:
@@ -46,6 +61,10 @@ def _write_config(workdir: Path, mutate) -> str:
     (lambda c: c["dataset"].update(class_names=None), "dataset.class_names"),
     (lambda c: c["models"]["tiny_llava"].update(layers=[3]), "models.tiny_llava.layers"),
     (lambda c: c["scan"].update(models=["tiny_vitt"]), "scan.models"),
+    (lambda c: c["models"]["tiny_llava"]["prompts"][0].update(category_fill=["shuffled"]),
+     "models.tiny_llava.prompts[0].category_fill"),
+    (lambda c: c["models"]["tiny_llava"]["prompts"][1].update(category_fill=["dominant", "shuffle"]),
+     "models.tiny_llava.prompts[1].category_fill[1]"),
 ])
 def test_bad_config_fails_at_dag_build_naming_the_key(workdir, mutate, expected):
     proc = snakemake(workdir, "-n", "--configfile", _write_config(workdir, mutate), check=False)

@@ -3,8 +3,8 @@
 import json
 
 import pandas as pd
-import yaml
 
+from layerprobe import config as lp_config
 from layerprobe.specs import requested_keys
 from tests.conftest import ROOT
 
@@ -13,10 +13,9 @@ def test_demo_writes_report_and_parsable_metrics(demo_run):
     results = demo_run / "results"
     html = (results / "report.html").read_text()
     assert "<html" in html.lower() and "mIoU" in html
-    demo = yaml.safe_load((ROOT / "config/demo.yaml").read_text())
+    demo = lp_config.load(ROOT / "config/demo.yaml")
     for name, model in demo["models"].items():
-        prompts = [p["id"] for p in model.get("prompts", [])] or ["none"]
-        for prompt in prompts:
+        for prompt in lp_config.prompt_ids(model):  # every category fill's store too
             for key in requested_keys(model):
                 folder = results / "probes" / name / prompt / key
                 metrics = json.loads((folder / "metrics.json").read_text())
@@ -44,16 +43,21 @@ def test_demo_epoch_log_line_has_the_users_shape(demo_run):
 def test_demo_llava_probes_per_prompt_and_filled_prompts(demo_run):
     from layerprobe.store import open_store
 
-    for prompt in ("describe", "describe_category"):
+    for prompt in ("describe", "describe_category", "describe_category+shuffled"):
         assert (demo_run / f"results/probes/tiny_llava/{prompt}/layer_02/metrics.json").is_file()
-    group = open_store(demo_run / "results/features/tiny_llava/describe_category.zarr")
-    filled = group.attrs["filled_prompts"]["validation"]
-    assert len(filled) == len(group.attrs["validation_image_ids"])
+    oracle, control = (open_store(demo_run / f"results/features/tiny_llava/{p}.zarr")
+                       for p in ("describe_category", "describe_category+shuffled"))
+    filled = oracle.attrs["filled_prompts"]["validation"]
+    assert len(filled) == len(oracle.attrs["validation_image_ids"])
     assert all(p.startswith("Describe the ") and "{category}" not in p for p in filled)
+    # The control: same images, other images' classes, the same classes overall.
+    shuffled = control.attrs["filled_prompts"]["validation"]
+    assert control.attrs["category_fill"] == "shuffled" and shuffled != filled
+    assert sorted(shuffled) == sorted(filled)
 
 
 def test_demo_scan_ranks_layers_without_stores(demo_run):
-    for prompt in ("describe", "describe_category"):
+    for prompt in ("describe", "describe_category", "describe_category+shuffled"):
         table = pd.read_csv(demo_run / f"results/scan/tiny_llava/{prompt}.csv")
         assert {"layer", "best_lambda", "miou", "acc"} <= set(table.columns)
     table = pd.read_csv(demo_run / "results/scan/tiny_vit/none.csv")

@@ -15,9 +15,15 @@ import jsonschema
 import yaml
 
 from .layers import probe_id
+from .prompts import DOMINANT, FILLS
 from .specs import model_spec, requested_keys
 
 SPLITS = ("training", "validation")
+# A control fill's store id is `{prompt id}+{fill}` (like `+cls` probes); `dominant` keeps the
+# plain prompt id, so the oracle stores keep their paths.
+FILL_SEPARATOR = "+"
+STORE_ID_PATTERN = (r"[A-Za-z0-9][A-Za-z0-9_-]*"
+                    + f"([{FILL_SEPARATOR}]({'|'.join(f for f in FILLS if f != DOMINANT)}))?")
 
 
 class ConfigError(ValueError):
@@ -56,6 +62,13 @@ def _key_path(error: jsonschema.ValidationError) -> str:
 
 
 def _format(error: jsonschema.ValidationError) -> str:
+    if error.validator in ("oneOf", "anyOf"):
+        # "not valid under any of the given schemas" says nothing; the branch of the value's own
+        # type does (e.g. the allowed values of an enum).
+        mistyped = {e.relative_schema_path[0] for e in error.context if e.validator == "type"}
+        specific = [e for e in error.context if e.relative_schema_path[0] not in mistyped]
+        if specific:
+            return "; ".join(dict.fromkeys(_format(e) for e in specific))
     if error.validator == "additionalProperties":
         extra = sorted(set(error.instance) - set(error.schema.get("properties", {})))
         where = _key_path(error)
@@ -162,18 +175,29 @@ def _check_llava(where: str, model: dict[str, Any], class_names: str | None) -> 
     if "none" in ids:
         raise ConfigError(f"config key {where}.prompts: 'none' is reserved for prompt-free models")
     for i, prompt in enumerate(model["prompts"]):
-        key = f"{where}.prompts[{i}].text"
-        unknown = placeholders(prompt["text"]) - {"category"}
-        if unknown:
-            raise ConfigError(f"config key {key}: unknown placeholder(s) {sorted(unknown)}; only {{category}} is filled")
-        if "category" in placeholders(prompt["text"]) and not class_names:
-            raise ConfigError(f"config key {key}: {{category}} needs class names but dataset.class_names is null")
-    if len(ids) > 1 and fmt.index("<image>") < fmt.index("{prompt}"):
+        _check_prompt(f"{where}.prompts[{i}]", prompt, class_names)
+    stores = prompt_ids(model)
+    if len(stores) > 1 and fmt.index("<image>") < fmt.index("{prompt}"):
         # Causal attention: image tokens placed before the prompt cannot see it, so every
-        # prompt would give byte-identical image-token states (and duplicate stores).
+        # prompt (and every fill of one) would give byte-identical image-token states.
         raise ConfigError(f"config key {where}.prompt_format: the image comes before the prompt, so image-token "
-                          f"states cannot depend on it; {len(ids)} prompts would give identical features. "
-                          "Put {prompt} before <image> to condition on the prompt, or keep one prompt.")
+                          f"states cannot depend on it; {len(stores)} prompts (or category fills) would give "
+                          "identical features. Put {prompt} before <image> to condition on the prompt, or keep "
+                          "one prompt and one fill.")
+
+
+def _check_prompt(where: str, prompt: dict[str, Any], class_names: str | None) -> None:
+    unknown = placeholders(prompt["text"]) - {"category"}
+    if unknown:
+        raise ConfigError(f"config key {where}.text: unknown placeholder(s) {sorted(unknown)}; only {{category}} "
+                          "is filled")
+    has_category = "category" in placeholders(prompt["text"])
+    if has_category and not class_names:
+        raise ConfigError(f"config key {where}.text: {{category}} needs class names but dataset.class_names is null")
+    if "category_fill" in prompt and not has_category:
+        # Every fill of a text without the placeholder is the same prompt: identical stores.
+        raise ConfigError(f"config key {where}.category_fill: the prompt has no {{category}} placeholder, so every "
+                          "fill gives the same store; remove the key")
 
 
 def load(path: str | Path) -> dict[str, Any]:
@@ -186,8 +210,37 @@ def load(path: str | Path) -> dict[str, Any]:
 
 
 def prompt_ids(model: dict[str, Any]) -> list[str]:
-    """Store names per model: 'none' for CLIP, prompt ids for LLaVA."""
-    return [p["id"] for p in model["prompts"]] if model["kind"] == "llava" else ["none"]
+    """Store ids per model: 'none' for CLIP; for LLaVA one per prompt and category fill, in config
+    order: the plain prompt id for `dominant` (and for a prompt without `{category}`),
+    `{prompt id}+{fill}` for a control (e.g. `describe_category+shuffled`)."""
+    if model["kind"] != "llava":
+        return ["none"]
+    return [store_id(p["id"], fill) for p in model["prompts"] for fill in category_fills(model, p)]
+
+
+def category_fills(model: dict[str, Any], prompt: dict[str, Any]) -> list[str | None]:
+    """The fills of one prompt entry: its own `category_fill`, else the model's, as a list;
+    [None] for a prompt without `{category}` (one store, nothing to fill)."""
+    if "category" not in placeholders(prompt["text"]):
+        return [None]
+    value = prompt.get("category_fill", model.get("category_fill", DOMINANT))
+    return list(dict.fromkeys(value)) if isinstance(value, list) else [value]
+
+
+def store_id(prompt_id: str, fill: str | None) -> str:
+    """A store's id: the prompt id, with `+{fill}` for any fill but the oracle."""
+    return prompt_id if fill in (None, DOMINANT) else f"{prompt_id}{FILL_SEPARATOR}{fill}"
+
+
+def parse_store_id(store_id: str) -> tuple[str, str]:
+    """(prompt id, fill) of a store id; a plain id is the `dominant` fill (or a prompt without
+    `{category}`, which `store_fill` tells apart)."""
+    prompt_id, separator, fill = store_id.partition(FILL_SEPARATOR)
+    if not separator:
+        return prompt_id, DOMINANT
+    if fill not in FILLS or fill == DOMINANT:
+        raise ValueError(f"store id {store_id!r}: unknown category fill {fill!r} (one of {list(FILLS[1:])})")
+    return prompt_id, fill
 
 
 def cls_variants(model: dict[str, Any]) -> list[bool]:
@@ -215,11 +268,24 @@ def scan_targets(config: dict[str, Any]) -> list[tuple[str, str]]:
     return [(m, p) for m in scanned_models(config) for p in prompt_ids(config["models"][m])]
 
 
-def prompt_text(model: dict[str, Any], prompt_id: str) -> str | None:
-    for prompt in model.get("prompts", []):
-        if prompt["id"] == prompt_id:
-            return prompt["text"]
-    return None
+def _prompt_entry(model: dict[str, Any], store_id: str) -> dict[str, Any] | None:
+    prompt_id, _ = parse_store_id(store_id)
+    return next((p for p in model.get("prompts", []) if p["id"] == prompt_id), None)
+
+
+def prompt_text(model: dict[str, Any], store_id: str) -> str | None:
+    """The template of a store id's prompt (`describe_category+shuffled` -> describe_category's);
+    None for 'none' (CLIP) or an id the model does not define."""
+    prompt = _prompt_entry(model, store_id)
+    return None if prompt is None else prompt["text"]
+
+
+def store_fill(model: dict[str, Any], store_id: str) -> str | None:
+    """How a store's `{category}` is filled; None when its prompt has none (or it has no prompt)."""
+    text = prompt_text(model, store_id)
+    if text is None or "category" not in placeholders(text):
+        return None
+    return parse_store_id(store_id)[1]
 
 
 def resolutions(config: dict[str, Any]) -> list[int]:

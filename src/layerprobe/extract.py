@@ -25,9 +25,10 @@ from . import store
 from .ade20k import CLASS_NAMES
 from .backbones.base import Backbone
 from .chunkfiles import chunk_file
-from .config import prompt_text
+from .config import prompt_text, store_fill
 from .fingerprint import Fingerprint
 from .progress import progress
+from .prompts import PromptFiller, prompt_filler
 from .specs import model_spec
 
 log = logging.getLogger("layerprobe.extract")
@@ -35,7 +36,8 @@ log = logging.getLogger("layerprobe.extract")
 
 def make_layout(name: str, model: dict[str, Any], prompt_id: str, data: Any, chunk_images: int, seed: int,
                 fingerprint: Fingerprint) -> store.Layout:
-    """A store's geometry from the model spec and the data store; `fingerprint` = fingerprint.store()."""
+    """A store's geometry from the model spec and the data store; `fingerprint` = fingerprint.store().
+    `prompt_id` is the store id (`config.prompt_ids`): it names the prompt and its category fill."""
     spec = model_spec(name, model)
     orders, ids = {}, {}
     for split in store.SPLITS:
@@ -46,7 +48,8 @@ def make_layout(name: str, model: dict[str, Any], prompt_id: str, data: Any, chu
                         dims=spec.dims(), tokens=spec.tokens, grid=spec.grid, label_size=spec.image_size,
                         has_cls=spec.has_cls, chunk_images=chunk_images, orders=orders, image_ids=ids,
                         fingerprint=fingerprint, geometry=data.attrs.get("geometry", "center_crop"),
-                        data_store=_location(data))
+                        data_store=_location(data), category_fill=store_fill(model, prompt_id),
+                        category_seed=model.get("category_seed", 0))
 
 
 def _location(data: Any) -> str | None:
@@ -188,7 +191,7 @@ def extract_part(backbone: Backbone | Callable[[], Backbone], data: Any, store_p
     if not isinstance(backbone, Backbone):
         backbone = backbone()
     writer = ChunkWriter(group, store_path)
-    names = data.attrs.get("class_names", list(CLASS_NAMES))
+    fill_prompts = store_prompt_filler(layout, data)
     # A reader thread decodes the next chunk's images while the model runs on this one.
     reader = ThreadPoolExecutor(1, thread_name_prefix="extract-read")
     inputs = [reader.submit(_gather, data, s_, layout.orders[s_][slice(*layout.rows(c, s_))]) for s_, c, _ in todo[:1]]
@@ -201,7 +204,7 @@ def extract_part(backbone: Backbone | Callable[[], Backbone], data: Any, store_p
                 inputs.append(reader.submit(_gather, data, s_, layout.orders[s_][slice(*layout.rows(c, s_))]))
             images, labels, boxes = inputs[i].result()
             inputs[i] = None
-            prompts = _fill_prompts(layout.prompt_text, labels, names)
+            prompts = fill_prompts(split, labels, layout.orders[split][start:stop]) if fill_prompts else None
             wanted = [k for k in missing if k != store.LABELS]
             t0 = time.perf_counter()
             arrays = _forward_chunk(backbone, images, prompts, wanted, batch_size, boxes) if wanted else {}
@@ -227,12 +230,13 @@ def build_store(backbone: Backbone, data: Any, store_path: str | Path, manifest_
     return store.finalize(store_path, manifest_path, keys)
 
 
-def _fill_prompts(text: str | None, labels: np.ndarray, names: list[str]) -> list[str] | None:
-    if text is None:
+def store_prompt_filler(layout: store.Layout, data: Any) -> PromptFiller | None:
+    """The store's prompt per image, (split, labels, data-store rows) -> texts, filled as the scan
+    fills them; None for a prompt-free model."""
+    if layout.prompt_text is None:
         return None
-    from .prompts import fill_prompt
-
-    return [fill_prompt(text, label, names) for label in labels]
+    names = data.attrs.get("class_names", list(CLASS_NAMES))
+    return prompt_filler(layout.prompt_text, layout.category_fill, names, layout.category_seed, data)
 
 
 def _gather(data: Any, split: str, rows: list[int]) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:

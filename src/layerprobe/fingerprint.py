@@ -30,6 +30,7 @@ from typing import Any
 
 from . import config as lp_config
 from .layers import parse_probe_id, probe_seed
+from .prompts import SEEDED_FILLS
 from .specs import model_spec
 
 # Bump a stage's number when a code change alters what that stage writes.
@@ -186,13 +187,20 @@ def _model(config: dict[str, Any], name: str) -> dict[str, Any]:
 
 
 def _prompt(config: dict[str, Any], name: str, prompt: str) -> dict[str, Any]:
+    """A store id's prompt: its text and, with `{category}`, the fill of THIS store (not the
+    model's list: adding a fill leaves the other fills' stores alone) and, for the seeded fills,
+    `category_seed`. The keys of a `dominant` store are those of before fills had a choice."""
     model = config["models"][name]
     inputs: dict[str, Any] = {"prompt": prompt}
     text = lp_config.prompt_text(model, prompt)
     if text is not None:
-        inputs[f"models.{name}.prompts.{prompt}.text"] = text
-        if "category" in lp_config.placeholders(text):
-            inputs[f"models.{name}.category_fill"] = model["category_fill"]
+        prompt_id, _ = lp_config.parse_store_id(prompt)
+        inputs[f"models.{name}.prompts.{prompt_id}.text"] = text
+        fill = lp_config.store_fill(model, prompt)
+        if fill is not None:
+            inputs[f"models.{name}.category_fill"] = fill
+        if fill in SEEDED_FILLS:
+            inputs[f"models.{name}.category_seed"] = model["category_seed"]
     return inputs
 
 

@@ -41,8 +41,9 @@ log = logging.getLogger("layerprobe.scan")
 # miou/acc: validation, at best_lambda; holdout_miou: the held-out training images that chose it.
 COLUMNS = ["model", "prompt", "layer", "variant", "best_lambda", "miou", "acc", "holdout_miou"]
 VARIANT = "patch"  # the probe variant the scan fits: patch tokens, no CLS concatenated
-# Gets the batch's uint8 labels (B, H, W) and returns one prompt per image (e.g. {category} filled).
-PromptsFn = Callable[[np.ndarray], list[str]]
+# Gets (split, the batch's uint8 labels (B, H, W), their data-store rows (B,)) and returns one
+# prompt per image ({category} filled by row, as extraction fills it: `prompts.prompt_filler`).
+PromptsFn = Callable[[str, np.ndarray, np.ndarray], list[str]]
 # A solved probe per layer for scoring: weights (L, D, K), bias (L, 1, K), class ids (K,).
 Head = tuple[torch.Tensor, torch.Tensor, torch.Tensor]
 
@@ -52,9 +53,9 @@ Head = tuple[torch.Tensor, torch.Tensor, torch.Tensor]
 # --------------------------------------------------------------------------------------------
 
 def _batches(data: Any, split: str, rows: Sequence[int] | None,
-             batch_size: int) -> Iterator[tuple[np.ndarray, np.ndarray, np.ndarray | None]]:
-    """(images, labels, pad boxes or None) batches; reads whole Zarr chunks at a time so none is
-    decoded twice."""
+             batch_size: int) -> Iterator[tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray | None]]:
+    """(images, labels, data-store rows, pad boxes or None) batches; reads whole Zarr chunks at a
+    time so none is decoded twice."""
     images, labels = data[f"{split}/images"], data[f"{split}/labels"]
     boxes = np.asarray(data[f"{split}/boxes"][:]) if f"{split}/boxes" in data else None
     order = np.arange(images.shape[0]) if rows is None else np.sort(np.asarray(rows, dtype=np.int64))
@@ -67,16 +68,17 @@ def _batches(data: Any, split: str, rows: Sequence[int] | None,
         else:
             im, lab = images.get_orthogonal_selection((idx,)), labels.get_orthogonal_selection((idx,))
         for b in range(0, len(idx), batch_size):
-            yield im[b:b + batch_size], lab[b:b + batch_size], None if boxes is None else boxes[idx[b:b + batch_size]]
+            chosen = idx[b:b + batch_size]
+            yield im[b:b + batch_size], lab[b:b + batch_size], chosen, None if boxes is None else boxes[chosen]
 
 
 def _count(data: Any, split: str, rows: Sequence[int] | None) -> int:
     return int(data[f"{split}/images"].shape[0]) if rows is None else len(rows)
 
 
-def _extract(backbone: Backbone, images: np.ndarray, labels: np.ndarray, prompts_fn: PromptsFn | None,
-             keys: list[str], boxes: np.ndarray | None = None) -> dict[str, torch.Tensor]:
-    prompts = prompts_fn(labels) if prompts_fn is not None else None
+def _extract(backbone: Backbone, split: str, rows: np.ndarray, images: np.ndarray, labels: np.ndarray,
+             prompts_fn: PromptsFn | None, keys: list[str], boxes: np.ndarray | None = None) -> dict[str, torch.Tensor]:
+    prompts = prompts_fn(split, labels, rows) if prompts_fn is not None else None
     padding = {} if boxes is None else {"boxes": torch.from_numpy(boxes)}  # pad geometry only
     tokens, _ = backbone.extract(torch.from_numpy(np.ascontiguousarray(images)), prompts, keys, **padding)
     return tokens
@@ -89,10 +91,10 @@ def fit_pass(backbone: Backbone, data: Any, rows: Sequence[int] | None, keys: li
     workspace: dict[str, torch.Tensor] = {}  # per-batch scratch, shared by all layers
     stats = {k: RidgeStats(dims[k], num_classes, device, workspace) for k in keys}
     total = math.ceil(_count(data, "training", rows) / batch_size)
-    for images, labels, boxes in progress(_batches(data, "training", rows, batch_size), desc=desc, total=total,
-                                          unit="batch"):
+    for images, labels, batch_rows, boxes in progress(_batches(data, "training", rows, batch_size), desc=desc,
+                                                      total=total, unit="batch"):
         y, mask = token_label_distribution(labels, backbone.grid, num_classes)
-        tokens = _extract(backbone, images, labels, prompts_fn, keys, boxes)
+        tokens = _extract(backbone, "training", batch_rows, images, labels, prompts_fn, keys, boxes)
         everything = bool(mask.all())  # the usual case: no copy of the features
         y = y.flatten(0, 1) if everything else y[mask]
         classes = torch.nonzero(y.sum(0) > 0).squeeze(1)  # shared by every layer
@@ -117,10 +119,10 @@ def score_pass(backbone: Backbone, data: Any, rows: Sequence[int] | None, heads:
     upsample: UpsampleArgmax | None = None
     total = math.ceil(_count(data, split, rows) / batch_size)
     batches = _batches(data, split, rows, batch_size)
-    for images, labels, boxes in progress(batches, desc=desc, total=total, unit="batch"):
+    for images, labels, batch_rows, boxes in progress(batches, desc=desc, total=total, unit="batch"):
         if upsample is None:
             upsample = UpsampleArgmax(g, tuple(labels.shape[1:]), device)
-        tokens = _extract(backbone, images, labels, prompts_fn, keys, boxes)
+        tokens = _extract(backbone, split, batch_rows, images, labels, prompts_fn, keys, boxes)
         cell_labels = CellLabels(torch.from_numpy(np.ascontiguousarray(labels)).to(device), upsample, num_classes,
                                  meters[keys[0]][0].ignore)
         for key in keys:
@@ -317,10 +319,13 @@ def tune_malloc(mmap_threshold: int = 32 << 20, trim_threshold: int = 512 << 20)
 # Config helpers
 # --------------------------------------------------------------------------------------------
 
-def prompts_filler(text: str | None, class_names: list[str] | None) -> PromptsFn | None:
-    """The prompt hook for a prompt template: None for prompt-free models (CLIP)."""
+def prompts_filler(text: str | None, class_names: list[str] | None, fill: str | None = "dominant", seed: int = 0,
+                   data: Any = None) -> PromptsFn | None:
+    """The prompt hook for a prompt template and its category fill (`config.store_fill`), the
+    same as extraction's; None for prompt-free models (CLIP). `data`: the data store (the
+    shuffled fill takes donors from the whole split)."""
     if text is None:
         return None
-    from .prompts import fill_prompt  # imported lazily: only LLaVA needs it
+    from .prompts import prompt_filler  # imported lazily: only LLaVA needs it
 
-    return lambda labels: [fill_prompt(text, label, class_names) for label in labels]
+    return prompt_filler(text, fill, class_names or [], seed, data)

@@ -35,9 +35,11 @@ import zarr
 from .chunkfiles import chunk_file
 from .fingerprint import Fingerprint
 from .layers import sort_keys
+from .prompts import DOMINANT, SEEDED_FILLS
 
 SPLITS = ("training", "validation")
 LABELS = "labels"
+FILL_ATTRS = ("category_fill", "category_seed")  # a control store's fill, in its attrs and manifest
 log = logging.getLogger("layerprobe.store")
 
 
@@ -63,6 +65,16 @@ class Layout:
     fingerprint: Fingerprint  # fingerprint.store(): a change discards the whole store
     geometry: str = "center_crop"  # the data store's (layerprobe.geometry); labels are in it
     data_store: str | None = None  # pad: where whole-image scoring finds the original annotations
+    category_fill: str | None = None  # how `{category}` is filled (None: the prompt has none)
+    category_seed: int = 0  # seeds the shuffled and random fills
+
+    def fill_attrs(self) -> dict[str, Any]:
+        """What a control store was conditioned on, for its attrs and manifest. Empty for the
+        oracle (`dominant`) and prompt-free stores: their bytes stay as before fills had a choice."""
+        if self.category_fill in (None, DOMINANT):
+            return {}
+        seeded = self.category_fill in SEEDED_FILLS
+        return {"category_fill": self.category_fill, **({"category_seed": self.category_seed} if seeded else {})}
 
     def count(self, split: str) -> int:
         return len(self.orders[split])
@@ -174,7 +186,7 @@ def _create(path: Path, layout: Layout) -> None:
     group.attrs.update({"model": layout.model, "prompt_id": layout.prompt_id, "prompt_text": layout.prompt_text,
                         "layers": [], "complete_layers": [], "dims": {}, "grid": layout.grid,
                         "tokens": layout.tokens, "has_cls": layout.has_cls, "chunk_images": c,
-                        "fingerprint": layout.fingerprint.record(),
+                        "fingerprint": layout.fingerprint.record(), **layout.fill_attrs(),
                         **{f"{s}_image_ids": layout.image_ids[s] for s in SPLITS},
                         **{f"{s}_order": layout.orders[s] for s in SPLITS}})
     if layout.geometry != "center_crop":  # centre-crop stores keep the attrs they always had
@@ -311,7 +323,8 @@ def finalize(path: str | Path, manifest_path: str | Path, keys: list[str]) -> di
         group.attrs["filled_prompts"] = filled
     layer_fps = {k: group[f"training/{k}"].attrs["fingerprint"] for k in complete}
     manifest = {"store": str(path), "fingerprint": attrs["fingerprint"], "model": attrs["model"],
-                "prompt_id": attrs["prompt_id"], "layers": complete, "layer_fingerprints": layer_fps,
+                "prompt_id": attrs["prompt_id"], **{k: attrs[k] for k in FILL_ATTRS if k in attrs},
+                "layers": complete, "layer_fingerprints": layer_fps,
                 "bytes": disk_bytes(path), "images": {s: len(attrs[f"{s}_image_ids"]) for s in SPLITS}}
     tmp = Path(f"{manifest_path}.tmp")
     tmp.write_text(json.dumps(manifest, indent=2))

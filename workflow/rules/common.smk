@@ -52,7 +52,7 @@ PARTS = CFG["store"]["parts"]
 
 wildcard_constraints:
     model="|".join(MODELS),
-    prompt="[A-Za-z0-9][A-Za-z0-9_-]*",
+    prompt=lp_config.STORE_ID_PATTERN,  # a prompt id, `+{fill}` for a category-fill control
     probe="((layer|vision)_[0-9]{2,3}|projector)([+]cls)?(-seed[0-9]+)?",
     res="[0-9]+",
     part="[0-9]+",
@@ -60,7 +60,7 @@ wildcard_constraints:
 
 
 def stores():
-    """(model, prompt) pairs: one feature store each."""
+    """(model, store id) pairs: one feature store each (a prompt's category fills are stores of their own)."""
     return [(m, p) for m, cfg in MODELS.items() for p in lp_config.prompt_ids(cfg)]
 
 

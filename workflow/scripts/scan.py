@@ -21,7 +21,8 @@ with redirect_output(snakemake.log[0]):
     device = resolve_device(cfg["probe"]["device"])
     backbone = load_backbone(name, model, device, **weights.loader_options(name, model, cfg))
     keys = scan_keys(model_spec(name, model).dims(), settings["layers"])
-    prompts_fn = prompts_filler(lp_config.prompt_text(model, prompt), data.attrs.get("class_names"))
+    prompts_fn = prompts_filler(lp_config.prompt_text(model, prompt), data.attrs.get("class_names"),
+                                lp_config.store_fill(model, prompt), model["category_seed"], data)
     max_mb = settings["max_stats_mb"]  # null: every layer in one fit pass
     table = run_scan(backbone, data, None, keys, prompts_fn, settings["lambdas"], settings["batch_size"],
                      prompt=prompt, device=device, max_stats_bytes=None if max_mb is None else int(max_mb * 2**20),
