@@ -90,7 +90,9 @@ def _profile(model: str, prompt: str, key: str, spec: Any) -> float:
         return 0.18 + 0.2 * index / spec.vision_depth
     if kind == "projector":
         return 0.30
-    bonus = {"describe": 0.0, "imagine_category": -0.02}.get(prompt, 0.03) * index / spec.depth
+    # The {category} oracle gains over the general prompt; its shuffled control does not.
+    bonus = {"describe": 0.0, "imagine_category": -0.02, "describe_category+shuffled": 0.0}.get(prompt, 0.03) \
+        * index / spec.depth
     return 0.26 + 0.12 * math.sin(math.pi * 0.7 * index / spec.depth) + bonus - (0.02 if index == 1 else 0.0)
 
 

@@ -101,6 +101,7 @@ def test_summary_best_layer_by_miou(fake_run: tuple[dict, Path]) -> None:
     summary = tables.summary(found).set_index("model / prompt")
     for label, row in summary.iterrows():
         model, _, prompt = label.partition(" · ")
+        prompt = prompt.split(" (")[0]  # "describe_category (ground-truth class in the prompt)"
         probes = found.probes[(found.probes["model"] == model) & (found.probes["prompt"] == (prompt or "none"))]
         assert row["best layer"] == probes.loc[probes["miou"].idxmax(), "layer"]
         best = row["best mIoU [95% CI]"]
@@ -183,7 +184,8 @@ def test_scan_agreement(fake_run: tuple[dict, Path]) -> None:
     config, results = fake_run
     found = collect(config, results)
     table = tables.scan_agreement(found).set_index("model / prompt")
-    assert set(table.index) == {"tiny_vit", "tiny_llava · describe", "tiny_llava · describe_category"}
+    assert set(table.index) == {"tiny_vit", "tiny_llava · describe",
+                                "tiny_llava · describe_category (ground-truth class in the prompt)"}
     assert (table["Spearman ρ"] > 0.5).all()  # the fabricated scan follows the probes' profile
     assert table.loc["tiny_llava · describe", "scanned layers"] == 8  # every key, vision_00 included
     # rank_agreement against pandas' own ranking and correlation.
@@ -364,3 +366,27 @@ def test_several_probe_seeds_give_mean_and_sd_per_layer_and_seed_deltas(tmp_path
     assert "best layer over seeds (mean ± sd)" in html and "(3 seeds)" in html
     csv = pd.read_csv(results / "report_files" / "probes.csv")
     assert {"miou_low", "miou_high", "seed_sd"} <= set(csv.columns) and (csv["miou_low"] <= csv["miou"]).all()
+
+
+def test_oracle_is_labelled_and_its_shuffled_control_gives_the_oracle_delta(tmp_path: Path) -> None:
+    """Issue 11: a {category} prompt filled with the ground truth is labelled as such; listed with
+    its shuffled control, the report shows dominant − shuffled per layer with a paired interval."""
+    config = fake_config(tmp_path)
+    config["models"]["tiny_llava"]["category_fill"] = ["dominant", "shuffled"]
+    results = fabricate(tmp_path, config)
+    found = collect(lp_config.validate(config), results)
+    assert figures.store_label(("tiny_llava", "describe_category"), found.config) \
+        == "tiny_llava · describe_category (ground-truth class in the prompt)"
+    assert figures.store_label(("tiny_llava", "describe_category+shuffled"), found.config).endswith(
+        "(control: another image's class)")
+    assert figures.store_label(("tiny_llava", "describe"), found.config) == "tiny_llava · describe"
+    oracle = figures.oracle_deltas(found)
+    assert set(oracle["prompt"]) == {"describe_category"} and set(oracle["base"]) == {"describe_category+shuffled"}
+    llm = oracle[(oracle["segment"] == "llm") & (oracle["layer"] != "layer_00")]
+    assert len(llm) == 3 and (llm["delta"] > 0).all() and llm["significant"].all() and (llm["low"] > 0).all()
+    assert (oracle[oracle["segment"] != "llm"]["delta"].abs() < figures.IDENTICAL).all()
+    build_report(config, results, results / "report.html")
+    html = (results / "report.html").read_text()
+    assert "Oracle check" in html and "oracle effect at that layer (dominant − shuffled)" in html
+    assert "ground-truth class in the prompt" in html and "control: another image&#x27;s class" in html
+    assert len(pd.read_csv(results / "report_files/oracle_deltas.csv")) == len(oracle)

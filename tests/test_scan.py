@@ -375,14 +375,16 @@ def test_scan_fills_prompts_as_extraction_does(tmp_path: Path) -> None:
     scan.run_scan(backbone, data, rows, ["layer_01"], fill, [1.0], batch_size=3)
     sent = [p for call in backbone.calls for p in call[2]]
     extraction = prompt_filler(text, "shuffled", CLASS_NAMES, 2, data)
-    expected = [p for split in ("training", "validation")
-                for p in extraction(split, data[f"{split}/labels"].get_orthogonal_selection((rows[split],)),
-                                    np.array(rows[split]))]
-    assert sent == expected
-    dominant = prompt_filler(text, "dominant", CLASS_NAMES)
-    assert sent != [p for split in ("training", "validation")
-                    for p in dominant(split, data[f"{split}/labels"].get_orthogonal_selection((rows[split],)),
-                                      np.array(rows[split]))]
+    fit, held_out = scan.holdout_split(rows["training"], 16, 0.1, 0)
+    order = [("training", sorted(fit)), ("training", sorted(held_out)), ("validation", rows["validation"])]
+
+    def filled(fn):  # the passes' order: fit rows, held-out rows, validation
+        return [p for split, chosen in order
+                for p in fn(split, data[f"{split}/labels"].get_orthogonal_selection((np.array(chosen),)),
+                            np.array(chosen))]
+
+    assert sent == filled(extraction)
+    assert sent != filled(prompt_filler(text, "dominant", CLASS_NAMES))
 
 
 def test_scan_with_tiny_open_clip(tmp_path: Path) -> None:

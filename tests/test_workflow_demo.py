@@ -95,3 +95,7 @@ def test_demo_report_has_an_interval_on_every_miou_and_delta(demo_run):
     assert (deltas["low"] <= deltas["high"]).all()
     html = (results / "report.html").read_text()
     assert "best mIoU [95% CI]" in html and "paired bootstrap 95% interval" in html
+    # the {category} oracle beside its shuffled control, and the oracle delta with its interval
+    assert "describe_category (ground-truth class in the prompt)" in html and "Oracle check" in html
+    oracle = pd.read_csv(results / "report_files/oracle_deltas.csv")
+    assert set(oracle["base"]) == {"describe_category+shuffled"} and oracle[["low", "high"]].notna().all().all()

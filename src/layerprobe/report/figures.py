@@ -21,6 +21,7 @@ from matplotlib.lines import Line2D  # noqa: E402
 from matplotlib.patches import Patch  # noqa: E402
 from matplotlib.transforms import blended_transform_factory  # noqa: E402
 
+from .. import config as lp_config  # noqa: E402
 from ..layers import CLS_SUFFIX  # noqa: E402
 from .axis import LayerAxis  # noqa: E402
 from ..intervals import Interval  # noqa: E402
@@ -32,11 +33,30 @@ plt.rcParams.update({"font.size": 10, "axes.titlesize": 11, "axes.labelsize": 10
                      "figure.dpi": 100, "axes.spines.top": False, "axes.spines.right": False})
 
 
-def store_label(store: Store) -> str:
-    """'model', 'model · prompt', and ' +CLS' for a CLS-variant series (prompt '<prompt>+cls')."""
+# What each `{category}` fill put into the prompt, as the report names it.
+FILL_LABELS = {"dominant": "ground-truth class in the prompt", "shuffled": "control: another image's class",
+               "random": "control: a random class", "none": "control: no class word"}
+
+
+def store_label(store: Store, config: dict[str, Any] | None = None) -> str:
+    """'model', 'model · prompt', and ' +CLS' for a CLS-variant series (prompt '<prompt>+cls');
+    with the config, a `{category}` store says what its fill put in the prompt (the oracle:
+    'ground-truth class in the prompt')."""
     model, prompt = store
     base, cls = (prompt[:-len(CLS_SUFFIX)], True) if prompt.endswith(CLS_SUFFIX) else (prompt, False)
-    return (model if base == "none" else f"{model} · {base}") + (" +CLS" if cls else "")
+    label = (model if base == "none" else f"{model} · {base}") + (" +CLS" if cls else "")
+    fill = store_fill(config, model, base)
+    return f"{label} ({FILL_LABELS[fill]})" if fill else label
+
+
+def store_fill(config: dict[str, Any] | None, model: str, prompt: str) -> str | None:
+    """The `{category}` fill of a store, None without config, prompt or placeholder."""
+    if not config or model not in config["models"] or prompt == "none":
+        return None
+    try:
+        return lp_config.store_fill(config["models"][model], prompt)
+    except ValueError:
+        return None
 
 
 def colours(stores: list[Store]) -> dict[Store, Any]:
@@ -126,8 +146,8 @@ def _store_probes(results: Results, store: Store) -> pd.DataFrame:
 def _best_label(results: Results, store: Store) -> str:
     best = _best_row(_store_probes(results, store))
     if best is None:
-        return store_label(store)
-    return f"{store_label(store)}  (★ {best['layer']}: mIoU {best['miou']:.3f}, acc {best['acc']:.3f})"
+        return store_label(store, results.config)
+    return f"{store_label(store, results.config)}  (★ {best['layer']}: mIoU {best['miou']:.3f}, acc {best['acc']:.3f})"
 
 
 def _headline_line(ax: plt.Axes, results: Results, store: Store, column: str, colour: Any, x_max: float,
@@ -163,7 +183,7 @@ def prompt_deltas(results: Results) -> pd.DataFrame:
     layer. The general prompt is the first one without a {category} placeholder (else the first)."""
     rows = []
     for model, cfg in results.config["models"].items():
-        prompts = [p["id"] for p in cfg.get("prompts", [])]
+        prompts = lp_config.prompt_ids(cfg) if cfg.get("prompts") else []
         if len(prompts) < 2:
             continue
         frame = results.probes[results.probes["model"] == model]
@@ -210,6 +230,34 @@ def interval_columns(interval: Interval | None) -> dict[str, Any]:
     return {"low": interval.low, "high": interval.high, "significant": interval.significant}
 
 
+def oracle_deltas(results: Results) -> pd.DataFrame:
+    """Per `{category}` prompt listed with both its oracle (`dominant`) and its `shuffled` control:
+    oracle minus control per layer, paired over the same images: what the correct class adds."""
+    rows = []
+    for model, cfg in results.config["models"].items():
+        stores = lp_config.prompt_ids(cfg) if cfg.get("prompts") else []
+        for prompt in stores:
+            control = lp_config.store_id(prompt, "shuffled")
+            if lp_config.store_fill(cfg, prompt) != "dominant" or control not in stores:
+                continue
+            frame = results.probes[(results.probes["model"] == model)
+                                   & results.probes["prompt"].isin([prompt, control])]
+            wide = frame.pivot(index="layer", columns="prompt", values="miou")
+            if prompt not in wide or control not in wide:
+                continue
+            for layer in frame.drop_duplicates("layer").sort_values("x")["layer"]:
+                delta = wide.at[layer, prompt] - wide.at[layer, control]
+                if math.isnan(delta):
+                    continue
+                interval = results.paired((model, control, layer), (model, prompt, layer))
+                rows.append({"model": model, "prompt": prompt, "base": control, "layer": layer, "delta": delta,
+                             **interval_columns(interval),
+                             "seed_deltas": _seed_deltas(results, model, control, prompt, layer),
+                             "segment": results.axis.segment(model, layer),
+                             "tick": results.axis.tick_label(model, layer)})
+    return pd.DataFrame(rows, columns=DELTA_COLUMNS)
+
+
 def general_prompt(cfg: dict[str, Any]) -> str:
     prompts = cfg.get("prompts", [])
     general = [p["id"] for p in prompts if "{category}" not in p["text"]]
@@ -225,8 +273,10 @@ def delta_colour(delta: float, significant: bool = True) -> str:
     return GREEN if delta > 0 else RED
 
 
-def prompt_comparison(results: Results, deltas: pd.DataFrame, model: str) -> Figure:
-    """Bars per layer: prompt minus the model's general prompt; green better, red worse, grey identical."""
+def prompt_comparison(results: Results, deltas: pd.DataFrame, model: str, better: str = "prompt better",
+                      worse: str = "prompt worse") -> Figure:
+    """Bars per layer: a prompt minus its base (the general prompt, or the oracle's control);
+    green better, red worse (intervals excluding 0), light grey not significant, grey identical."""
     frame = deltas[deltas["model"] == model]
     prompts = list(dict.fromkeys(frame["prompt"]))
     n_layers = frame["layer"].nunique()
@@ -236,13 +286,13 @@ def prompt_comparison(results: Results, deltas: pd.DataFrame, model: str) -> Fig
     for ax, prompt in zip(axes[:, 0], prompts):
         part = frame[frame["prompt"] == prompt].reset_index(drop=True)
         _delta_bars(ax, part, span)
-        ax.set_title(f"{model}: “{prompt}” minus “{part['base'].iloc[0]}”")
+        ax.set_title(f"{store_label((model, prompt), results.config)} minus “{part['base'].iloc[0]}”", fontsize=10)
         ax.set_ylabel("Δ mIoU")
     pre_llm = (frame["segment"] != "llm").any()
     axes[-1, 0].set_xlabel("layer  (v = vision-tower block · proj = projector · then LLM layer)" if pre_llm
                            else "LLM layer")
-    handles = [Patch(color=GREEN, label="prompt better (95% interval > 0)"),
-               Patch(color=RED, label="prompt worse (95% interval < 0)"),
+    handles = [Patch(color=GREEN, label=f"{better} (95% interval > 0)"),
+               Patch(color=RED, label=f"{worse} (95% interval < 0)"),
                Patch(color=LIGHT_GREY, label="not significant (interval contains 0)"),
                Patch(color=GREY, label=f"identical (|Δ| < {IDENTICAL:g})"),
                Line2D([], [], color="0.15", marker="_", markersize=8, label="paired bootstrap 95% interval")]
@@ -399,7 +449,7 @@ def per_class_heatmap(results: Results, store: Store, classes: list[int], freque
     else:
         cax = fig.add_axes(((label_w + map_w + 0.15) / width, bottom / height, 0.15 / width, map_h / height))
         fig.colorbar(image, cax=cax, label="IoU")
-    fig.text((label_w + map_w / 2) / width, 1 - 0.08 / height, store_label(store), ha="center", va="top", fontsize=10)
+    fig.text((label_w + map_w / 2) / width, 1 - 0.08 / height, store_label(store, results.config), ha="center", va="top", fontsize=10)
     return fig
 
 
@@ -468,7 +518,7 @@ def scan_figure(results: Results, stores: list[Store], ncols: int = 2) -> Figure
         x_max = float(max(scan["x"].max() if not scan.empty else 0, probe["x"].max() if not probe.empty else 0))
         rows = list(zip(scan["model"], scan["layer"])) + list(zip(probe["model"], probe["layer"]))
         decorate_layer_axis(ax, axis, rows, x_max)
-        ax.set_title(store_label(store), pad=16 if axis.segmented else 6)
+        ax.set_title(store_label(store, results.config), pad=16 if axis.segmented else 6)
         ax.set_ylabel("validation mIoU")
         ax.grid(axis="y", alpha=0.3)
     for j in range(len(stores), nrows * ncols):

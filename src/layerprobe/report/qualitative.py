@@ -193,7 +193,7 @@ def _draw(results: Results, store: Store, ids: list[str], images: np.ndarray, la
                 ax.set_title(titles[col], fontsize=8.5)
             if col == 0:
                 ax.set_ylabel(ids[row], fontsize=7.5)
-    fig.suptitle(store_label(store), fontsize=10, y=1 - 0.06 / height, va="top")
+    fig.suptitle(store_label(store, results.config), fontsize=10, y=1 - 0.06 / height, va="top")
     _legend(fig, classes, results.class_names, IGNORE in shown, legend_cols, legend_h / height)
     return fig
 

@@ -66,6 +66,7 @@ def write_tables(results: Results, folder: Path) -> None:
     folder.mkdir(parents=True, exist_ok=True)
     tables.probes_csv(results).to_csv(folder / "probes.csv", index=False)
     figures.prompt_deltas(results).drop(columns=["tick"]).to_csv(folder / "prompt_deltas.csv", index=False)
+    figures.oracle_deltas(results).drop(columns=["tick"]).to_csv(folder / "oracle_deltas.csv", index=False)
 
 
 def summary_section(results: Results, sink: FigureSink) -> str:
@@ -122,7 +123,7 @@ def prompt_section(results: Results, sink: FigureSink) -> str:
     deltas = figures.prompt_deltas(results)
     if deltas.empty:
         return section("prompts", "Which prompt?", '<p class="muted">Only one prompt per model: nothing to '
-                                                   "compare.</p>")
+                                                   "compare.</p>" + oracle_part(results, sink))
     parts = []
     for model in dict.fromkeys(deltas["model"]):
         frame = deltas[deltas["model"] == model]
@@ -136,7 +137,32 @@ def prompt_section(results: Results, sink: FigureSink) -> str:
                        "cannot depend on the prompt and are expected to be identical.",
                        f"prompt comparison for {model}")
         parts.append(f"<h3>{esc(model)}</h3>" + figure(fig))
-    return section("prompts", "Which prompt?", "".join(parts))
+    return section("prompts", "Which prompt?", "".join(parts) + oracle_part(results, sink))
+
+
+def oracle_part(results: Results, sink: FigureSink) -> str:
+    """The oracle check: a `{category}` prompt filled with each image's ground-truth class
+    (dominant) minus the same prompt filled with another image's class (shuffled)."""
+    deltas = figures.oracle_deltas(results)
+    if deltas.empty:
+        return ""
+    parts = ['<h3>Oracle check: does the <i>correct</i> class help?</h3><p class="intro">With '
+             "<code>category_fill: dominant</code> a <code>{category}</code> prompt carries each image's "
+             "ground-truth dominant class, on the validation split too: the image tokens are conditioned on part "
+             "of the answer the probe is scored on. Its <code>shuffled</code> control fills another image's class "
+             "(same classes, wrong image). The oracle effect is dominant minus shuffled, paired over the same "
+             "images; a prompt that helps only with the correct class reads the hint, it does not see more.</p>",
+             table(tables.oracle_summary(results, deltas), cell_class=_delta_class)]
+    for model in dict.fromkeys(deltas["model"]):
+        fig = sink.add(figures.prompt_comparison(results, deltas, model, better="oracle better",
+                                                 worse="oracle worse"),
+                       f"oracle_{model}",
+                       f"{esc(model)}: mIoU with the ground-truth class in the prompt minus mIoU with another "
+                       "image's class (the shuffled control), per layer, with the paired bootstrap 95% interval. "
+                       "Green/red: the interval excludes 0; light grey: not significant.",
+                       f"oracle check for {model}")
+        parts.append(figure(fig))
+    return "".join(parts)
 
 
 def scan_section(results: Results, sink: FigureSink) -> str:
@@ -177,8 +203,8 @@ def per_class_section(results: Results, sink: FigureSink) -> str:
                        f"per_class_{_slug(store)}",
                        "Validation IoU per class (rows: classes present in the validation ground truth, most "
                        "frequent first, with their share of labelled pixels) and layer (columns, forward order). "
-                       "Grey: no IoU (class neither labelled nor predicted).", f"per-class IoU for {store_label(store)}")
-        parts.append(details(store_label(store), _best_worst(results, store, classes) + figure(fig, scroll=True),
+                       "Grey: no IoU (class neither labelled nor predicted).", f"per-class IoU for {store_label(store, results.config)}")
+        parts.append(details(store_label(store, results.config), _best_worst(results, store, classes) + figure(fig, scroll=True),
                              is_open=store == best_store))
     return section("per-class", "Per-class IoU", "".join(parts),
                    "Which classes each layer separates. The best overall (model, prompt) is expanded.")
@@ -207,8 +233,8 @@ def qualitative_section(results: Results, sink: FigureSink) -> str:
                             "layer, as class colours over a greyscale copy of the image. Colours are fixed per class "
                             "across all panels and reports (legend below each panel); dark is unlabelled (ignored) "
                             "ground truth.",
-                            f"qualitative predictions for {store_label(store)}")
-        parts.append(details(store_label(store), figure(embedded), is_open=store == best_store))
+                            f"qualitative predictions for {store_label(store, results.config)}")
+        parts.append(details(store_label(store, results.config), figure(embedded), is_open=store == best_store))
     if not parts:
         return section("qualitative", "Predictions", '<p class="muted">No predictions or data store found.</p>')
     return section("qualitative", "Predictions", "".join(parts))
@@ -222,8 +248,8 @@ def curves_section(results: Results, sink: FigureSink) -> str:
                        "epoch's batches in train mode while the head changes, so a trend rather than the trained "
                        "head's score) and test mIoU (left axis, shared by all panels) per epoch; ★ the epoch with "
                        "the best test mIoU. A best epoch at the last epoch "
-                       "suggests more epochs would help.", f"training curves for {store_label(store)}")
-        parts.append(details(store_label(store), figure(fig), is_open=i == 0))
+                       "suggests more epochs would help.", f"training curves for {store_label(store, results.config)}")
+        parts.append(details(store_label(store, results.config), figure(fig), is_open=i == 0))
     return section("curves", "Training curves", "".join(parts))
 
 

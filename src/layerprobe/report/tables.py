@@ -72,7 +72,7 @@ def summary(results: Results) -> pd.DataFrame:
         prompt_delta = (Difference(*deltas.loc[key, ["delta", "low", "high", "significant"]])
                         if key in deltas.index else None)
         still = best["best_epoch"] == best["epochs"]
-        rows.append({"model / prompt": store_label(store), "best layer": best["layer"],
+        rows.append({"model / prompt": store_label(store, results.config), "best layer": best["layer"],
                      "best mIoU [95% CI]": Estimate(best["miou"], best["miou_low"], best["miou_high"]),
                      "best − next best layer": next_layer_difference(results, store, ranked),
                      "pixel acc": best["acc"], "last layer mIoU": frame["miou"].iloc[-1],
@@ -102,6 +102,25 @@ def next_layer_difference(results: Results, store: Store, ranked: pd.DataFrame) 
                       runner_up["layer"])
 
 
+def oracle_summary(results: Results, deltas: pd.DataFrame) -> pd.DataFrame:
+    """Per oracle prompt: its best layer, and the oracle effect there (dominant − shuffled)."""
+    rows = []
+    for (model, prompt), part in deltas.groupby(["model", "prompt"], sort=False):
+        frame = _store_rows(results, (model, prompt)).dropna(subset=["miou"])
+        if frame.empty:
+            continue
+        best = frame.loc[frame["miou"].idxmax()]
+        at = part[part["layer"] == best["layer"]]
+        effect = (Difference(*at.iloc[0][["delta", "low", "high", "significant"]], versus=at.iloc[0]["base"])
+                  if len(at) else None)
+        rows.append({"model / prompt": store_label((model, prompt), results.config), "best layer": best["layer"],
+                     "oracle mIoU [95% CI]": Estimate(best["miou"], best["miou_low"], best["miou_high"]),
+                     "oracle effect at that layer (dominant − shuffled)": effect,
+                     "layers where the oracle is significantly better": f"{int((part['significant'] & (part['delta'] > 0)).sum())}"
+                                                                         f" / {len(part)}"})
+    return pd.DataFrame(rows)
+
+
 def probes_csv(results: Results) -> pd.DataFrame:
     """Every probe with its interval (the report writes it as probes.csv beside its figures)."""
     columns = ["model", "store_prompt", "probe", "prompt", "layer", "miou", "miou_low", "miou_high", "seeds",
@@ -117,7 +136,7 @@ def scan_agreement(results: Results) -> pd.DataFrame:
         common = set(scan["layer"]) & set(probes["layer"])
         scan_best = scan.loc[scan["miou"].idxmax(), "layer"] if scan["miou"].notna().any() else ""
         probe_best = probes.loc[probes["miou"].idxmax(), "layer"] if probes["miou"].notna().any() else ""
-        rows.append({"model / prompt": store_label(store), "Spearman ρ": rank_agreement(scan, probes),
+        rows.append({"model / prompt": store_label(store, results.config), "Spearman ρ": rank_agreement(scan, probes),
                      "layers in both": len(common), "scanned layers": len(scan),
                      "scan's best layer": scan_best, "probe's best layer": probe_best,
                      "scan's best among probed": _best_among(scan, common)})
@@ -259,7 +278,7 @@ def diagnostics(results: Results) -> list[str]:
         both = pd.concat({"scan": scan, "probe": probes}, axis=1, join="inner").dropna()
         worse = both[both["scan"] > both["probe"] + SCAN_MARGIN]
         if not worse.empty:
-            listed = ", ".join(f"{store_label((m, p))} {k} ({r.probe:.2f} vs {r.scan:.2f})"
+            listed = ", ".join(f"{store_label((m, p), results.config)} {k} ({r.probe:.2f} vs {r.scan:.2f})"
                                for (m, p, k), r in worse.iterrows())
             out.append(f"The closed-form layer scan beats the trained probe by more than {SCAN_MARGIN:g} mIoU on "
                        f"{len(worse)} layer(s): {listed}. A linear probe should do at least as well as a ridge fit "
@@ -278,7 +297,7 @@ def diagnostics(results: Results) -> list[str]:
         last = curves.sort_values("epoch").groupby(["model", "prompt", "layer"]).tail(1)
         gap = last[last["running_train_miou"] - last["test_miou"] > GAP_MARGIN]
         if not gap.empty:
-            listed = ", ".join(f"{store_label((r.model, r.prompt))} {r.layer} (running train {r.running_train_miou:.2f}, "
+            listed = ", ".join(f"{store_label((r.model, r.prompt), results.config)} {r.layer} (running train {r.running_train_miou:.2f}, "
                                f"test {r.test_miou:.2f})" for r in gap.itertuples())
             out.append(f"Running train mIoU exceeds test mIoU by more than {GAP_MARGIN:g} at the last epoch on {len(gap)} "
                        f"probe(s): {listed}. Over-fitting, or train and test see differently scaled features.")
