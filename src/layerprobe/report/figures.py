@@ -186,25 +186,28 @@ def prompt_deltas(results: Results) -> pd.DataFrame:
         prompts = lp_config.prompt_ids(cfg) if cfg.get("prompts") else []
         if len(prompts) < 2:
             continue
-        frame = results.probes[results.probes["model"] == model]
-        wide = frame.pivot(index="layer", columns="prompt", values="miou")
         base = general_prompt(cfg)
-        if base not in wide:
-            continue
-        order = frame.drop_duplicates("layer").sort_values("x")["layer"].tolist()
         for prompt in [p for p in prompts if p != base]:
-            if prompt not in wide:
-                continue
-            for layer in order:
-                delta = wide.at[layer, prompt] - wide.at[layer, base]
-                if not math.isnan(delta):
-                    interval = results.paired((model, base, layer), (model, prompt, layer))
-                    rows.append({"model": model, "prompt": prompt, "base": base, "layer": layer, "delta": delta,
-                                 **interval_columns(interval),
-                                 "seed_deltas": _seed_deltas(results, model, base, prompt, layer),
-                                 "segment": results.axis.segment(model, layer),
-                                 "tick": results.axis.tick_label(model, layer)})
+            rows += _delta_rows(results, model, base, prompt)
     return pd.DataFrame(rows, columns=DELTA_COLUMNS)
+
+
+def _delta_rows(results: Results, model: str, base: str, prompt: str) -> list[dict[str, Any]]:
+    """mIoU(prompt) − mIoU(base) per layer both probed, forward order, with the paired interval."""
+    frame = results.probes[(results.probes["model"] == model) & results.probes["prompt"].isin([base, prompt])]
+    wide = frame.pivot(index="layer", columns="prompt", values="miou")
+    if base not in wide or prompt not in wide:
+        return []
+    rows = []
+    for layer in frame.drop_duplicates("layer").sort_values("x")["layer"]:
+        delta = wide.at[layer, prompt] - wide.at[layer, base]
+        if math.isnan(delta):
+            continue
+        interval = results.paired((model, base, layer), (model, prompt, layer))
+        rows.append({"model": model, "prompt": prompt, "base": base, "layer": layer, "delta": delta,
+                     **interval_columns(interval), "seed_deltas": _seed_deltas(results, model, base, prompt, layer),
+                     "segment": results.axis.segment(model, layer), "tick": results.axis.tick_label(model, layer)})
+    return rows
 
 
 DELTA_COLUMNS = ["model", "prompt", "base", "layer", "delta", "low", "high", "significant", "seed_deltas", "segment",
@@ -238,23 +241,8 @@ def oracle_deltas(results: Results) -> pd.DataFrame:
         stores = lp_config.prompt_ids(cfg) if cfg.get("prompts") else []
         for prompt in stores:
             control = lp_config.store_id(prompt, "shuffled")
-            if lp_config.store_fill(cfg, prompt) != "dominant" or control not in stores:
-                continue
-            frame = results.probes[(results.probes["model"] == model)
-                                   & results.probes["prompt"].isin([prompt, control])]
-            wide = frame.pivot(index="layer", columns="prompt", values="miou")
-            if prompt not in wide or control not in wide:
-                continue
-            for layer in frame.drop_duplicates("layer").sort_values("x")["layer"]:
-                delta = wide.at[layer, prompt] - wide.at[layer, control]
-                if math.isnan(delta):
-                    continue
-                interval = results.paired((model, control, layer), (model, prompt, layer))
-                rows.append({"model": model, "prompt": prompt, "base": control, "layer": layer, "delta": delta,
-                             **interval_columns(interval),
-                             "seed_deltas": _seed_deltas(results, model, control, prompt, layer),
-                             "segment": results.axis.segment(model, layer),
-                             "tick": results.axis.tick_label(model, layer)})
+            if lp_config.store_fill(cfg, prompt) == "dominant" and control in stores:
+                rows += _delta_rows(results, model, control, prompt)
     return pd.DataFrame(rows, columns=DELTA_COLUMNS)
 
 
