@@ -306,8 +306,11 @@ def _delta_bars(ax: plt.Axes, part: pd.DataFrame, span: float) -> None:
     ax.bar(xs, heights, color=[delta_colour(d, sig) for d, sig in zip(part["delta"], part["significant"])],
            width=0.7)
     shown = part["low"].notna() & (part["delta"].abs() >= IDENTICAL)
-    ax.errorbar(xs[shown], part["delta"][shown], yerr=[(part["delta"] - part["low"])[shown],
-                (part["high"] - part["delta"])[shown]], fmt="none", ecolor="0.15", elinewidth=1, capsize=3)
+    # The interval as drawn from its bounds: a percentile interval need not contain the estimate
+    # (a skewed resampling distribution), so it is not an error bar around the bar's height.
+    ax.vlines(xs[shown], part["low"][shown], part["high"][shown], color="0.15", linewidth=1)
+    for bound in ("low", "high"):
+        ax.hlines(part[bound][shown], xs[shown] - 0.1, xs[shown] + 0.1, color="0.15", linewidth=1)
     for x, seeds in zip(xs, part["seed_deltas"]):
         if len(seeds) > 1:  # the probe's own training noise, beside the interval over images
             ax.plot([x + 0.28] * len(seeds), seeds, linestyle="none", marker="o", markersize=3, color="#5b3a8c")
