@@ -210,7 +210,8 @@ def assert_adding_a_fill_plans_only_its_store(done: Path, config: dict[str, Any]
     prompt = next(p for p in more["models"]["tiny_llava"]["prompts"] if p["id"] == "describe_category")
     prompt["category_fill"] = ["dominant", "random"]
     write_config(done, more)
-    layers = lp_config.probe_ids(lp_config.validate(more)["models"]["tiny_llava"])  # the group's, not the base's
+    valid = lp_config.validate(more)
+    layers = lp_config.probe_ids(valid["models"]["tiny_llava"], valid["probe"]["seeds"])  # the group's, seeds too
     try:
         assert planned_jobs(done) == jobs(store("tiny_llava", "describe_category+random"),
                                           probes("tiny_llava", "describe_category+random", *layers))
