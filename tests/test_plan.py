@@ -109,7 +109,7 @@ def test_format_and_cli(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
     out = capsys.readouterr().out
     for text in ("Feature stores", "Per rule", "Layer scan", "Total disk", "Assumed throughputs", "WARNING"):
         assert text in out
-    assert "llava-1.5-7b-hf 12" in out  # the assumed throughput is stated
+    assert "TFLOP/s per A100-class GPU" in out  # the assumed throughput is stated
     with pytest.raises(SystemExit):
         bad = tmp_path / "bad.yaml"
         bad.write_text("dataset: {root: x}\nmodels: {m: {kind: nope, layers: [1]}}\n")
@@ -134,7 +134,10 @@ def test_totals_are_sums_of_rows(real_config: dict) -> None:
     assert result.totals["ram_gb_hours"] == pytest.approx(
         (result.rules["hours"] * result.rules["mem_mb_per_job"] / 1024).sum())
     llava = result.rules.set_index(["rule", "model"]).loc[("extract", "llava15_7b")]
-    assert llava["hours"] == pytest.approx(22210 / lp_plan.ASSUMED_IMAGES_PER_S["llava-hf/llava-1.5-7b-hf"] / 3600)
+    model = real_config["models"]["llava15_7b"]
+    rate = lp_plan.images_per_s(model_spec("llava15_7b", model), model)
+    assert 10 < rate < 16  # 8.3 TFLOP per image at the assumed 109 TFLOP/s
+    assert llava["hours"] == pytest.approx(22210 / rate / 3600)
 
 
 def test_scan_groups_add_training_passes(real_config: dict) -> None:

@@ -11,6 +11,7 @@ import sys
 
 COMMANDS = {
     "plan": ("layerprobe.plan", "print store sizes, RAM and GPU-hours for a config before submitting"),
+    "fetch-configs": ("layerprobe.fetch_configs", "cache hub models' config.json (what the DAG reads) into weights.cache_dir"),
     "submit-head": ("layerprobe.submit", "submit the Snakemake controller itself as a SLURM job (submitit)"),
 }
 

@@ -6,7 +6,6 @@ Every error names the offending config key, so a wrong config fails at DAG build
 from __future__ import annotations
 
 import copy
-import string
 from importlib import resources
 from pathlib import Path
 from typing import Any
@@ -16,7 +15,8 @@ import yaml
 
 from .layers import probe_id
 from .prompts import DOMINANT, FILLS
-from .specs import model_spec, requested_keys
+from .prompts import placeholders
+from .specs import ModelSpec, UnknownModel, model_spec, requested_keys
 
 SPLITS = ("training", "validation")
 # A control fill's store id is `{prompt id}+{fill}` (like `+cls` probes); `dominant` keeps the
@@ -28,11 +28,6 @@ STORE_ID_PATTERN = (r"[A-Za-z0-9][A-Za-z0-9_-]*"
 
 class ConfigError(ValueError):
     """A config problem; the message starts with the key path."""
-
-
-def placeholders(text: str) -> set[str]:
-    """Names of `{...}` fields in a prompt template."""
-    return {field for _, field, _, _ in string.Formatter().parse(text) if field is not None}
 
 
 def _schema() -> dict[str, Any]:
@@ -118,43 +113,59 @@ def _fill_model_defaults(model: dict[str, Any], schema: dict[str, Any]) -> None:
                 model["tiny"].setdefault(key, sub["default"])
 
 
+def spec(config: dict[str, Any], name: str) -> ModelSpec:
+    """The spec of `models.<name>`, a hub id's config.json looked up in `weights.cache_dir` too."""
+    return model_spec(name, config["models"][name], config["weights"]["cache_dir"])
+
+
 def _check_models(config: dict[str, Any]) -> None:
     for name, model in config["models"].items():
         where = f"models.{name}"
-        if model["kind"] == "open_clip":
-            _check_open_clip(where, model)
-        else:
+        if model["kind"] == "llava":
             _check_llava(where, model, config["dataset"].get("class_names"))
+        else:
+            _check_vision_only(where, model)
         try:
-            spec = model_spec(name, model)
-        except KeyError as err:
-            raise ConfigError(str(err.args[0])) from None
+            model_spec_ = spec(config, name)
+        except UnknownModel as err:
+            raise ConfigError(str(err)) from None
         for key in ("layers", "vision_layers"):
-            depth = spec.depth if key == "layers" else spec.vision_depth
+            depth = model_spec_.depth if key == "layers" else model_spec_.vision_depth
             too_deep = [i for i in model.get(key, []) if i > depth]
             if too_deep:
                 raise ConfigError(f"config key {where}.{key}: layer(s) {too_deep} beyond the model's depth {depth} "
                                   f"(0 = embeddings, {depth} = last block)")
+        if any(cls_variants(model)) and not model_spec_.has_cls:
+            raise ConfigError(f"config key {where}.concat_cls: this model's tokens have no CLS token")
         if not requested_keys(model):
             raise ConfigError(f"config key {where}.layers: no layers requested")
 
 
-def _check_open_clip(where: str, model: dict[str, Any]) -> None:
+# The keys each kind needs; a key of another kind is an error (a typo'd kind would otherwise
+# silently ignore the model's own keys).
+KIND_KEYS = {"open_clip": ("arch", "pretrained"), "hf_vision": ("hub_id",)}
+
+
+def _check_vision_only(where: str, model: dict[str, Any]) -> None:
+    """open_clip and hf_vision: an image encoder alone, no prompts."""
+    kind = model["kind"]
     if (model.get("tiny") or {}).get("preset"):
         raise ConfigError(f"config key {where}.tiny.preset: only for kind llava (an open_clip arch with "
                           "pretrained: none builds a real-size random model)")
-    for key in ("arch", "pretrained"):
+    if kind == "hf_vision" and model.get("tiny") is not None:
+        raise ConfigError(f"config key {where}.tiny: not for kind hf_vision (save a tiny model and give its "
+                          "directory as hub_id)")
+    for key in KIND_KEYS[kind]:
         if key not in model:
-            raise ConfigError(f"config key {where}.{key}: required for kind open_clip")
-    for key in ("hub_id", "prompts"):
+            raise ConfigError(f"config key {where}.{key}: required for kind {kind}")
+    others = {k for other, keys in KIND_KEYS.items() if other != kind for k in keys} - set(KIND_KEYS[kind])
+    for key in sorted(others | {"prompts"}):
         if key in model:
-            raise ConfigError(f"config key {where}.{key}: only for kind llava")
+            owner = "llava" if key == "prompts" else next(o for o, ks in KIND_KEYS.items() if key in ks)
+            raise ConfigError(f"config key {where}.{key}: only for kind {owner}" +
+                              (" (and llava)" if key == "hub_id" else ""))
     if model["vision_layers"] or model["projector"]:
         raise ConfigError(f"config key {where}.vision_layers/projector: only for kind llava (use layers)")
-    if model["pretrained"] == "openai" and "quickgelu" not in model["arch"]:
-        # OpenAI weights were trained with QuickGELU; open_clip would silently use GELU.
-        raise ConfigError(f"config key {where}.arch: OpenAI weights need the -quickgelu variant "
-                          f"(use {model['arch']}-quickgelu)")
 
 
 def _check_llava(where: str, model: dict[str, Any], class_names: str | None) -> None:
@@ -162,8 +173,6 @@ def _check_llava(where: str, model: dict[str, Any], class_names: str | None) -> 
         raise ConfigError(f"config key {where}.hub_id: required for kind llava")
     if "prompts" not in model:
         raise ConfigError(f"config key {where}.prompts: required for kind llava")
-    if any(cls_variants(model)):
-        raise ConfigError(f"config key {where}.concat_cls: LLaVA image tokens have no CLS token")
     fmt = model["prompt_format"]
     for token in ("<image>", "{prompt}"):
         if token not in fmt:
@@ -289,7 +298,7 @@ def store_fill(model: dict[str, Any], store_id: str) -> str | None:
 
 
 def resolutions(config: dict[str, Any]) -> list[int]:
-    return sorted({model_spec(n, m).image_size for n, m in config["models"].items()})
+    return sorted({spec(config, n).image_size for n in config["models"]})
 
 
 def geometry(config: dict[str, Any], name: str) -> str:
@@ -305,9 +314,9 @@ def data_name(resolution: int, geometry: str) -> str:
 
 def model_data_name(config: dict[str, Any], name: str) -> str:
     """The data store a model reads: its resolution and geometry."""
-    return data_name(model_spec(name, config["models"][name]).image_size, geometry(config, name))
+    return data_name(spec(config, name).image_size, geometry(config, name))
 
 
 def data_stores(config: dict[str, Any]) -> list[tuple[int, str]]:
     """(resolution, geometry) of every data store the models need, sorted."""
-    return sorted({(model_spec(n, m).image_size, geometry(config, n)) for n, m in config["models"].items()})
+    return sorted({(spec(config, n).image_size, geometry(config, n)) for n in config["models"]})

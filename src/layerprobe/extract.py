@@ -35,10 +35,11 @@ log = logging.getLogger("layerprobe.extract")
 
 
 def make_layout(name: str, model: dict[str, Any], prompt_id: str, data: Any, chunk_images: int, seed: int,
-                fingerprint: Fingerprint) -> store.Layout:
+                fingerprint: Fingerprint, cache_dir: str | None = None) -> store.Layout:
     """A store's geometry from the model spec and the data store; `fingerprint` = fingerprint.store().
-    `prompt_id` is the store id (`config.prompt_ids`): it names the prompt and its category fill."""
-    spec = model_spec(name, model)
+    `prompt_id` is the store id (`config.prompt_ids`): it names the prompt and its category fill;
+    `cache_dir` (weights.cache_dir) holds a fetched hub model's config.json."""
+    spec = model_spec(name, model, cache_dir)
     orders, ids = {}, {}
     for split in store.SPLITS:
         all_ids = data.attrs[f"{split}_image_ids"]

@@ -31,7 +31,6 @@ from typing import Any
 from . import config as lp_config
 from .layers import parse_probe_id, probe_seed
 from .prompts import SEEDED_FILLS
-from .specs import model_spec
 
 # Bump a stage's number when a code change alters what that stage writes.
 # data 2: images read with their EXIF orientation applied, as mmseg does.
@@ -207,7 +206,7 @@ def _prompt(config: dict[str, Any], name: str, prompt: str) -> dict[str, Any]:
 def store(config: dict[str, Any], name: str, prompt: str) -> Fingerprint:
     """What shapes every layer of a (model, prompt) store; a change discards the whole store."""
     model = config["models"][name]
-    resolution, geometry = model_spec(name, model).image_size, lp_config.geometry(config, name)
+    resolution, geometry = lp_config.spec(config, name).image_size, lp_config.geometry(config, name)
     return data(config, resolution, geometry) | {**_model(config, name), **_prompt(config, name, prompt),
                                        f"models.{name}.batch_size": model["batch_size"],
                                        "store.chunk_images": config["store"]["chunk_images"],
@@ -231,8 +230,7 @@ def probe(config: dict[str, Any], name: str, prompt: str, probe_id: str) -> Fing
 
 def scan(config: dict[str, Any], name: str, prompt: str) -> Fingerprint:
     """A layer scan: data, model, prompt and the scan's own settings (it reads no store)."""
-    model = config["models"][name]
-    resolution, geometry = model_spec(name, model).image_size, lp_config.geometry(config, name)
+    resolution, geometry = lp_config.spec(config, name).image_size, lp_config.geometry(config, name)
     settings = config["scan"]
     return data(config, resolution, geometry) | {**_model(config, name), **_prompt(config, name, prompt),
                                        **{f"scan.{k}": settings[k] for k in SCAN_KEYS},

@@ -26,22 +26,17 @@ from . import resources
 from .fingerprint import Fingerprint
 from .scan_cost import host_stats_mb, plan_groups, select_keys
 from .layers import CLS_SUFFIX
-from .specs import ModelSpec, model_spec, requested_keys
+from .specs import ModelSpec, requested_keys
 from .store import SPLITS, Layout, human_bytes
 
 # ADE20K SceneParsing (ADEChallengeData2016) split sizes, used when the data is not on this machine.
 ADE20K_SIZES = {"training": 20210, "validation": 2000}
 
-# ASSUMED forward throughput, images/s on one A100-class GPU, fp16, batch as configured. Planning
-# guesses (LLaVA-7B: ~2 x 7e9 x 600 tokens = 8.4 TFLOP per image at ~35% of 312 TFLOP/s), not
-# measurements.
-ASSUMED_IMAGES_PER_S = {
-    "ViT-B-16-quickgelu": 2000.0,
-    "ViT-L-14-quickgelu": 600.0,
-    "ViT-L-14-336-quickgelu": 250.0,
-    "llava-hf/llava-1.5-7b-hf": 12.0,
-    "llava-hf/llava-1.5-13b-hf": 7.0,
-}
+# ASSUMED forward throughput on one A100-class GPU in fp16: 35% of its 312 TFLOP/s dense, spent
+# on each model's forward FLOPs per image (specs: 2 per weight per token, from the model's own
+# config): ViT-B/16 34 GFLOP -> ~3,200 images/s, LLaVA-1.5-7B 8.3 TFLOP -> ~13 images/s.
+# Planning guesses, not measurements.
+ASSUMED_GPU_TFLOPS = 312.0 * 0.35
 ASSUMED_TINY_IMAGES_PER_S = 200.0  # demo models on a CPU
 ASSUMED_WRITE_GB_PER_S = 1.0  # feature store writes (extraction is bound by max(compute, writes))
 ASSUMED_READ_GB_PER_S = 1.0  # probe loader, whole-chunk reads: the probe is IO-bound, not compute-bound
@@ -49,9 +44,9 @@ ASSUMED_GRAM_TFLOPS = 50.0  # scan: X^T X accumulation in fp32/TF32 on the GPU
 ASSUMED_CPU_IMAGES_PER_S = 50.0  # preprocess: decode + resize on one CPU core
 
 ASSUMPTIONS = [
-    ("extract / scan forward", "images/s per model on one A100-class GPU: "
-     + ", ".join(f"{k.split('/')[-1]} {v:g}" for k, v in ASSUMED_IMAGES_PER_S.items())
-     + f"; tiny demo models {ASSUMED_TINY_IMAGES_PER_S:g}"),
+    ("extract / scan forward", f"{ASSUMED_GPU_TFLOPS:g} TFLOP/s per A100-class GPU (35% of its fp16 peak) over "
+     "each model's forward FLOPs per image (2 per weight per token, from its config); "
+     f"tiny demo models {ASSUMED_TINY_IMAGES_PER_S:g} images/s"),
     ("extract writes", f"{ASSUMED_WRITE_GB_PER_S:g} GB/s to the feature store"),
     ("probe reads", f"{ASSUMED_READ_GB_PER_S:g} GB/s; every epoch reads the layer's training and validation "
                     "split once"),
@@ -109,10 +104,8 @@ def capped(config: dict[str, Any], sizes: dict[str, int]) -> dict[str, int]:
 # Bytes
 # --------------------------------------------------------------------------------------------
 
-def store_layout(name: str, model: dict[str, Any], prompt: str, sizes: dict[str, int],
-                 chunk_images: int) -> Layout:
+def store_layout(name: str, spec: ModelSpec, prompt: str, sizes: dict[str, int], chunk_images: int) -> Layout:
     """The same Layout the extraction writes, so the plan's bytes are the store's bytes."""
-    spec = model_spec(name, model)
     orders = {s: range(sizes[s]) for s in SPLITS}  # only the counts matter for bytes
     return Layout(model=name, prompt_id=prompt, prompt_text=None, dims=spec.dims(), tokens=spec.tokens,
                   grid=spec.grid, label_size=spec.image_size, has_cls=spec.has_cls, chunk_images=chunk_images,
@@ -128,10 +121,10 @@ def layer_bytes(spec: ModelSpec, key: str, images: int) -> int:
 def store_rows(config: dict[str, Any], sizes: dict[str, int]) -> pd.DataFrame:
     rows = []
     for name, model in config["models"].items():
-        spec = model_spec(name, model)
+        spec = lp_config.spec(config, name)
         keys = requested_keys(model)
         for prompt in lp_config.prompt_ids(model):
-            layout = store_layout(name, model, prompt, sizes, config["store"]["chunk_images"])
+            layout = store_layout(name, spec, prompt, sizes, config["store"]["chunk_images"])
             split_bytes = {s: layout.bytes_per_split(s, keys) for s in SPLITS}
             largest = max(keys, key=lambda k: spec.dims()[k])
             rows.append({"model": name, "prompt": prompt, "layers": len(keys), "tokens": spec.tokens,
@@ -188,10 +181,11 @@ def requested(rule: str, config: dict[str, Any], model: str | None = None, attem
             "gpus": int(gpus)}
 
 
-def images_per_s(model: dict[str, Any]) -> float:
-    if model.get("tiny") is not None:
+def images_per_s(spec: ModelSpec, model: dict[str, Any]) -> float:
+    """Assumed forward throughput: the GPU's assumed FLOP rate over the model's FLOPs per image."""
+    if model.get("tiny") is not None or spec.flops <= 0:
         return ASSUMED_TINY_IMAGES_PER_S
-    return ASSUMED_IMAGES_PER_S.get(model.get("arch") or model.get("hub_id"), ASSUMED_TINY_IMAGES_PER_S)
+    return ASSUMED_GPU_TFLOPS * 1e12 / spec.flops
 
 
 def _rule_row(rule: str, config: dict[str, Any], model: str | None, jobs: int, hours_per_job: float,
@@ -215,26 +209,25 @@ def rule_rows(config: dict[str, Any], sizes: dict[str, int], stores: pd.DataFram
     epochs = config["probe"]["epochs"]
     for _, store in stores.iterrows():
         model = config["models"][store["model"]]
-        compute_s = images / images_per_s(model)
+        compute_s = images / images_per_s(lp_config.spec(config, store["model"]), model)
         write_s = store["bytes"] / (ASSUMED_WRITE_GB_PER_S * 1e9)
         rows.append(_rule_row("extract", config, store["model"], parts, max(compute_s, write_s) / parts / 3600))
-        longest, total = _probe_hours(store["model"], model, sizes, epochs)
+        longest, total = _probe_hours(lp_config.spec(config, store["model"]), model, sizes, epochs)
         seeds = len(config["probe"]["seeds"])  # every seed trains every probe again
         for cls in lp_config.cls_variants(model):  # a line per CLS variant; both read the one store
             rows.append(_rule_row("probe", config, store["model"] + (CLS_SUFFIX if cls else ""),
                                   int(store["layers"]) * seeds, longest, total * seeds))
     for _, row in scan.iterrows():
         model = config["models"][row["model"]]
-        forward_s = (row["training_passes"] * sizes["training"] + sizes["validation"]) / images_per_s(model)
+        forward_s = (row["training_passes"] * sizes["training"] + sizes["validation"]) / images_per_s(lp_config.spec(config, row["model"]), model)
         rows.append(_rule_row("scan", config, row["model"], 1, (forward_s + row["gram_tflop"] / ASSUMED_GRAM_TFLOPS)
                               / 3600))
     return _merge_models(pd.DataFrame(rows))
 
 
-def _probe_hours(name: str, model: dict[str, Any], sizes: dict[str, int], epochs: int) -> tuple[float, float]:
+def _probe_hours(spec: ModelSpec, model: dict[str, Any], sizes: dict[str, int], epochs: int) -> tuple[float, float]:
     """(longest job, all jobs) in hours: every epoch streams the training split of one layer and
     scores its validation split; the loader is IO-bound, so time follows the layer's bytes."""
-    spec = model_spec(name, model)
     images = sum(sizes.values())
     hours = [epochs * layer_bytes(spec, k, images) / (ASSUMED_READ_GB_PER_S * 1e9) / 3600
              for k in requested_keys(model)]
@@ -271,7 +264,7 @@ def scan_rows(config: dict[str, Any], sizes: dict[str, int]) -> pd.DataFrame:
     images = sum(sizes.values())
     for name in scanned_models(config):
         model = config["models"][name]
-        spec = model_spec(name, model)
+        spec = lp_config.spec(config, name)
         keys, _ = select_keys(spec.dims(), settings["layers"])
         if not keys:
             continue

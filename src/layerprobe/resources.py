@@ -9,7 +9,8 @@ from __future__ import annotations
 
 from typing import Any
 
-from .specs import approx_params, model_spec
+from . import config as lp_config
+
 
 # Measured peaks of the demo jobs (results/benchmarks) plus headroom; see docs/BENCHMARKS.md.
 BASE_MEM_MB = {"synthetic_dataset": 1024, "preprocess": 2048, "build_tiny_model": 2048,
@@ -27,7 +28,7 @@ OVERHEAD_MB = 1536  # python + torch + CUDA context beside the loader buffers
 CPU_MODEL_BASE_MB = 2048
 CPU_WEIGHT_FACTOR = 1.75
 # On a GPU the weights load to the device; host RAM stages batches and chunks (not measured here).
-GPU_HOST_MB = {"llava": 8192, "open_clip": 4096}
+GPU_HOST_MB = {"llava": 8192, "open_clip": 4096, "hf_vision": 4096}
 
 
 def _model(config: dict[str, Any], wildcards: Any) -> tuple[str, dict[str, Any]] | None:
@@ -43,7 +44,7 @@ def mem_mb(rule: str, config: dict[str, Any], wildcards: Any = None, attempt: in
         name, model = found
         if rule != "build_tiny_model" and gpus(rule, config) > 0 and model.get("tiny") is None:
             return GPU_HOST_MB[model["kind"]]
-        weights = approx_params(name, model) * 4 / 2**20  # fp32 on the CPU (dtype auto)
+        weights = lp_config.spec(config, name).params * 4 / 2**20  # fp32 on the CPU (dtype auto)
         return max(BASE_MEM_MB.get(rule, 0), _round_up(CPU_MODEL_BASE_MB + CPU_WEIGHT_FACTOR * weights))
     if rule in ("extract", "scan"):
         return GPU_HOST_MB["open_clip"]
@@ -72,4 +73,4 @@ def image_count(config: dict[str, Any], split_sizes: dict[str, int]) -> int:
 
 
 def model_image_size(name: str, config: dict[str, Any]) -> int:
-    return model_spec(name, config["models"][name]).image_size
+    return lp_config.spec(config, name).image_size

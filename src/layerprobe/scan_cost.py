@@ -10,8 +10,8 @@ import logging
 import math
 from typing import Any
 
+from . import config as lp_config
 from .layers import sort_keys
-from .specs import model_spec
 
 NUM_CLASSES = 150
 log = logging.getLogger("layerprobe.scan")
@@ -71,8 +71,8 @@ def host_stats_mb(config: dict[str, Any], name: str, on_gpu: bool, batch_tokens:
     they live on the GPU. For the rule's `resources` (no logging: runs at DAG build)."""
     if on_gpu:
         return 0
-    settings, model = config["scan"], config["models"][name]
-    spec = model_spec(name, model)
+    settings = config["scan"]
+    spec = lp_config.spec(config, name)
     keys, _ = select_keys(spec.dims(), settings["layers"])
     widths = [spec.dims()[k] for k in keys] or [spec.dim]
     stats = stats_bytes(widths)

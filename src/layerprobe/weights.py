@@ -3,7 +3,7 @@
 `fetch` runs in the `fetch_weights` localrule (the login node or the head job): open_clip's own
 download into its cache directory (`open_clip.pretrained.download_pretrained`, the code
 `create_model(arch, pretrained=tag, cache_dir=...)` calls), and `huggingface_hub.snapshot_download`
-for a LLaVA hub id. It records the files and their sizes in a manifest (the rule's output).
+for a hub id (kinds llava and hf_vision). It records the files and their sizes in a manifest (the rule's output).
 
 Extraction and scan jobs call `go_offline` (HF_HUB_OFFLINE=1: nothing is downloaded, never 14 GB
 per job) and `check_cached`, which fails at once, naming the model and the fetch command, when the
@@ -19,7 +19,8 @@ import sys
 from pathlib import Path
 from typing import Any
 
-LLAVA_FILES = ["*.json", "*.safetensors", "*.model", "*.txt", "*.jinja"]  # weights, configs, tokenizer
+HUB_FILES = ["*.json", "*.safetensors", "*.model", "*.txt", "*.jinja"]  # weights, configs, tokenizer
+HUB_KINDS = ("llava", "hf_vision")  # loaded from a Hugging Face hub id (or a local directory)
 
 
 class WeightsNotCached(RuntimeError):
@@ -30,7 +31,7 @@ def needs_fetch(model: dict[str, Any]) -> bool:
     """Models loaded from the network: hub ids and open_clip tags (not local files or tiny models)."""
     if model.get("tiny") is not None:
         return False
-    if model["kind"] == "llava":
+    if model["kind"] in HUB_KINDS:
         return not Path(model["hub_id"]).exists()
     return model["pretrained"] != "none" and not Path(model["pretrained"]).exists()
 
@@ -46,7 +47,7 @@ def go_offline() -> None:
 
 def source_id(model: dict[str, Any]) -> str:
     """One name per download: models sharing a hub id (two LLaVA entries) share one fetch."""
-    source = model["hub_id"] if model["kind"] == "llava" else f"open_clip/{model['arch']}/{model['pretrained']}"
+    source = model["hub_id"] if model["kind"] in HUB_KINDS else f"open_clip/{model['arch']}/{model['pretrained']}"
     return source.replace("/", "--").replace(":", "--")
 
 
@@ -83,10 +84,10 @@ def fetch(name: str, model: dict[str, Any], cache_dir: str | Path) -> dict[str, 
     """Download a model's weights into cache_dir with the libraries' own code; return the manifest."""
     cache_dir = Path(cache_dir)
     cache_dir.mkdir(parents=True, exist_ok=True)
-    if model["kind"] == "llava":
+    if model["kind"] in HUB_KINDS:
         from huggingface_hub import snapshot_download
 
-        folder = Path(snapshot_download(model["hub_id"], cache_dir=cache_dir, allow_patterns=LLAVA_FILES))
+        folder = Path(snapshot_download(model["hub_id"], cache_dir=cache_dir, allow_patterns=HUB_FILES))
         files = [p for p in sorted(folder.rglob("*")) if p.is_file()]
     else:
         files = [Path(_open_clip_file(model, cache_dir))]
@@ -97,7 +98,7 @@ def fetch(name: str, model: dict[str, Any], cache_dir: str | Path) -> dict[str, 
 
 
 def _source(model: dict[str, Any]) -> str:
-    return model["hub_id"] if model["kind"] == "llava" else f"{model['arch']}:{model['pretrained']}"
+    return model["hub_id"] if model["kind"] in HUB_KINDS else f"{model['arch']}:{model['pretrained']}"
 
 
 def _open_clip_file(model: dict[str, Any], cache_dir: Path) -> str:

@@ -14,7 +14,7 @@ from layerprobe import resources as lp_resources
 from layerprobe import store as lp_store
 from layerprobe import weights as lp_weights
 from layerprobe.ade20k import DatasetError, check_layout
-from layerprobe.specs import model_spec, requested_keys
+from layerprobe.specs import requested_keys
 
 
 def _is_dry_run():
@@ -46,7 +46,7 @@ if workflow.is_main_process and _is_dry_run():  # a one-look cost summary before
     print(plan_summary(CFG), file=sys.stderr)
 
 MODELS = CFG["models"]
-SPECS = {name: model_spec(name, m) for name, m in MODELS.items()}
+SPECS = {name: lp_config.spec(CFG, name) for name in MODELS}
 PARTS = CFG["store"]["parts"]
 
 

@@ -17,7 +17,7 @@ with redirect_output(snakemake.log[0]):
     fingerprint = lp_fp.expect(lp_fp.store(cfg, name, prompt), snakemake.params.fingerprint, snakemake.params.store)
     data = open_data(json.load(open(snakemake.input.data))["store"])
     layout = make_layout(name, model, prompt, data, cfg["store"]["chunk_images"], cfg["store"]["shuffle_seed"],
-                         fingerprint)
+                         fingerprint, cache_dir=cfg["weights"]["cache_dir"])
     keys = json.load(open(snakemake.input.layout))["keys"]  # what prepare_store made room for
     start = time.time()
     options = weights.loader_options(name, model, cfg)  # offline: checks the cache before any work

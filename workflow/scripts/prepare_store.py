@@ -14,7 +14,7 @@ with redirect_output(snakemake.log[0]):
     fingerprint = lp_fp.expect(lp_fp.store(cfg, name, prompt), snakemake.params.fingerprint, snakemake.params.store)
     data = open_data(json.load(open(snakemake.input.data))["store"])
     layout = make_layout(name, cfg["models"][name], prompt, data, cfg["store"]["chunk_images"],
-                         cfg["store"]["shuffle_seed"], fingerprint)
+                         cfg["store"]["shuffle_seed"], fingerprint, cache_dir=cfg["weights"]["cache_dir"])
     keys = list(snakemake.params.layers)
     done = store.prepare(snakemake.params.store, layout, keys)
     with open(snakemake.output[0], "w") as f:

@@ -9,7 +9,6 @@ from layerprobe.data import open_data
 from layerprobe.logs import redirect_output
 from layerprobe.scan import prompts_filler, run_scan, tune_malloc
 from layerprobe.scan_cost import scan_keys
-from layerprobe.specs import model_spec
 
 with redirect_output(snakemake.log[0]):
     tune_malloc()  # reuse freed memory instead of page-faulting it back every batch (see docstring)
@@ -20,7 +19,7 @@ with redirect_output(snakemake.log[0]):
     data = open_data(json.load(open(snakemake.input.data))["store"])
     device = resolve_device(cfg["probe"]["device"])
     backbone = load_backbone(name, model, device, **weights.loader_options(name, model, cfg))
-    keys = scan_keys(model_spec(name, model).dims(), settings["layers"])
+    keys = scan_keys(lp_config.spec(cfg, name).dims(), settings["layers"])
     prompts_fn = prompts_filler(lp_config.prompt_text(model, prompt), data.attrs.get("class_names"),
                                 lp_config.store_fill(model, prompt), model["category_seed"], data)
     max_mb = settings["max_stats_mb"]  # null: every layer in one fit pass

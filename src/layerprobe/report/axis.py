@@ -13,41 +13,48 @@ from dataclasses import dataclass
 from typing import Any
 
 from ..layers import PROJECTOR, forward_position, parse_key
-from ..specs import model_spec, requested_keys
+from .. import config as lp_config
+from ..specs import requested_keys
 
 SEGMENT_LABELS = {"vision": "vision tower", PROJECTOR: "projector", "llm": "LLM layers", "vit": "ViT blocks"}
 
 
+LLAVA = "llava"  # the one kind with an LLM after its image encoder
+
 @dataclass
 class LayerAxis:
     vision_depth: int  # width of the vision segment; 0 = no segments (plain block index)
-    kinds: dict[str, str]  # model -> open_clip | llava
-    depths: dict[str, int]  # CLIP model -> number of blocks
+    kinds: dict[str, str]  # model -> open_clip | hf_vision | llava
+    depths: dict[str, int]  # image-encoder model (CLIP, DINOv2, ...) -> number of blocks
     llm_depth: int = 0  # deepest LLM layer (sizes the gap around the projector)
 
     @classmethod
     def from_config(cls, config: dict[str, Any]) -> "LayerAxis":
-        specs = {name: model_spec(name, m) for name, m in config["models"].items()}
-        llava = [s for s in specs.values() if s.kind == "llava"]
+        specs = {name: lp_config.spec(config, name) for name in config["models"]}
+        llava = [s for s in specs.values() if s.kind == LLAVA]
         pre_llm = any(k.startswith("vision_") or k == PROJECTOR
-                      for name, m in config["models"].items() if specs[name].kind == "llava"
+                      for name, m in config["models"].items() if specs[name].kind == LLAVA
                       for k in requested_keys(m))
-        clip = any(s.kind == "open_clip" for s in specs.values())
+        clip = any(s.kind != LLAVA for s in specs.values())
         # Segments only when something lives before the LLM; else LLM layers start at 0.
         depth = max((s.vision_depth for s in llava), default=0) if llava and (pre_llm or clip) else 0
         return cls(depth, {n: s.kind for n, s in specs.items()},
-                   {n: s.depth for n, s in specs.items() if s.kind == "open_clip"},
+                   {n: s.depth for n, s in specs.items() if s.kind != LLAVA},
                    max((s.depth for s in llava), default=0))
 
     @classmethod
     def single(cls, config: dict[str, Any], model: str, keys: list[str]) -> "LayerAxis":
         """The axis of one model's own panel: CLIP by block index, LLaVA segmented when `keys`
         reach before the LLM."""
-        spec = model_spec(model, config["models"][model])
+        spec = lp_config.spec(config, model)
         pre_llm = any(k.startswith("vision_") or k == PROJECTOR for k in keys)
-        depth = spec.vision_depth if spec.kind == "llava" and pre_llm else 0
-        return cls(depth, {model: spec.kind}, {model: spec.depth} if spec.kind == "open_clip" else {},
-                   spec.depth if spec.kind == "llava" else 0)
+        depth = spec.vision_depth if spec.kind == LLAVA and pre_llm else 0
+        return cls(depth, {model: spec.kind}, {model: spec.depth} if spec.kind != LLAVA else {},
+                   spec.depth if spec.kind == LLAVA else 0)
+
+    def encoder_only(self, model: str) -> bool:
+        """An image encoder alone (open_clip, hf_vision): drawn at relative depth beside a LLaVA."""
+        return model in self.kinds and self.kinds[model] != LLAVA
 
     @property
     def segmented(self) -> bool:
@@ -61,7 +68,7 @@ class LayerAxis:
 
     def position(self, model: str, key: str) -> float:
         kind, index = parse_key(key)
-        if self.kinds.get(model) == "open_clip":
+        if self.encoder_only(model):
             if self.segmented:
                 return index * self.vision_depth / max(self.depths[model], 1)
             return float(index)
@@ -75,7 +82,7 @@ class LayerAxis:
 
     def segment(self, model: str, key: str) -> str:
         kind, _ = parse_key(key)
-        if self.kinds.get(model) == "open_clip":
+        if self.encoder_only(model):
             return "vision" if self.segmented else "vit"
         if kind == "layer":
             return "llm"
@@ -85,7 +92,7 @@ class LayerAxis:
         kind, index = parse_key(key)
         if kind == PROJECTOR:
             return "proj"
-        if kind == "vision" or (self.segmented and self.kinds.get(model) == "open_clip"):
+        if kind == "vision" or (self.segmented and self.encoder_only(model)):
             return f"v{index}"
         return str(index)
 
@@ -117,10 +124,10 @@ class LayerAxis:
             return keep, [str(int(x)) if float(x).is_integer() else f"{x:g}" for x in keep]
         step = next(s for s in (1, 2, 4, 6, 8, 12, 16, 32) if self.vision_depth / s <= 7)
         ticks = [(float(i), f"v{i}") for i in range(0, self.vision_depth + 1, step)]
-        if any(k == PROJECTOR or self.kinds.get(m) == "llava" for m, k in rows):
+        if any(k == PROJECTOR or self.kinds.get(m) == LLAVA for m, k in rows):
             ticks.append((self.vision_depth + self.gap, "proj"))
         llm = sorted({self.position(m, k): k for m, k in rows
-                      if self.kinds.get(m) == "llava" and parse_key(k)[0] == "layer"}.items())
+                      if self.kinds.get(m) == LLAVA and parse_key(k)[0] == "layer"}.items())
         width = self.vision_depth + 2 * self.gap + self.llm_depth
         kept = _spaced(_thin([x for x, _ in llm], 14), width / 45)
         ticks += [(x, str(parse_key(k)[1])) for x, k in llm if x in kept]

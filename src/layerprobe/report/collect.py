@@ -26,7 +26,6 @@ from ..ade20k import CLASS_NAMES
 from ..layers import CLS_SUFFIX, parse_probe_id, probe_seed, split_seed
 from ..intervals import Interval, paired_difference
 from ..metrics import ImageCounts
-from ..specs import model_spec
 from .axis import LayerAxis
 from .benchmarks import read_benchmarks
 
@@ -254,7 +253,7 @@ def _read_data_manifests(config: dict[str, Any], results: Path,
 
 
 def model_resolution(config: dict[str, Any], model: str) -> int:
-    return model_spec(model, config["models"][model]).image_size
+    return lp_config.spec(config, model).image_size
 
 
 def model_data(config: dict[str, Any], model: str) -> str:

@@ -77,12 +77,12 @@ def line_style(results: Results, stores: list[Store], store: Store) -> dict[str,
 
 
 def _is_clip(results: Results, store: Store) -> bool:
-    return results.axis.kinds.get(store[0]) == "open_clip"
+    return results.axis.encoder_only(store[0])
 
 
 def layer_xlabel(axis: LayerAxis) -> str:
     if axis.segmented:
-        clip = "; CLIP at relative depth" if "open_clip" in axis.kinds.values() else ""
+        clip = "; image-only models at relative depth" if any(map(axis.encoder_only, axis.kinds)) else ""
         return f"layer  (v = vision-tower block · proj = projector · then LLM layer{clip})"
     return "layer (0 = embeddings, i = output of block i)"
 

@@ -9,6 +9,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from .. import config as lp_config
 from ..scan_agreement import rank_agreement
 from ..store import human_bytes
 from .collect import Results, Store
@@ -249,9 +250,8 @@ def store_sizes(results: Results) -> pd.DataFrame:
 
 
 def _models_at(config: dict, res: int) -> dict:
-    from ..specs import model_spec
 
-    return {n: m for n, m in config["models"].items() if model_spec(n, m).image_size == res}
+    return {n: m for n, m in config["models"].items() if lp_config.spec(config, n).image_size == res}
 
 
 def _disk_bytes(results: Results, store: str | None) -> float | None:
