@@ -251,3 +251,11 @@ def test_padding_is_the_mean_colour(backbones) -> None:
     pixels = bb.normalize(_images(2, 28, seed=5), boxes)
     assert pixels[0, :, :, 16:].eq(0).all() and pixels[1, :, :4].eq(0).all() and pixels[1, :, 24:].eq(0).all()
     assert pixels[0, :, :, :14].ne(0).any()
+
+
+def test_hub_ids_are_fetched_like_llava(saved) -> None:
+    from layerprobe.weights import needs_fetch, source_id
+
+    hub = {"kind": "hf_vision", "hub_id": "facebook/dinov2-large", "layers": [12]}
+    assert needs_fetch(hub) and source_id(hub) == "facebook--dinov2-large"
+    assert not needs_fetch(_entry(saved["dinov2"]))  # a local directory loads by path

@@ -27,7 +27,7 @@ OVERHEAD_MB = 1536  # python + torch + CUDA context beside the loader buffers
 CPU_MODEL_BASE_MB = 2048
 CPU_WEIGHT_FACTOR = 1.75
 # On a GPU the weights load to the device; host RAM stages batches and chunks (not measured here).
-GPU_HOST_MB = {"llava": 8192, "open_clip": 4096}
+GPU_HOST_MB = {"llava": 8192, "open_clip": 4096, "hf_vision": 4096}
 
 
 def _model(config: dict[str, Any], wildcards: Any) -> tuple[str, dict[str, Any]] | None:

@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Any
 
 LLAVA_FILES = ["*.json", "*.safetensors", "*.model", "*.txt", "*.jinja"]  # weights, configs, tokenizer
+HUB_KINDS = ("llava", "hf_vision")  # loaded by hub id with transformers' from_pretrained
 
 
 class WeightsNotCached(RuntimeError):
@@ -30,7 +31,7 @@ def needs_fetch(model: dict[str, Any]) -> bool:
     """Models loaded from the network: hub ids and open_clip tags (not local files or tiny models)."""
     if model.get("tiny") is not None:
         return False
-    if model["kind"] == "llava":
+    if model["kind"] in HUB_KINDS:
         return not Path(model["hub_id"]).exists()
     return model["pretrained"] != "none" and not Path(model["pretrained"]).exists()
 
@@ -46,7 +47,7 @@ def go_offline() -> None:
 
 def source_id(model: dict[str, Any]) -> str:
     """One name per download: models sharing a hub id (two LLaVA entries) share one fetch."""
-    source = model["hub_id"] if model["kind"] == "llava" else f"open_clip/{model['arch']}/{model['pretrained']}"
+    source = model["hub_id"] if model["kind"] in HUB_KINDS else f"open_clip/{model['arch']}/{model['pretrained']}"
     return source.replace("/", "--").replace(":", "--")
 
 
@@ -83,7 +84,7 @@ def fetch(name: str, model: dict[str, Any], cache_dir: str | Path) -> dict[str, 
     """Download a model's weights into cache_dir with the libraries' own code; return the manifest."""
     cache_dir = Path(cache_dir)
     cache_dir.mkdir(parents=True, exist_ok=True)
-    if model["kind"] == "llava":
+    if model["kind"] in HUB_KINDS:  # hf_vision: config, preprocessor_config and safetensors weights
         from huggingface_hub import snapshot_download
 
         folder = Path(snapshot_download(model["hub_id"], cache_dir=cache_dir, allow_patterns=LLAVA_FILES))
@@ -97,7 +98,7 @@ def fetch(name: str, model: dict[str, Any], cache_dir: str | Path) -> dict[str, 
 
 
 def _source(model: dict[str, Any]) -> str:
-    return model["hub_id"] if model["kind"] == "llava" else f"{model['arch']}:{model['pretrained']}"
+    return model["hub_id"] if model["kind"] in HUB_KINDS else f"{model['arch']}:{model['pretrained']}"
 
 
 def _open_clip_file(model: dict[str, Any], cache_dir: Path) -> str:
