@@ -28,12 +28,14 @@ from layerprobe.layers import layer_key
 from layerprobe.specs import UnknownModel, model_spec
 from layerprobe.specs.hub import pinned_dir
 
-FAMILIES = ["dinov2_with_registers", "dinov2", "siglip", "clip"]
+FAMILIES = ["dinov2_with_registers", "dinov2", "siglip", "clip", "clip_full"]
 # What each tiny model is built as: (image_size fed, patch_size, layers, width, has_cls, registers).
 BUILT = {"dinov2_with_registers": (28, 4, 3, 32, True, 4), "dinov2": (28, 4, 3, 32, True, 0),
-         "siglip": (32, 8, 3, 32, False, 0), "clip": (32, 8, 3, 32, True, 0)}
+         "siglip": (32, 8, 3, 32, False, 0), "clip": (32, 8, 3, 32, True, 0),
+         "clip_full": (32, 8, 3, 32, True, 0)}
 MEAN_STD = {"dinov2_with_registers": (IMAGENET_MEAN, IMAGENET_STD), "dinov2": (IMAGENET_MEAN, IMAGENET_STD),
-            "siglip": ([0.5] * 3, [0.5] * 3), "clip": (CLIP_MEAN, CLIP_STD)}
+            "siglip": ([0.5] * 3, [0.5] * 3), "clip": (CLIP_MEAN, CLIP_STD),
+            "clip_full": (CLIP_MEAN, CLIP_STD)}
 ATOL = 1e-5
 
 
@@ -42,7 +44,9 @@ def _build(family: str, out: Path) -> Path:
         return build_dinov2(out, registers=4)
     if family == "dinov2":
         return build_dinov2(out)
-    return build_siglip(out) if family == "siglip" else build_clip_vision(out)
+    if family == "siglip":
+        return build_siglip(out)  # a full SigLIP checkpoint (model_type siglip)
+    return build_clip_vision(out, full=family == "clip_full")
 
 
 @pytest.fixture(scope="module")
@@ -210,6 +214,17 @@ def test_missing_processor_and_bad_resolution(saved, tmp_path: Path) -> None:
     _edit_processor(resized, crop_size={"height": 48, "width": 48}, size={"shortest_edge": 48})
     with pytest.raises(UnknownModel, match=r"models\.resized\.hub_id.*48 px.*32 px"):
         model_spec("resized", _entry(resized))
+
+
+def test_weights_that_do_not_fit_are_refused(saved, tmp_path: Path) -> None:
+    """Weights under names the model class does not map would load as random init: refused."""
+    from safetensors.torch import load_file, save_file
+
+    renamed = _copy_without(saved["clip"], tmp_path / "renamed")
+    weights = load_file(renamed / "model.safetensors")
+    save_file({f"other.{k}": v for k, v in weights.items()}, renamed / "model.safetensors", metadata={"format": "pt"})
+    with pytest.raises(ValueError, match=r"models\.renamed\.hub_id.*lacks weights"):
+        HfVisionBackbone("renamed", str(renamed), device="cpu")
 
 
 def test_wrong_image_size_refused(backbones) -> None:

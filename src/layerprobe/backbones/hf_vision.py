@@ -67,8 +67,12 @@ class HfVisionBackbone(Backbone):
                              f"missing?), which gives the input size and mean/std: {err}") from None
         self.preprocessing = preprocessing(where, processor.to_dict())
         extra = {"device_map": str(self.device)} if self.device.type == "cuda" else {}
-        model = model_class(self.family).from_pretrained(hub_id, dtype=self.dtype,
-                                                         attn_implementation=attn_implementation, **extra, **hub)
+        model, info = model_class(self.family).from_pretrained(
+            hub_id, dtype=self.dtype, attn_implementation=attn_implementation, output_loading_info=True, **extra,
+            **hub)
+        if info.get("missing_keys"):  # would be random weights (e.g. a checkpoint whose prefix is not mapped)
+            raise ValueError(f"{where}: {hub_id} lacks weights of the {type(model).__name__} it loads into: "
+                             f"{sorted(info['missing_keys'])[:5]}...")
         self.model = model.eval() if extra else model.to(self.device).eval()
         self.config = self.model.config
         self.patch_size = check_resolution(where, self.family, self.config, self.preprocessing.size)

@@ -10,7 +10,8 @@ from __future__ import annotations
 from pathlib import Path
 
 import torch
-from transformers import (BitImageProcessor, CLIPImageProcessor, CLIPVisionConfig, CLIPVisionModel, Dinov2Config,
+from transformers import (BitImageProcessor, CLIPConfig, CLIPImageProcessor, CLIPModel, CLIPVisionConfig,
+                          CLIPVisionModel, Dinov2Config,
                           Dinov2Model, Dinov2WithRegistersConfig, Dinov2WithRegistersModel, SiglipConfig,
                           SiglipImageProcessor, SiglipModel)
 
@@ -68,16 +69,22 @@ def build_siglip(out: str | Path, *, width: int = 32, layers: int = 3, heads: in
 
 
 def build_clip_vision(out: str | Path, *, width: int = 32, layers: int = 3, heads: int = 2, patch_size: int = 8,
-                      image_size: int = 32, seed: int = 0) -> Path:
-    """A CLIP vision tower alone (model_type clip_vision_model)."""
+                      image_size: int = 32, full: bool = False, seed: int = 0) -> Path:
+    """A CLIP vision tower alone (model_type clip_vision_model), or with `full` a whole CLIP
+    checkpoint (model_type clip, tiny text tower too) as openai/clip-* on the hub."""
     torch.manual_seed(seed)
-    config = CLIPVisionConfig(hidden_size=width, intermediate_size=4 * width, num_hidden_layers=layers,
-                              num_attention_heads=heads, patch_size=patch_size, image_size=image_size,
-                              projection_dim=width, hidden_act="quick_gelu")
+    vision = dict(hidden_size=width, intermediate_size=4 * width, num_hidden_layers=layers, num_attention_heads=heads,
+                  patch_size=patch_size, image_size=image_size, projection_dim=width, hidden_act="quick_gelu")
+    if full:
+        text = dict(hidden_size=width, intermediate_size=4 * width, num_hidden_layers=1, num_attention_heads=heads,
+                    vocab_size=64, max_position_embeddings=16, bos_token_id=1, eos_token_id=2, pad_token_id=0)
+        model = CLIPModel(CLIPConfig(text_config=text, vision_config=vision, projection_dim=width))
+    else:
+        model = CLIPVisionModel(CLIPVisionConfig(**vision))
     processor = CLIPImageProcessor(size={"shortest_edge": image_size},
                                    crop_size={"height": image_size, "width": image_size}, do_center_crop=True,
                                    image_mean=CLIP_MEAN, image_std=CLIP_STD)
-    return _save(CLIPVisionModel(config).eval(), processor, out)
+    return _save(model.eval(), processor, out)
 
 
 BUILDERS = {
@@ -85,4 +92,5 @@ BUILDERS = {
     "dinov2": build_dinov2,
     "siglip": build_siglip,
     "clip": build_clip_vision,
+    "clip_full": lambda out, **kw: build_clip_vision(out, full=True, **kw),
 }
