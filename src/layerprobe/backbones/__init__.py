@@ -30,6 +30,12 @@ def load_backbone(name: str, model: dict[str, Any], device: str = "auto", cache_
         if model.get("tiny") is not None:
             tiny_clip.register(model["arch"], model["pretrained"])
         return OpenClipBackbone(name, model["arch"], model["pretrained"], device, cache_dir=cache_dir)
+    if model["kind"] == "hf_vision":
+        from .hf_vision import HfVisionBackbone
+
+        return HfVisionBackbone(name, model["hub_id"], dtype=model.get("dtype", "auto"),
+                                attn_implementation=model.get("attn_implementation", "sdpa"), device=device,
+                                cache_dir=cache_dir, local_files_only=offline)
     from .llava import LlavaBackbone
 
     return LlavaBackbone(name, model["hub_id"], dtype=model["dtype"], attn_implementation=model["attn_implementation"],
