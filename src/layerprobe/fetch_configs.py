@@ -31,7 +31,8 @@ def hub_models(paths: list[str]) -> tuple[dict[str, dict[str, Any]], str]:
         models.update(raw.get("models") or {})
         cache_dir = (raw.get("weights") or {}).get("cache_dir", cache_dir)
     hub = {name: m for name, m in models.items()
-           if isinstance(m, dict) and m.get("kind") in HUB_KINDS and m.get("hub_id") and not Path(m["hub_id"]).exists()}
+           if isinstance(m, dict) and m.get("kind") in HUB_KINDS and m.get("hub_id") and m.get("tiny") is None
+           and not Path(m["hub_id"]).exists()}  # tiny models are built locally by a rule
     return hub, cache_dir
 
 
