@@ -7,8 +7,6 @@ import json
 from pathlib import Path
 from typing import Any
 
-import open_clip
-import torch
 
 
 def config_path(weights: str | Path) -> Path:
@@ -18,17 +16,16 @@ def config_path(weights: str | Path) -> Path:
 
 
 def model_config(tiny: dict[str, Any]) -> dict[str, Any]:
-    return {
-        "embed_dim": 32,
-        "quick_gelu": True,
-        "vision_cfg": {"image_size": tiny["image_size"], "layers": tiny["layers"], "width": tiny["width"],
-                       "head_width": tiny["width"] // tiny["heads"], "patch_size": tiny["patch_size"]},
-        "text_cfg": {"context_length": 16, "vocab_size": 64, "width": 32, "heads": 2, "layers": 1},
-    }
+    # One definition, shared with the DAG-time spec (which must not import open_clip for it).
+    from ..specs.openclip import tiny_model_config
+
+    return tiny_model_config(tiny)
 
 
 def register(arch: str, weights: str | Path) -> None:
     """Make `arch` known to open_clip from the JSON beside the weights (name = arch)."""
+    import open_clip
+
     path = config_path(weights) / f"{arch}.json"
     if not path.is_file():
         raise FileNotFoundError(f"{path}: tiny model config missing (was the build_tiny_model rule run?)")
@@ -38,6 +35,9 @@ def register(arch: str, weights: str | Path) -> None:
 def build(arch: str, weights: str | Path, tiny: dict[str, Any]) -> Path:
     """Random weights (seeded) saved as a state dict; `mixing` scales each block's residual
     branches so that deeper layers differ more from the input than a plain random init would."""
+    import open_clip
+    import torch
+
     weights = Path(weights)
     cfg_dir = config_path(weights)
     cfg_dir.mkdir(parents=True, exist_ok=True)
