@@ -3,12 +3,46 @@
 from __future__ import annotations
 
 import abc
+from collections.abc import Callable, Sequence
+from typing import Any
 
 import torch
+from torch import nn
 
 
 class StopForward(Exception):
     """Raised from a hook once the deepest requested layer is captured (early stop)."""
+
+
+def capture_blocks(blocks: Sequence[nn.Module], wanted: set[int] | list[int],
+                   forward: Callable[[], Any]) -> dict[int, torch.Tensor]:
+    """Run `forward()` once with hooks on a stack of transformer blocks: index 0 is the input of
+    blocks[0] (the embeddings), index i the output of block i (1-based). The hook of the deepest
+    wanted index raises StopForward, so deeper blocks (and the final norm) never run."""
+    wanted = set(wanted)
+    captured: dict[int, torch.Tensor] = {}
+    deepest = max(wanted)
+
+    def keep(index: int, x: Any) -> None:
+        if index in wanted:
+            captured[index] = x[0] if isinstance(x, (tuple, list)) else x
+        if index == deepest:
+            raise StopForward
+
+    hooks = [blocks[0].register_forward_pre_hook(
+        lambda m, args, kwargs: keep(0, args[0] if args else kwargs["hidden_states"]), with_kwargs=True)]
+    hooks += [block.register_forward_hook(lambda m, args, out, i=i: keep(i, out))
+              for i, block in enumerate(blocks, start=1)]
+    try:
+        forward()
+    except StopForward:
+        pass
+    finally:
+        for hook in hooks:
+            hook.remove()
+    if set(captured) != wanted:
+        raise RuntimeError(f"hooks captured layers {sorted(captured)}, expected {sorted(wanted)}")
+    return captured
 
 
 class Backbone(abc.ABC):

@@ -19,7 +19,7 @@ import torch
 
 from ..geometry import fill_padding
 from ..layers import layer_key, parse_key
-from .base import Backbone, StopForward
+from .base import Backbone, capture_blocks
 
 
 class OpenClipBackbone(Backbone):
@@ -66,25 +66,10 @@ class OpenClipBackbone(Backbone):
                 boxes: torch.Tensor | None = None) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor]]:
         self.check_keys(keys)
         wanted = {parse_key(k)[1] for k in keys}
-        captured: dict[int, torch.Tensor] = {}
-        deepest = max(wanted)
-
-        def keep(index: int, x: torch.Tensor) -> None:
-            if index in wanted:
-                captured[index] = x if x.shape[0] == images.shape[0] else x.transpose(0, 1)  # NLD or LND
-            if index == deepest:
-                raise StopForward
-
-        hooks = [self.blocks[0].register_forward_pre_hook(lambda m, args: keep(0, args[0]))]
-        for i, block in enumerate(self.blocks, start=1):
-            hooks.append(block.register_forward_hook(lambda m, args, out, i=i: keep(i, out)))
-        try:
-            self.visual(self.normalize(images, boxes))
-        except StopForward:
-            pass
-        finally:
-            for hook in hooks:
-                hook.remove()
+        pixels = self.normalize(images, boxes)
+        captured = capture_blocks(self.blocks, wanted, lambda: self.visual(pixels))
+        # open_clip's native blocks may run sequence-first (LND): back to batch-first
+        captured = {i: x if x.shape[0] == images.shape[0] else x.transpose(0, 1) for i, x in captured.items()}
         tokens = {layer_key(i): captured[i][:, self.prefix:].to(dtype).cpu() for i in sorted(wanted)}
         cls = {layer_key(i): captured[i][:, 0].to(dtype).cpu() for i in sorted(wanted)} if self.has_cls else {}
         return tokens, cls

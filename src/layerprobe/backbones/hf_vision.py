@@ -17,7 +17,6 @@ input resolution (no resize: the data store is already at image_size).
 
 from __future__ import annotations
 
-from collections.abc import Callable
 import torch
 from torch import nn
 
@@ -25,7 +24,7 @@ from ..geometry import fill_padding
 from ..layers import layer_key, parse_key
 from ..specs.core import UnknownModel
 from ..specs.hf_vision import FAMILIES, HAS_CLS, check_resolution, preprocessing, supported_types
-from .base import Backbone, StopForward
+from .base import Backbone, capture_blocks
 from .llava import resolve_dtype
 
 
@@ -113,35 +112,7 @@ class HfVisionBackbone(Backbone):
         return tokens, cls
 
     def _forward(self, pixels: torch.Tensor, wanted: list[int]) -> dict[int, torch.Tensor]:
-        captured: dict[int, torch.Tensor] = {}
-        deepest = max(wanted)
-
-        def keep(index: int, x: torch.Tensor) -> None:
-            if index in wanted:
-                captured[index] = x
-            if index == deepest:
-                raise StopForward
-
-        hooks = [self.blocks[0].register_forward_pre_hook(_pre(lambda x: keep(0, x)), with_kwargs=True)]
-        hooks += [b.register_forward_hook(_post(lambda x, i=i: keep(i, x))) for i, b in enumerate(self.blocks, 1)]
-        try:
-            self.model(pixel_values=pixels)
-        except StopForward:
-            pass
-        finally:
-            for hook in hooks:
-                hook.remove()
-        if len(captured) != len(wanted):
-            raise RuntimeError(f"{self.name}: hooks captured layers {sorted(captured)}, expected {wanted}")
-        return captured
-
-
-def _pre(fn: Callable[[torch.Tensor], None]) -> Callable:
-    return lambda m, args, kwargs: fn(args[0] if args else kwargs["hidden_states"])
-
-
-def _post(fn: Callable[[torch.Tensor], None]) -> Callable:
-    return lambda m, args, out: fn(out[0] if isinstance(out, (tuple, list)) else out)
+        return capture_blocks(self.blocks, wanted, lambda: self.model(pixel_values=pixels))
 
 
 def _plain(x: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
