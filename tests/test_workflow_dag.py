@@ -65,6 +65,12 @@ def _write_config(workdir: Path, mutate) -> str:
      "models.tiny_llava.prompts[0].category_fill"),
     (lambda c: c["models"]["tiny_llava"]["prompts"][1].update(category_fill=["dominant", "shuffle"]),
      "models.tiny_llava.prompts[1].category_fill[1]"),
+    # any model is a config entry, so a name its library doesn't know fails here, naming the source
+    (lambda c: c["models"].update(extra={"kind": "open_clip", "arch": "ViT-Q-99", "pretrained": "openai",
+                                         "layers": [1]}),
+     "models.extra.arch: unknown open_clip architecture 'ViT-Q-99'; the known names are open_clip's model configs"),
+    (lambda c: c["models"].update(extra={"kind": "hf_vision", "hub_id": "nobody/dino", "layers": [1]}),
+     "models.extra.hub_id: config.json of 'nobody/dino' is not available offline"),
 ])
 def test_bad_config_fails_at_dag_build_naming_the_key(workdir, mutate, expected):
     proc = snakemake(workdir, "-n", "--configfile", _write_config(workdir, mutate), check=False)
