@@ -17,7 +17,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from .metrics import ImageCounts
+from .metrics import ImageCounts, iou_of, nanmean_last
 
 RESAMPLES = 1000
 LEVEL = 0.95
@@ -54,12 +54,7 @@ def resampled_mious(counts: ImageCounts, weights: np.ndarray) -> np.ndarray:
     """(resamples,) the mIoU of each resample: summed counts, then IoU per class, then nanmean."""
     intersect = weights @ counts.intersect.astype(np.float64)
     union = weights @ counts.union.astype(np.float64)
-    with np.errstate(invalid="ignore", divide="ignore"):
-        iou = np.where(union > 0, intersect / np.where(union > 0, union, 1), np.nan)
-    present = np.isfinite(iou).sum(1)
-    total = np.where(np.isfinite(iou), iou, 0.0).sum(1)
-    with np.errstate(invalid="ignore", divide="ignore"):
-        return np.where(present > 0, total / np.maximum(present, 1), np.nan)
+    return nanmean_last(iou_of(intersect, union))
 
 
 def _percentiles(values: np.ndarray, estimate: float, level: float) -> Interval:

@@ -84,13 +84,10 @@ class SegmentationMeter:
         return ImageCounts(list(ids), inter, union, area.sum(1))
 
     def per_class_iou(self) -> np.ndarray:
-        union = self.union.numpy()
-        with np.errstate(invalid="ignore", divide="ignore"):
-            return np.where(union > 0, self.intersect.numpy() / union, np.nan)
+        return iou_of(self.intersect.numpy(), self.union.numpy())
 
     def miou(self) -> float:
-        iou = self.per_class_iou()
-        return float(np.nanmean(iou)) if np.isfinite(iou).any() else float("nan")
+        return miou_of(self.intersect.numpy(), self.union.numpy())
 
     def accuracy(self) -> float:
         total = float(self.label_area.sum())
@@ -155,8 +152,21 @@ class ImageCounts:
                        f["label_pixels"].astype(np.int64))
 
 
-def miou_of(intersect: np.ndarray, union: np.ndarray) -> float:
-    """mIoU of summed counts (C,): classes with zero union are excluded (NaN), as mmseg does."""
+def iou_of(intersect: np.ndarray, union: np.ndarray) -> np.ndarray:
+    """Per-class IoU of summed counts (..., C); NaN where a class has zero union (absent from both
+    prediction and label), so it is excluded from the mean, as mmseg does."""
     with np.errstate(invalid="ignore", divide="ignore"):
-        iou = np.where(union > 0, intersect / np.where(union > 0, union, 1), np.nan)
-    return float(np.nanmean(iou)) if np.isfinite(iou).any() else float("nan")
+        return np.where(union > 0, intersect / np.where(union > 0, union, 1), np.nan)
+
+
+def nanmean_last(iou: np.ndarray) -> np.ndarray:
+    """Mean over the last axis of the finite entries; NaN where there are none (no warning)."""
+    present = np.isfinite(iou).sum(-1)
+    total = np.where(np.isfinite(iou), iou, 0.0).sum(-1)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        return np.where(present > 0, total / np.maximum(present, 1), np.nan)
+
+
+def miou_of(intersect: np.ndarray, union: np.ndarray) -> float:
+    """mIoU of summed counts (C,)."""
+    return float(nanmean_last(iou_of(intersect, union)))
