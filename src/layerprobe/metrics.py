@@ -57,16 +57,17 @@ class SegmentationMeter:
             return torch.bincount((image * c + cls)[valid], minlength=size)[:size].view(b, c).numpy()
 
         inter, area_pred, area_label = count(hit, label), count(keep, pred), count(keep, label)
-        union = area_pred + area_label - inter
-        for i in range(b):
-            self.add_image(inter[i], union[i], area_label[i])
+        self.add_images(inter, area_pred + area_label - inter, area_label)
 
     def add_image(self, intersect: np.ndarray, union: np.ndarray, label_area: np.ndarray) -> None:
         """One image's per-class counts (C,), e.g. from a scorer that works image by image."""
+        self.add_images(*(np.asarray(x)[None] for x in (intersect, union, label_area)))
+
+    def add_images(self, intersect: np.ndarray, union: np.ndarray, label_area: np.ndarray) -> None:
+        """Per-class counts of a batch of images (B, C): kept per image (per_image=True) and summed."""
         if self.images is not None:
-            self.images.append((np.asarray(intersect, np.int64), np.asarray(union, np.int64),
-                                np.asarray(label_area, np.int64)))
-        self.add(*(torch.as_tensor(np.asarray(x), dtype=torch.float64) for x in (intersect, union, label_area)))
+            self.images.append(tuple(np.asarray(x, np.int64) for x in (intersect, union, label_area)))
+        self.add(*(torch.as_tensor(np.asarray(x).sum(0), dtype=torch.float64) for x in (intersect, union, label_area)))
 
     def add(self, intersect: torch.Tensor, union: torch.Tensor, label_area: torch.Tensor) -> None:
         self.intersect += intersect
@@ -77,10 +78,10 @@ class SegmentationMeter:
         """The kept per-image counts, in update order, named by `ids`."""
         if self.images is None:
             raise ValueError("this meter was made without per_image=True")
-        if len(ids) != len(self.images):
-            raise ValueError(f"{len(ids)} image ids for {len(self.images)} counted images")
-        inter, union, area = (np.stack([img[k] for img in self.images]) if self.images
+        inter, union, area = (np.concatenate([batch[k] for batch in self.images]) if self.images
                               else np.zeros((0, self.num_classes), np.int64) for k in range(3))
+        if len(ids) != len(inter):
+            raise ValueError(f"{len(ids)} image ids for {len(inter)} counted images")
         return ImageCounts(list(ids), inter, union, area.sum(1))
 
     def per_class_iou(self) -> np.ndarray:
