@@ -233,7 +233,8 @@ class ProbeTrainer:
         for feats, cls, labels, rows in self.test_loader.iterate():
             pred = self.head(_inputs(feats, cls, self.s.concat_cls), self.label_size).argmax(1)
             meter.update(pred, labels)
-            self.evaluated_rows += rows.tolist()
+            if per_image:
+                self.evaluated_rows += rows.tolist()
             for i, row in enumerate(rows.tolist()):
                 if keep_rows and row in keep_rows:
                     self.kept[row] = pred[i].to(torch.uint8).cpu().numpy()
