@@ -253,7 +253,8 @@ def test_a_probe_refuses_features_of_another_config(setup):
 
 
 def test_raw_chunk_writes_are_the_bytes_zarr_writes(tmp_path):
-    """The writer's raw chunk files (full chunks and the padded edge chunk) equal zarr's own."""
+    """The writer's raw chunk files (full chunks and the padded edge chunk) equal zarr's own.
+    No `store.make_chunk_dirs` here: the writer makes a missing chunk directory itself."""
     from layerprobe.extract import RawChunks
 
     group = zarr.open_group(tmp_path / "w.zarr", mode="w")

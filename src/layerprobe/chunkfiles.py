@@ -54,6 +54,23 @@ def chunk_file(arr: Any, chunk: int) -> Path | None:
     return Path(root) / arr.path / "c" / "/".join([str(chunk)] + ["0"] * (arr.ndim - 1))
 
 
+class ChunkPaths:
+    """Chunk file paths of one raw array from one template: building a path through zarr's
+    metadata (`chunk_file`) costs ~50-170 us, once per chunk and array on every read or write."""
+
+    def __init__(self, arr: Any) -> None:
+        first = chunk_file(arr, 0)
+        self.raw = first is not None
+        # "<dir>/c/{chunk}/0/0": the chunk number, then one "0" per further (unchunked) axis.
+        self._root = str(first.parents[arr.ndim - 1]) if first is not None else ""
+        self._tail = "/".join(["0"] * (arr.ndim - 1))
+
+    def __call__(self, chunk: int) -> Path | None:
+        if not self.raw:
+            return None
+        return Path(f"{self._root}/{chunk}/{self._tail}" if self._tail else f"{self._root}/{chunk}")
+
+
 def aligned_empty(shape: tuple[int, ...], dtype: Any) -> np.ndarray:
     """An uninitialised array whose data starts on a page boundary (what O_DIRECT needs)."""
     nbytes = math.prod(shape) * np.dtype(dtype).itemsize
@@ -70,24 +87,14 @@ class ChunkFiles:
         self.chunk_rows = int(arr.chunks[0])
         self.row_nbytes = math.prod(arr.shape[1:]) * arr.dtype.itemsize
         self.chunk_nbytes = self.chunk_rows * self.row_nbytes
-        first = chunk_file(arr, 0)
-        self.raw = first is not None
-        # "<dir>/c/{chunk}/0/0": the path of every chunk from one template (building it through
-        # zarr's metadata costs ~50 us, once per chunk per epoch).
-        self._path_parts = (str(first.parents[arr.ndim - 1]),
-                            "/".join(["0"] * (arr.ndim - 1))) if first is not None else None
+        self.path = ChunkPaths(arr)
+        self.raw = self.path.raw
         self.direct = direct and self.raw and hasattr(os, "O_DIRECT") and self.chunk_nbytes % PAGE == 0
         self._fds: dict[int, int] = {}
         self._lock = threading.Lock()
         self.stats = {"direct_chunks": 0, "buffered_chunks": 0, "rows": 0}
 
     # --- file handles ---------------------------------------------------------------------------
-    def path(self, chunk: int) -> Path | None:
-        if self._path_parts is None:
-            return None
-        root, tail = self._path_parts
-        return Path(f"{root}/{chunk}/{tail}" if tail else f"{root}/{chunk}")
-
     def _fd(self, chunk: int) -> int | None:
         """A buffered read handle on the chunk file, kept open; None when zarr wrote no file
         (every value is the fill value)."""

@@ -24,7 +24,7 @@ import torch
 from . import store
 from .ade20k import CLASS_NAMES
 from .backbones.base import Backbone
-from .chunkfiles import chunk_file
+from .chunkfiles import ChunkPaths
 from .config import prompt_text, store_fill
 from .fingerprint import Fingerprint
 from .progress import progress
@@ -127,11 +127,12 @@ class RawChunks:
     def __init__(self, arr: Any) -> None:
         self.arr = arr
         self.chunk_rows = int(arr.chunks[0])
+        self.path = ChunkPaths(arr)
 
     @classmethod
     def of(cls, arr: Any) -> "RawChunks | None":
-        full_chunks = tuple(arr.chunks[1:]) == tuple(arr.shape[1:])
-        return cls(arr) if chunk_file(arr, 0) is not None and full_chunks else None
+        raw = cls(arr)
+        return raw if raw.path.raw and tuple(arr.chunks[1:]) == tuple(arr.shape[1:]) else None
 
     def write(self, chunk: int, values: np.ndarray | list[np.ndarray]) -> None:
         """The chunk's rows, given whole or as consecutive parts (a chunk's forward batches):
@@ -143,10 +144,13 @@ class RawChunks:
                                  dtype=self.arr.dtype))
         little = self.arr.dtype.newbyteorder("<")
         views = [memoryview(np.ascontiguousarray(p, dtype=little).reshape(-1).view(np.uint8)) for p in parts]
-        path = chunk_file(self.arr, chunk)
-        path.parent.mkdir(parents=True, exist_ok=True)
+        path = self.path(chunk)
         tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex[:8]}.partial")
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
+        try:
+            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
+        except FileNotFoundError:  # a store prepared before store.make_chunk_dirs existed
+            path.parent.mkdir(parents=True, exist_ok=True)
+            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
         try:
             try:
                 while views:  # writev may write less than asked

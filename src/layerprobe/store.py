@@ -32,7 +32,7 @@ from typing import Any
 import numpy as np
 import zarr
 
-from .chunkfiles import chunk_file
+from .chunkfiles import ChunkPaths
 from .fingerprint import Fingerprint
 from .layers import sort_keys
 from .prompts import DOMINANT, SEEDED_FILLS
@@ -221,11 +221,11 @@ def make_chunk_dirs(array: Any) -> None:
     """The directory of every chunk file (`c/{chunk}/0/`), made here once rather than by the
     parts: with them made here, write_path.py measured the host write path at ViT-B/16 sizes at
     0.54-0.56 of the write floor, against 0.45-0.49 when each part made them (noisy disk)."""
+    paths = ChunkPaths(array)
+    if not paths.raw:
+        return
     for chunk in range(-(-array.shape[0] // array.chunks[0])):
-        path = chunk_file(array, chunk)
-        if path is None:
-            return
-        path.parent.mkdir(parents=True, exist_ok=True)
+        paths(chunk).parent.mkdir(parents=True, exist_ok=True)
 
 
 # --------------------------------------------------------------------------------------------
