@@ -170,6 +170,17 @@ def test_missing_chunk_reads_as_fill_value(tmp_path):
     out = np.zeros((8, 2, 2), np.uint8)
     loader_mod.read_chunk_into(labels, 0, out)
     assert (out == 255).all()
+    # Through the loader's page-cache path, epoch after epoch (the handle cache remembers the
+    # missing file).
+    feats = group.require_array("feats", shape=(16, 2, 2), dtype="float16", chunks=(8, 2, 2), compressors=None,
+                                fill_value=0)
+    feats[8:] = 1
+    loader = ChunkShuffleLoader(feats, labels, batch_size=4, ram_budget_bytes=2**16, mode="chunks")
+    for epoch in range(3):
+        loader.set_epoch(epoch)
+        for f, _, lab, rows in loader.iterate():
+            assert ((f.numpy() == 0) == (rows < 8)[:, None, None]).all()
+            assert ((lab.numpy() == 255) == (rows < 8)[:, None, None]).all()
 
 
 @pytest.fixture(scope="module")
@@ -262,10 +273,10 @@ def test_rows_missing_from_the_page_cache_are_read_from_disk_and_probing_resumes
     assert test.stats["uncached_rows"] >= 1 and calls["nowait"] > 0
 
 
-def test_leaving_mid_epoch_stops_reading_and_closes_every_file(store, monkeypatch):
+def test_leaving_mid_epoch_stops_reading_and_close_closes_every_file(store, monkeypatch):
     """A consumer that stops (a signal, an error) in the middle of a large window: the producer
-    stops after the batch it was building, and no chunk file stays open, the prefetched
-    window's included (probed chunks open their files)."""
+    stops after the batch it was building; read handles stay open for the next epoch until
+    `close()` closes every one, the prefetched window's included (probed chunks open their files)."""
     original = ChunkShuffleLoader._read_window
 
     def always_probe(self, chunks, rng):
@@ -278,6 +289,26 @@ def test_leaving_mid_epoch_stops_reading_and_closes_every_file(store, monkeypatc
     batches = loader.iterate(skip=3 * CHUNK // 2)  # the first batch of the third window (4 chunks)
     next(batches)
     batches.close()
-    assert all(not f._fds for f in loader.files)
     # The batch taken, one queued, one being built, at most one more: not the window's 4 chunks.
     assert loader.files[0].stats["rows"] <= 4 * 2 < 4 * CHUNK
+    assert any(f._fds for f in loader.files)
+    loader.close()
+    assert all(not f._fds for f in loader.files)
+
+
+def test_open_read_handles_are_bounded_by_keep_open(store):
+    """Handles are kept across windows and epochs, but never more than keep_open per array once
+    a window is dropped (the oldest are closed first)."""
+    loader = make(store, 2 * CHUNK, batch_size=4)
+    for f in loader.files:
+        f.keep_open = 3
+    for epoch in range(2):
+        loader.set_epoch(epoch)
+        batches = list(loader.iterate())
+        rows = np.concatenate([b[3] for b in batches])
+        assert sorted(rows.tolist()) == list(range(N))
+        for feats, _, labels, r in batches:  # read from the right files while handles come and go
+            np.testing.assert_array_equal(feats[:, -1, -1].numpy(), r.astype(np.float16))
+            np.testing.assert_array_equal(labels[:, -1, -1].numpy(), (r % 150).astype(np.uint8))
+        assert all(len(f._fds) <= 3 for f in loader.files)
+    loader.close()

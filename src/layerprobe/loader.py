@@ -57,6 +57,9 @@ def margin_bytes(budget: int) -> int:
     return min(MARGIN_BYTES, int(budget * MARGIN_FRACTION))
 
 
+# Chunk files kept open per array across windows and epochs (a warm epoch would otherwise open
+# every chunk file again); bounded by the open-files limit.
+KEEP_OPEN_FILES = 4096
 READS_IN_FLIGHT = 4  # concurrent chunk reads to start with (then tuned): SSDs and parallel file systems serve several at once
 Batch = tuple[torch.Tensor, torch.Tensor | None, torch.Tensor, np.ndarray]
 
@@ -146,8 +149,14 @@ class ChunkShuffleLoader:
         usable = self.budget - margin_bytes(self.budget)
         window_budget = (usable - BATCH_BUFFERS * self.row_bytes * batch_size) // 2
         self.window_chunks = max(1, min(self.n_chunks, window_budget // chunk_bytes))
-        if self.mode == "chunks":  # one read handle per array and chunk of two windows
-            _allow_open_files(2 * self.window_chunks * len(self.arrays) + 64)
+        if self.mode == "chunks":  # read handles kept open: two windows' at least, up to KEEP_OPEN_FILES
+            wanted = max(2 * self.window_chunks, min(self.n_chunks, KEEP_OPEN_FILES))
+            limit = _allow_open_files(wanted * len(self.arrays) + 64)
+            if limit < 2 * self.window_chunks * len(self.arrays) + 64:
+                log.warning("the loader may need %d open files, the limit is %d: lower probe.ram_budget_mb or "
+                            "raise store.chunk_images", 2 * self.window_chunks * len(self.arrays) + 64, limit)
+            for f in self.files:
+                f.keep_open = max(2 * self.window_chunks, min(wanted, (limit - 64) // len(self.arrays)))
         self._window_pool = BufferPool(2 * self.window_chunks * len(self.arrays))
         self._batch_pool = BufferPool(BATCH_BUFFERS * len(self.arrays))
         self._readers: ThreadPoolExecutor | None = None
@@ -259,9 +268,10 @@ class ChunkShuffleLoader:
         self.inflight.observe(sum(out.nbytes for _, _, out in jobs), time.perf_counter() - start, k)
 
     def _release(self, window: Window) -> None:
-        """Close the chunk files of a window whose rows are all in batches."""
+        """A window whose rows are all in batches: its files may be closed (the oldest beyond
+        `keep_open`)."""
         for f in self.files:
-            f.release(window.chunks)
+            f.trim()
 
     # --- resident mode ----------------------------------------------------------------------------
     def _resident_window(self) -> Window:
@@ -499,20 +509,19 @@ class ChunkShuffleLoader:
                 pool.shutdown(wait=False)
 
 
-def _allow_open_files(needed: int) -> None:
+def _allow_open_files(needed: int) -> int:
     """Raise the soft limit on open files to `needed` (up to the hard limit): a large window
-    keeps more read handles open than the usual soft limit of 1024."""
+    keeps more read handles open than the usual soft limit of 1024. Returns the soft limit."""
     try:
         import resource
     except ImportError:  # not POSIX
-        return
+        return needed
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
-    if soft != resource.RLIM_INFINITY and soft < needed:
-        new = needed if hard == resource.RLIM_INFINITY else min(needed, hard)
-        resource.setrlimit(resource.RLIMIT_NOFILE, (new, hard))
-        if new < needed:
-            log.warning("the loader may need %d open files, the hard limit is %d: lower probe.ram_budget_mb "
-                        "or raise store.chunk_images", needed, hard)
+    if soft == resource.RLIM_INFINITY or soft >= needed:
+        return needed
+    new = needed if hard == resource.RLIM_INFINITY else min(needed, hard)
+    resource.setrlimit(resource.RLIMIT_NOFILE, (new, hard))
+    return new
 
 
 def _mb(n: float) -> str:
