@@ -83,6 +83,11 @@ class Window:
     order: np.ndarray  # window-row indices in consumption order
     chunks: list[int] = field(default_factory=list)
     buffers: list[dict[int, np.ndarray]] = field(default_factory=list)
+    # Chunks mode, in consumption order: store rows, and their chunk and row in it (as lists:
+    # the row reads index them per row, once per window rather than per batch).
+    sequence: np.ndarray | None = None
+    chunk_of: list[int] = field(default_factory=list)
+    local: list[int] = field(default_factory=list)
 
 
 class BufferPool:
@@ -255,7 +260,9 @@ class ChunkShuffleLoader:
                 buffers[k][c] = out
                 jobs.append((f, c, out))
         self._read_chunks(jobs)
-        return Window(None, None, None, rows, order, list(chunks), buffers)
+        sequence = rows[order]
+        chunk_of, local = np.divmod(sequence, self.chunk_rows)
+        return Window(None, None, None, rows, order, list(chunks), buffers, sequence, chunk_of.tolist(), local.tolist())
 
     def _read_chunks(self, jobs: list[tuple[ChunkFiles, int, np.ndarray]]) -> None:
         """Whole-chunk reads, `inflight.count` at a time; the measured throughput tunes the count."""
@@ -394,11 +401,10 @@ class ChunkShuffleLoader:
             for i in range(first, len(windows)):
                 window = upcoming.result()  # type: ignore[union-attr]
                 upcoming = read(i + 1)
-                order, skip_rows = window.order[skip_rows:], 0
-                pos = 0
-                while pos < len(order):
-                    take = min(self.batch_size - count, len(order) - pos)
-                    self._copy_rows(window, order[pos:pos + take], out, count)
+                pos, skip_rows = skip_rows, 0
+                while pos < len(window.order):
+                    take = min(self.batch_size - count, len(window.order) - pos)
+                    self._copy_rows(window, pos, take, out, count)
                     count, pos = count + take, pos + take
                     if count == self.batch_size:
                         yield self._batch(out, count)
@@ -406,7 +412,7 @@ class ChunkShuffleLoader:
                             return
                         out, count = self._new_batch_buffers(), 0
                 self._release(window)
-                window = order = None  # type: ignore[assignment]  # its buffers go back to the pool
+                window = None  # its buffers go back to the pool
             if count:
                 yield self._batch(out, count)
         finally:  # on an early exit: the window being read finishes, then its files are closed too
@@ -430,26 +436,32 @@ class ChunkShuffleLoader:
         cls = out[2][:n] if self.cls is not None else None
         return feats, cls, labels, rows
 
-    def _copy_rows(self, window: Window, positions: np.ndarray, out: list[np.ndarray], at: int) -> None:
-        """Window positions into batch rows at..: disk-read chunks copied from their buffers,
-        cached chunks read row by row into the batch, the row reads split over the copy threads
-        (on two cores, two threads copy 1.3x faster than one: the kernel copy is the work)."""
-        store_rows = window.rows[positions]
-        out[-1][at:at + len(positions)] = store_rows
+    def _copy_rows(self, window: Window, begin: int, count: int, out: list[np.ndarray], at: int) -> None:
+        """Window rows begin..begin+count (in consumption order) into batch rows at..: disk-read
+        chunks copied from their buffers, cached chunks read row by row into the batch."""
+        store_rows = window.sequence[begin:begin + count]
+        out[-1][at:at + count] = store_rows
+        if not any(window.buffers):  # the whole window is in the page cache: no masks to build
+            self._read_cached(window.chunk_of[begin:begin + count], window.local[begin:begin + count],
+                              list(range(at, at + count)), out)
+            return
         chunks, local = np.divmod(store_rows, self.chunk_rows)
-        batch_rows = np.arange(at, at + len(positions))
-        cached = np.ones(len(positions), dtype=bool)
+        batch_rows = np.arange(at, at + count)
+        cached = np.ones(count, dtype=bool)
         for k in range(len(self.files)):
             for chunk, buffer in window.buffers[k].items():
                 hit = chunks == chunk
                 if hit.any():
                     out[k][batch_rows[hit]] = buffer[local[hit]]
                     cached &= ~hit
-        if not cached.any():
-            return
-        chunks, local, batch_rows = chunks[cached].tolist(), local[cached].tolist(), batch_rows[cached].tolist()
+        if cached.any():
+            self._read_cached(chunks[cached].tolist(), local[cached].tolist(), batch_rows[cached].tolist(), out)
+
+    def _read_cached(self, chunks: list[int], local: list[int], batch_rows: list[int], out: list[np.ndarray]) -> None:
+        """Rows of cached chunks read straight into the batch, split over the copy threads (on
+        two cores, two threads copy 1.3x faster than one: the kernel copy is the work). The
+        helpers get their shares first, so they copy while this thread starts its own."""
         # Each thread gets every copy_threads-th row of every array: an even share of the large rows.
-        # This thread reads one share while the pool reads the others.
         n = min(self.copy_threads, len(chunks))
         shares = [[(k, chunks[j::n], local[j::n], batch_rows[j::n]) for k in range(len(self.files))] for j in range(n)]
         helpers = [self._pool().submit(self._read_share, share, out) for share in shares[1:]]
