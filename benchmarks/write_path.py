@@ -3,21 +3,24 @@
 What a part does after each forward, at ViT-B/16 and LLaVA-7B sizes: the captured layers
 arrive as float16 CPU tensors (the backbone casts on the model's device), become numpy arrays,
 are gathered per chunk by the real `extract._forward_chunk` (a stand-in backbone returns the
-captured tensors instead of running a forward) and go through
-`ChunkWriter` (into a store whose chunk directories exist, as `store.prepare` leaves it): a writer thread behind a bounded queue, cached array handles, one raw write per
-array and chunk (`RawChunks`), then the chunk's marker.
+captured tensors instead of running a forward) and go through `ChunkWriter` (into a store whose
+chunk directories exist, as `store.prepare` leaves it): a writer thread behind a bounded queue,
+cached array handles, one raw write per array and chunk (`RawChunks`), then the chunk's marker.
 
 Floor: the same bytes written by one thread, one file per array and chunk, from buffers that
 already exist (no tensors, no queue, no markers). Both write into the page cache of the same
-file system; each case runs on a fresh store, alternating, `--repeats` times; the ratio is the
-median of floor / path per repeat (throughput of the path over the floor's; target >= 0.8).
+file system; each case runs on a fresh store, after `sync` (no earlier case's writeback
+pending), alternating, `--repeats` times. The ratio is min(floor) / min(path), the throughput
+of the path over the floor's when neither is disturbed (target >= 0.8); the median and range
+of the per-repeat ratios are printed beside it.
 
-    .venv/bin/python benchmarks/write_path.py [--repeats 5]
+    .venv/bin/python benchmarks/write_path.py [--repeats 9]     # ~1 min
 """
 
 from __future__ import annotations
 
 import argparse
+import os
 import shutil
 import sys
 import tempfile
@@ -106,14 +109,19 @@ def floor_case(store: Path, spec: tuple, buffers: dict[str, np.ndarray]) -> floa
     return time.perf_counter() - start
 
 
+def _spread(seconds: list[float]) -> str:
+    return f"{min(seconds):.3f}, {np.median(seconds):.3f}, {max(seconds):.3f}"
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--repeats", type=int, default=5)
+    parser.add_argument("--repeats", type=int, default=9)
     args = parser.parse_args()
     torch.set_num_threads(1)
     print(f"machine: {C.machine()}\n")
-    print("| size | bytes per chunk | chunks | floor s (median) | path s (median) | floor / path | target |")
-    print("|---|---|---|---|---|---|---|")
+    print("| size | bytes per chunk | chunks | floor s (min, median, max) | path s (min, median, max) | "
+          "floor / path: min / min | per-repeat floor / path: median (range) | target |")
+    print("|---|---|---|---|---|---|---|---|")
     ok = True
     with tempfile.TemporaryDirectory() as tmp:
         for name, spec in SIZES.items():
@@ -131,15 +139,22 @@ def main() -> int:
             for r in range(args.repeats):
                 for case in ("floor", "path"):
                     target = Path(tmp) / f"{case}{r}"
+                    os.sync()  # each case starts with no earlier case's writeback pending
                     if case == "floor":
                         floors.append(floor_case(target, spec, buffers))
                     else:
                         paths.append(path_case(target, spec, batches, labels))
                     shutil.rmtree(target)
-            ratio = float(np.median([f / p for f, p in zip(floors, paths)]))
+            # The criterion is min / min: the floor alone, the same work every repeat, spans up to 3x
+            # here (page-cache writes are CPU work, and the shared VM's CPU speed swings), so a
+            # per-repeat ratio mostly says which case drew a slow stretch; the fastest run of each
+            # is the least disturbed (as in benchmarks/scan.py).
+            ratio = min(floors) / min(paths)
+            pairs = [f / p for f, p in zip(floors, paths)]
             ok &= ratio >= TARGET
-            print(f"| {name} | {per_chunk / 2**20:.1f} MiB | {chunks} | {np.median(floors):.3f} | {np.median(paths):.3f} | "
-                  f"**{ratio:.2f}** | >= {TARGET} |", flush=True)
+            print(f"| {name} | {per_chunk / 2**20:.1f} MiB | {chunks} | {_spread(floors)} | {_spread(paths)} | "
+                  f"**{ratio:.2f}** | {np.median(pairs):.2f} ({min(pairs):.2f}-{max(pairs):.2f}) | >= {TARGET} |",
+                  flush=True)
     print(f"\nload average after: {C.load_average()}")
     return 0 if ok else 1
 

@@ -63,12 +63,15 @@ class ChunkWriter:
     """Writes chunks on a background thread; errors (e.g. disk full) surface in the caller.
 
     A chunk of an uncompressed array is written as its file's raw bytes (`RawChunks`: one write
-    call per array and chunk, the bytes zarr itself would write); other arrays go through zarr,
-    with the array handles opened once.
+    call per array and chunk, the bytes zarr itself would write), its arrays `write_threads` at a
+    time (page-cache writes are CPU work: one thread wrote 0.65x as fast as the path's floor at
+    ViT-B/16 sizes, where 17 files per chunk go to 17 directories); other arrays go through zarr,
+    with the array handles opened once. The marker follows the chunk's last array.
     """
 
-    def __init__(self, group: Any, store_path: Path, depth: int = 2) -> None:
+    def __init__(self, group: Any, store_path: Path, depth: int = 2, write_threads: int = 2) -> None:
         self.group, self.store_path = group, store_path
+        self.writers = ThreadPoolExecutor(write_threads, thread_name_prefix="extract-write") if write_threads > 1 else None
         self.arrays: dict[str, Any] = {}
         self.raw: dict[str, RawChunks | None] = {}
         self.queue: queue.Queue = queue.Queue(maxsize=depth)
@@ -86,6 +89,8 @@ class ChunkWriter:
     def close(self) -> None:
         self.queue.put(None)
         self.thread.join()
+        if self.writers is not None:
+            self.writers.shutdown()
         self._raise()
 
     def _raise(self) -> None:
@@ -106,6 +111,7 @@ class ChunkWriter:
         """`arrays`: per array, the chunk's rows whole or as consecutive parts."""
         first = next(iter(arrays.values()))
         stop = start + (sum(len(p) for p in first) if isinstance(first, list) else len(first))
+        raw_writes = []
         for name, values in arrays.items():
             key = f"{split}/{name}"
             if key not in self.arrays:
@@ -113,9 +119,14 @@ class ChunkWriter:
                 self.raw[key] = RawChunks.of(self.arrays[key])
             raw = self.raw[key]
             if raw is not None and start % raw.chunk_rows == 0:
-                raw.write(start // raw.chunk_rows, values)
+                raw_writes.append((raw, start // raw.chunk_rows, values))
             else:
                 self.arrays[key][start:stop] = np.concatenate(values) if isinstance(values, list) else values
+        if self.writers is None or len(raw_writes) < 2:
+            for raw, index, values in raw_writes:
+                raw.write(index, values)
+        else:  # list(): waits for all and raises the first error
+            list(self.writers.map(lambda job: job[0].write(job[1], job[2]), raw_writes))
         store.write_marker(self.store_path, split, chunk, info)  # only after the chunk is on disk
 
 
