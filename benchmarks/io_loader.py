@@ -349,8 +349,8 @@ def main() -> None:
         for _ in range(args.repeats):  # interleaved, so drift hits every measure alike
             runs["floor"].append(run_child("floor", args.cold, store=store))
             runs["loader"].append(run_child("loader", args.cold, store=store, budget_mb=budget_mb, batch=batch))
-        runs["loader_probe"].append(run_child("loader_probe", args.cold, store=store, budget_mb=budget_mb,
-                                              batch=batch, grid=grid, side=side))
+            runs["loader_probe"].append(run_child("loader_probe", args.cold, store=store, budget_mb=budget_mb,
+                                                  batch=batch, grid=grid, side=side))
         runs["shards"].append(run_child("shards", args.cold, shards=shard_dir, batch=batch, batches=2))
         report(runs, size, budget_mb, images, batch)
 
@@ -361,7 +361,7 @@ def report(runs: dict[str, list[dict]], size: int, budget_mb: int, images: int, 
     batches = -(-images // batch)
     shard_per_batch = med["shards"] / runs["shards"][0]["batches"]
     shard_epoch = shard_per_batch * batches
-    lp = runs["loader_probe"][0]
+    lp = {k: float(np.median([r[k] for r in runs["loader_probe"]])) for k in ("seconds", "compute_only_seconds")}
     print(f"\n| measure | seconds | GB/s | per batch | peak RSS MiB |\n|---|---|---|---|---|")
     print(f"| IO floor (raw sequential chunk reads) | {med['floor']:.3f} | {size / med['floor'] / 1e9:.2f} | | {rss['floor']:.0f} |")
     print(f"| shuffled epoch, loader alone | {med['loader']:.3f} | {size / med['loader'] / 1e9:.2f} | "
@@ -375,12 +375,19 @@ def report(runs: dict[str, list[dict]], size: int, budget_mb: int, images: int, 
     speedup = shard_per_batch / (med["loader"] / batches)
     chunks = runs["loader"][0]["mean_chunks_per_batch"]
     print(f"\nwindow: {runs['loader'][0]['window_chunks']} chunks; mean distinct chunks per batch of {batch}: {chunks:.1f}")
-    print(f"{'PASS' if ratio <= 1.25 else 'FAIL'} shuffled epoch / IO floor = {ratio:.2f} (target <= 1.25)")
+    print(f"info shuffled epoch / IO floor = {ratio:.2f} (one epoch from a fresh process: start-up included; "
+          "--sweep measures the target, <= 1.25, in steady state)")
     print(f"{'PASS' if rss['loader'] <= budget_mb + 1024 else 'FAIL'} loader peak RSS {rss['loader']:.0f} MiB "
           f"<= budget {budget_mb} MiB + 1 GiB, store {size / 2**20 / budget_mb:.1f}x budget")
     print(f"{'PASS' if speedup >= 100 else 'FAIL'} loader vs hand-made shards, per batch: {speedup:.0f}x faster (target >= 100x)")
-    overlap = lp["seconds"] / max(lp["compute_only_seconds"], med["loader"])
-    print(f"info loader + probe / max(probe alone, loader alone) = {overlap:.2f} (1.0 = reading fully hidden)")
+    # Per repeat: the loader + step run against its own step-alone run (same process, alternating)
+    # and the same repeat's loader-alone epoch; the verdict is the median over repeats.
+    overlaps = [r["seconds"] / max(r["compute_only_seconds"], lo["seconds"])
+                for r, lo in zip(runs["loader_probe"], runs["loader"])]
+    overlap = float(np.median(overlaps))
+    print(f"{'PASS' if overlap <= 1.15 else 'FAIL'} loader + probe step / max(step alone, loader alone) = "
+          f"{overlap:.2f}, median of {len(overlaps)} repeats ({', '.join(f'{o:.2f}' for o in overlaps)}) "
+          "(target <= 1.15; 1.0 = reading fully hidden)")
 
 
 if __name__ == "__main__":
