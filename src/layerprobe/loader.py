@@ -60,6 +60,7 @@ def margin_bytes(budget: int) -> int:
 # Chunk files kept open per array across windows and epochs (a warm epoch would otherwise open
 # every chunk file again); bounded by the open-files limit.
 KEEP_OPEN_FILES = 4096
+OTHER_OPEN_FILES = 64  # left under the open-files limit for the rest of the process
 READS_IN_FLIGHT = 4  # concurrent chunk reads to start with (then tuned): SSDs and parallel file systems serve several at once
 Batch = tuple[torch.Tensor, torch.Tensor | None, torch.Tensor, np.ndarray]
 
@@ -72,7 +73,7 @@ class LoaderBudgetError(ValueError):
 class Window:
     """Rows available for batches: the split (resident), or a few chunks of it (chunks mode).
 
-    Chunks mode: `arrays[k][chunk]` is a chunk read from disk for array k (feats, labels, cls),
+    Chunks mode: `buffers[k][chunk]` is a chunk read from disk for array k (feats, labels, cls),
     absent for a chunk the page cache holds (its rows are read straight into the batch).
     """
 
@@ -81,7 +82,6 @@ class Window:
     labels: Any
     rows: np.ndarray  # store row of each window row
     order: np.ndarray  # window-row indices in consumption order
-    chunks: list[int] = field(default_factory=list)
     buffers: list[dict[int, np.ndarray]] = field(default_factory=list)
     # Chunks mode, in consumption order: store rows, and their chunk and row in it (as lists:
     # the row reads index them per row, once per window rather than per batch).
@@ -156,12 +156,13 @@ class ChunkShuffleLoader:
         self.window_chunks = max(1, min(self.n_chunks, window_budget // chunk_bytes))
         if self.mode == "chunks":  # read handles kept open: two windows' at least, up to KEEP_OPEN_FILES
             wanted = max(2 * self.window_chunks, min(self.n_chunks, KEEP_OPEN_FILES))
-            limit = _allow_open_files(wanted * len(self.arrays) + 64)
-            if limit < 2 * self.window_chunks * len(self.arrays) + 64:
+            limit = _allow_open_files(wanted * len(self.arrays) + OTHER_OPEN_FILES)
+            needed = 2 * self.window_chunks * len(self.arrays) + OTHER_OPEN_FILES
+            if limit < needed:
                 log.warning("the loader may need %d open files, the limit is %d: lower probe.ram_budget_mb or "
-                            "raise store.chunk_images", 2 * self.window_chunks * len(self.arrays) + 64, limit)
+                            "raise store.chunk_images", needed, limit)
             for f in self.files:
-                f.keep_open = max(2 * self.window_chunks, min(wanted, (limit - 64) // len(self.arrays)))
+                f.keep_open = max(2 * self.window_chunks, min(wanted, (limit - OTHER_OPEN_FILES) // len(self.arrays)))
         self._window_pool = BufferPool(2 * self.window_chunks * len(self.arrays))
         self._batch_pool = BufferPool(BATCH_BUFFERS * len(self.arrays))
         self._readers: ThreadPoolExecutor | None = None
@@ -262,7 +263,7 @@ class ChunkShuffleLoader:
         self._read_chunks(jobs)
         sequence = rows[order]
         chunk_of, local = np.divmod(sequence, self.chunk_rows)
-        return Window(None, None, None, rows, order, list(chunks), buffers, sequence, chunk_of.tolist(), local.tolist())
+        return Window(None, None, None, rows, order, buffers, sequence, chunk_of.tolist(), local.tolist())
 
     def _read_chunks(self, jobs: list[tuple[ChunkFiles, int, np.ndarray]]) -> None:
         """Whole-chunk reads, `inflight.count` at a time; the measured throughput tunes the count."""
@@ -274,9 +275,8 @@ class ChunkShuffleLoader:
         list(self._pool().map(lambda group: [f.read_chunk(c, out) for f, c, out in group], groups))
         self.inflight.observe(sum(out.nbytes for _, _, out in jobs), time.perf_counter() - start, k)
 
-    def _release(self, window: Window) -> None:
-        """A window whose rows are all in batches: its files may be closed (the oldest beyond
-        `keep_open`)."""
+    def _trim_handles(self) -> None:
+        """A window's rows are all in batches: close the oldest read handles beyond `keep_open`."""
         for f in self.files:
             f.trim()
 
@@ -411,15 +411,14 @@ class ChunkShuffleLoader:
                         if stop.is_set():  # the consumer left (a signal, an error): no more reads
                             return
                         out, count = self._new_batch_buffers(), 0
-                self._release(window)
+                self._trim_handles()
                 window = None  # its buffers go back to the pool
             if count:
                 yield self._batch(out, count)
-        finally:  # on an early exit: the window being read finishes, then its files are closed too
-            if window is not None:
-                self._release(window)
-            if upcoming is not None and upcoming.exception() is None:
-                self._release(upcoming.result())
+        finally:  # on an early exit: the window being read finishes before the handles are trimmed
+            if upcoming is not None:
+                upcoming.exception()  # waits for it
+            self._trim_handles()
 
     def _prefetch_pool(self) -> ThreadPoolExecutor:
         if self._prefetcher is None:
