@@ -142,7 +142,7 @@ def _probe(folder: Path, model: str, prompt: str, key: str, score: float, labels
     metrics = {"model": model, "prompt": prompt, "layer": key, "miou": miou, "miou_low": low, "miou_high": high,
                "acc": min(0.95, miou + 0.35),
                "best_epoch": best["epoch"], "best_test_miou": best["test_miou"], "epochs": epochs,
-               "per_class_iou": per_class, "class_names": list(CLASS_NAMES), "loader_mode": "chunk-shuffle",
+               "per_class_iou": per_class, "class_names": list(CLASS_NAMES), "run": {"loader_mode": "chunks"},
                "fingerprint": fingerprint.record()}
     (folder / "metrics.json").write_text(json.dumps(metrics, indent=2))
     header = "epoch,loss,running_train_miou,running_train_acc,test_miou,test_acc\n"

@@ -67,6 +67,30 @@ def test_prompt_errors_are_named():
     assert "dataset.class_names" in msg and "prompts[1].text" in msg
 
 
+def test_prompt_text_errors_fail_at_dag_build_naming_the_key():
+    """An unbalanced brace and the image token inside a prompt's text: ConfigErrors naming the
+    prompt, not a bare ValueError at DAG build or a failure inside the extract job."""
+    prompts = lambda c: c["models"]["tiny_llava"]["prompts"]  # noqa: E731
+    msg = _bad(lambda c: prompts(c)[0].update(text="Describe the {category in it"))
+    assert "models.tiny_llava.prompts[0].text" in msg and "malformed" in msg
+    msg = _bad(lambda c: prompts(c)[0].update(text="Describe <image> in detail"))
+    assert "models.tiny_llava.prompts[0].text" in msg and "<image>" in msg
+
+
+def test_scan_layer_typos_fail_at_dag_build_naming_the_key():
+    assert "scan.layers" in _bad(lambda c: c["scan"].update(layers=["layer_4"]))  # not a key at all
+    msg = _bad(lambda c: c["scan"].update(layers=["layer_04", "layer_09"]))  # no model is 9 blocks deep
+    assert "scan.layers" in msg and "layer_09" in msg
+    msg = _bad(lambda c: c["scan"].update(layers=["vision_01"], models=["tiny_vit"]))  # a CLIP has no vision_NN
+    assert "scan.layers" in msg
+    lp_config.validate({**copy.deepcopy(BASE), "scan": {"enabled": True, "layers": ["layer_02", "vision_01"]}})
+
+
+def test_a_budget_that_cannot_hold_one_shuffle_window_names_both_keys():
+    msg = _bad(lambda c: c["probe"].update(ram_budget_mb=64, shuffle_window_chunks=5000))
+    assert "probe.ram_budget_mb" in msg and "probe.shuffle_window_chunks" in msg and "at least" in msg
+
+
 def test_several_prompts_with_image_first_format_is_an_error():
     msg = _bad(lambda c: c["models"]["tiny_llava"].update(prompt_format="USER: <image>\n{prompt} ASSISTANT:"))
     assert "models.tiny_llava.prompt_format" in msg and "identical" in msg

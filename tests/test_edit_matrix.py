@@ -189,7 +189,7 @@ def assert_same_results(done: Path, scratch: Path, config: dict[str, Any]) -> No
             for probe in lp_config.probe_ids(model, cfg["probe"]["seeds"]):
                 pa, pb = (w / f"results/probes/{name}/{prompt}/{probe}" for w in (done, scratch))
                 ma, mb = (json.loads((p / "metrics.json").read_text()) for p in (pa, pb))
-                ma.pop("train_seconds_this_run"), mb.pop("train_seconds_this_run")
+                ma.pop("run"), mb.pop("run")
                 assert ma == mb, (name, prompt, probe)
                 assert (pa / "epochs.csv").read_bytes() == (pb / "epochs.csv").read_bytes(), (name, prompt, probe)
                 with np.load(pa / "predictions.npz") as x, np.load(pb / "predictions.npz") as y:

@@ -73,6 +73,10 @@ SCANS = {"scan:tiny_vit/none"} | {f"scan:tiny_llava/{p}" for p in LLAVA_IDS}
      {"store:tiny_vit/none", "report"} | LLAVA_STORES | LLAVA_PROBES | VIT_PROBES),
     (lambda c: c["store"].update(parts=3), set()),
     (lambda c: c["probe"].update(checkpoint_every_batches=7), set()),
+    # settings of the machine: they decide how bytes reach a probe, never its order or numbers
+    (lambda c: c["probe"].update(ram_budget_mb=1024), set()),
+    (lambda c: c["probe"].update(loader_mode="chunks"), set()),
+    (lambda c: c["probe"].update(shuffle_window_chunks=4), LLAVA_PROBES | VIT_PROBES | {"report"}),
     (lambda c: c["report"].update(qualitative_images=2), {"report"}),
     (lambda c: c["dataset"].update(geometry="center_crop"), set()),  # the default, spelled out
     (lambda c: c["models"]["tiny_vit"].update(geometry="pad"),

@@ -35,13 +35,18 @@ def store(tmp_path_factory):
     return group
 
 
-def make(store, budget_rows: float, **kw) -> ChunkShuffleLoader:
-    row_bytes = TOKENS * DIM * 2 + DIM * 2 + SIDE * SIDE
+ROW_BYTES = TOKENS * DIM * 2 + DIM * 2 + SIDE * SIDE
+
+
+def make(store, budget_rows: float, window: int | None = None, **kw) -> ChunkShuffleLoader:
+    """A loader whose budget holds `budget_rows` rows of windows beside the batch buffers; its
+    shuffle window is what two of fit (as a budget used to decide), unless given."""
     g, batch = store["training"], kw.pop("batch_size", 16)
     # window rows + the batch buffers, and the loader's margin on top
-    budget = math.ceil((budget_rows + BATCH_BUFFERS * batch) * row_bytes / (1 - MARGIN_FRACTION))  # small: a fraction
+    budget = math.ceil((budget_rows + BATCH_BUFFERS * batch) * ROW_BYTES / (1 - MARGIN_FRACTION))  # small: a fraction
+    window = window or max(1, int(budget_rows // (2 * CHUNK)))
     return ChunkShuffleLoader(g["layer_01"], g["labels"], cls=g["layer_01_cls"], batch_size=batch,
-                              ram_budget_bytes=budget, seed=kw.pop("seed", 3), **kw)
+                              ram_budget_bytes=budget, window_chunks=window, seed=kw.pop("seed", 3), **kw)
 
 
 def collect(loader, skip=0):
@@ -141,9 +146,35 @@ def test_at_most_two_windows_alive(store, monkeypatch, on_disk):
     assert 2 * loader.window_chunks * chunk_bytes + BATCH_BUFFERS * 16 * loader.row_bytes <= loader.budget
 
 
-def test_budget_below_two_chunks_names_the_config_key(store):
-    with pytest.raises(LoaderBudgetError, match="probe.ram_budget_mb.*store.chunk_images"):
-        make(store, CHUNK, mode="chunks")
+def test_budget_below_one_window_names_the_config_keys(store):
+    with pytest.raises(LoaderBudgetError, match="probe.ram_budget_mb.*probe.shuffle_window_chunks"):
+        make(store, 3 * CHUNK, window=4, mode="chunks")
+    one = make(store, 4 * CHUNK, window=4, mode="chunks")  # one window fits, two do not: no read-ahead
+    assert not one.prefetch and make(store, 8 * CHUNK, window=4, mode="chunks").prefetch
+
+
+@pytest.mark.parametrize("window", [1, 3, 8, 26, 40])
+def test_the_order_is_the_same_whatever_the_budget_and_mode(store, window):
+    """The shuffle window, the seed and the chunking decide the order; the budget (read-ahead or
+    not) and the mode (resident or chunks) only how bytes arrive. 26 chunks: the whole split."""
+    loaders = [make(store, budget, window=window, mode=mode) for budget, mode in
+               [(window * CHUNK, "chunks"), (2 * window * CHUNK, "chunks"), (10 * N, "chunks"), (N, "resident"),
+                (0, "resident")]]
+    assert {loader.prefetch for loader in loaders[:2]} == {False, True}
+    for epoch in (0, 3):
+        orders = []
+        for loader in loaders:
+            loader.set_epoch(epoch)
+            batches = collect(loader)
+            rows = np.concatenate([b[3] for b in batches])
+            np.testing.assert_array_equal(rows, loader.order())
+            for feats, _, _, r in batches:
+                np.testing.assert_array_equal(feats[:, 0, 0].numpy(), r.astype(np.float16))
+            orders.append(rows)
+        for other in orders[1:]:
+            np.testing.assert_array_equal(orders[0], other)
+    if window >= 26:  # one window of every chunk: a full permutation, not the stored order
+        assert sorted(orders[0].tolist()) == list(range(N)) and not np.array_equal(orders[0], np.arange(N))
 
 
 def test_damaged_chunk_file_is_reported_with_the_store(store, tmp_path):
@@ -216,7 +247,7 @@ def test_disk_and_cache_paths_give_identical_batches(aligned, monkeypatch, case,
     """O_DIRECT whole-chunk reads, their buffered fallback when the file system refuses O_DIRECT
     (EINVAL), row reads from the page cache, and a mix: the same batches in the same order."""
     def loader():
-        return ChunkShuffleLoader(aligned["f"], aligned["l"], cls=aligned["c"], batch_size=8, seed=1,
+        return ChunkShuffleLoader(aligned["f"], aligned["l"], cls=aligned["c"], batch_size=8, seed=1, window_chunks=4,
                                   ram_budget_bytes=10 * CHUNK * (16 * 128 * 2 + 32 * 32 + 256), mode="chunks")
 
     reference = [tuple(x.clone() if hasattr(x, "clone") else x for x in b) for b in loader().iterate()]
@@ -267,7 +298,7 @@ def test_rows_missing_from_the_page_cache_are_read_from_disk_and_probing_resumes
 
     monkeypatch.setattr(ChunkFiles, "cached", lambda self, chunk: True)
     monkeypatch.setattr(os_mod, "preadv", flaky)
-    test = ChunkShuffleLoader(aligned["f"], aligned["l"], cls=aligned["c"], batch_size=8, seed=1,
+    test = ChunkShuffleLoader(aligned["f"], aligned["l"], cls=aligned["c"], batch_size=8, seed=1, window_chunks=4,
                               ram_budget_bytes=10 * CHUNK * (16 * 128 * 2 + 32 * 32 + 256), mode="chunks")
     _check_batches(list(test.iterate()), 60)
     assert test.stats["uncached_rows"] >= 1 and calls["nowait"] > 0

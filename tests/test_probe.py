@@ -26,7 +26,7 @@ def feature_store(tmp_path_factory):
 
 def settings(**overrides) -> ProbeSettings:
     base = dict(epochs=4, lr=0.1, weight_decay=1e-4, batch_size=8, seed=0, batchnorm=True, concat_cls=False,
-                ram_budget_bytes=92 * 2**10, device="cpu", checkpoint_every_batches=1000)
+                ram_budget_bytes=92 * 2**10, device="cpu", checkpoint_every_batches=1000, shuffle_window_chunks=1)
     return ProbeSettings(**{**base, **overrides})
 
 
@@ -54,7 +54,7 @@ def test_probe_learns_separable_classes(feature_store, tmp_path):
     metrics = train_probe(feature_store, "layer_02", settings(epochs=15), tmp_path / "out", tmp_path / "ck.pt")
     # 12 synthetic classes on a 4x4 token grid scored at 32 px: boundaries cap it near 0.8;
     # an untrained head scores below 0.1.
-    assert metrics["miou"] >= 0.65 and metrics["loader_mode"] == "chunks"
+    assert metrics["miou"] >= 0.65 and metrics["run"]["loader_mode"] == "chunks"
     rows = pd.read_csv(tmp_path / "out" / "epochs.csv")
     assert len(rows) == 15 and rows.loss.iloc[-1] < rows.loss.iloc[0]
     preds = np.load(tmp_path / "out" / "predictions.npz")
@@ -188,12 +188,58 @@ def test_sigterm_mid_epoch_checkpoints_and_resumes_identically(feature_store, tm
 
 
 def test_chunk_shuffle_matches_full_permutation_within_noise(feature_store, tmp_path):
-    """Same probe, chunk-window shuffling vs a full random permutation (resident): same quality."""
+    """Same probe, chunk-window shuffling (windows of one chunk, the smallest) vs a full random
+    permutation (a window covering the split): same quality."""
     chunked = train_probe(feature_store, "layer_02", settings(epochs=15), tmp_path / "a", tmp_path / "a.pt")
-    full = train_probe(feature_store, "layer_02", settings(epochs=15, loader_mode="resident"), tmp_path / "b",
-                       tmp_path / "b.pt")
-    assert (chunked["loader_mode"], full["loader_mode"]) == ("chunks", "resident")
+    full = train_probe(feature_store, "layer_02", settings(epochs=15, shuffle_window_chunks=1000, loader_mode="resident"),
+                       tmp_path / "b", tmp_path / "b.pt")
+    assert (chunked["run"]["loader_mode"], full["run"]["loader_mode"]) == ("chunks", "resident")
     assert abs(chunked["miou"] - full["miou"]) <= 0.05, (chunked["miou"], full["miou"])
+
+
+def _outputs(folder: Path) -> dict[str, object]:
+    """Every output of a probe, metrics.json less `run` (how the run went on its machine)."""
+    metrics = json.loads((folder / "metrics.json").read_text())
+    metrics.pop("run")
+    out: dict[str, object] = {"metrics": metrics, "epochs.csv": (folder / "epochs.csv").read_bytes()}
+    for name in ("predictions.npz", "per_image.npz"):
+        with np.load(folder / name) as arrays:
+            out[name] = {k: arrays[k].tobytes() for k in arrays.files}
+    return out
+
+
+def test_the_same_probe_whatever_the_ram_budget_or_the_loader_mode(feature_store, tmp_path, monkeypatch):
+    """ram_budget_mb and loader_mode are settings of the machine: a budget holding one window
+    (no read-ahead), one holding two, a resident split and a resident split beyond the budget
+    train the same probe, byte for byte; so does a probe killed after epoch 3 and resumed with
+    another budget. At real sizes this is a 512 MB layer under 256 MiB (chunks) and 1 GiB
+    (resident); the store here has 12 chunks of 8 KiB rows, a window of 4 chunks."""
+    window, per_window = 4, 4 * 4 * 2048  # 4 chunks of 4 images of 2 KiB (16 tokens x 32 x fp16 + 32x32 labels)
+    batches = 4 * 8 * 2048
+    one, two = ((n * per_window + batches) * 8 // 7 + 1 for n in (1, 2))  # the margin is an eighth here
+    runs = {"one window": dict(ram_budget_bytes=one, loader_mode="chunks"),
+            "two windows": dict(ram_budget_bytes=two, loader_mode="chunks"),
+            "resident (fits)": dict(ram_budget_bytes=8 * 2**20, loader_mode="auto"),
+            "resident (forced)": dict(ram_budget_bytes=one, loader_mode="resident")}
+    results, modes = {}, {}
+    for name, machine in runs.items():
+        metrics = train_probe(feature_store, "layer_02", settings(epochs=5, shuffle_window_chunks=window, **machine),
+                              tmp_path / name, tmp_path / f"{name}.pt")
+        results[name], modes[name] = _outputs(tmp_path / name), metrics["run"]["loader_mode"]
+    assert modes == {"one window": "chunks", "two windows": "chunks", "resident (fits)": "resident",
+                     "resident (forced)": "resident"}
+    out, ck = tmp_path / "resumed", tmp_path / "resumed.pt"
+    with monkeypatch.context() as patch:
+        _kill_after_epoch(patch, 3)
+        with pytest.raises(_Killed):
+            train_probe(feature_store, "layer_02", settings(epochs=5, shuffle_window_chunks=window, **runs["one window"]),
+                        out, ck)
+    train_probe(feature_store, "layer_02", settings(epochs=5, shuffle_window_chunks=window, **runs["two windows"]),
+                out, ck)
+    results["killed after epoch 3, resumed with two windows"] = _outputs(out)
+    reference = results.pop("one window")
+    for name, result in results.items():
+        assert result == reference, name
 
 
 def test_centre_crop_probe_writes_no_whole_image_score(feature_store, tmp_path):

@@ -13,9 +13,8 @@ from typing import Any
 import jsonschema
 import yaml
 
-from .layers import probe_id
-from .prompts import DOMINANT, FILLS
-from .prompts import placeholders
+from .layers import parse_key, probe_id
+from .prompts import DOMINANT, FILLS, IMAGE_TOKEN, placeholders, validate_prompt
 from .specs import ModelSpec, UnknownModel, model_spec, requested_keys
 
 SPLITS = ("training", "validation")
@@ -92,7 +91,30 @@ def validate(raw: dict[str, Any]) -> dict[str, Any]:
         _fill_model_defaults(model, schema)
     _check_models(config)
     _check_scan(config)
+    _check_probe_memory(config)
     return config
+
+
+def _check_probe_memory(config: dict[str, Any]) -> None:
+    """probe.ram_budget_mb must hold one shuffle window of every probed layer (the loader's own
+    arithmetic, epoch_order); the split's size is not known here, so a full window is assumed."""
+    from .epoch_order import fits, min_budget, window_bytes
+
+    probe, chunk = config["probe"], config["store"]["chunk_images"]
+    budget, window = probe["ram_budget_mb"] * 2**20, probe["shuffle_window_chunks"]
+    for name, model in config["models"].items():
+        model_spec_ = spec(config, name)
+        cls = any(cls_variants(model))
+        row = max(model_spec_.tokens * d * 2 + (2 * d if cls else 0) for d in
+                  (model_spec_.dims()[k] for k in requested_keys(model))) + model_spec_.image_size ** 2
+        need = window_bytes(window, chunk * row, probe["batch_size"] * row)
+        if not fits(budget, need):
+            raise ConfigError(
+                f"config keys probe.ram_budget_mb / probe.shuffle_window_chunks: a shuffle window of {window} chunks "
+                f"of models.{name} ({chunk} images of {row / 1024:.1f} KiB each) and {probe['batch_size']}-image "
+                f"batches need a budget of at least {-(-min_budget(need) // 2**20)} MB, not {probe['ram_budget_mb']}; "
+                "raise probe.ram_budget_mb or lower probe.shuffle_window_chunks (or probe.batch_size, "
+                "store.chunk_images)")
 
 
 def _check_scan(config: dict[str, Any]) -> None:
@@ -101,6 +123,24 @@ def _check_scan(config: dict[str, Any]) -> None:
     if unknown:
         raise ConfigError(f"scan.models: unknown model(s) {unknown}; defined under models: "
                           f"{sorted(config['models'])}")
+    layers = config["scan"]["layers"]
+    if layers == "all" or not config["scan"]["enabled"]:
+        return
+    for key in layers:
+        try:
+            parse_key(key)
+        except ValueError as err:
+            raise ConfigError(f"config key scan.layers: {err}") from None
+    models = scanned_models(config)
+    known = {k for name in models for k in spec(config, name).dims()}
+    missing = [k for k in layers if k not in known]
+    if missing:  # a key some scanned models lack is fine (vision_NN on a CLIP); one none has is a typo
+        raise ConfigError(f"config key scan.layers: no scanned model has {missing} (scanned: {models}; "
+                          "layer_NN counts blocks from 00, vision_NN and projector exist for LLaVA only)")
+    for name in models:
+        if not any(k in spec(config, name).dims() for k in layers):
+            raise ConfigError(f"config key scan.layers: models.{name} has none of {layers}; list one of its layers "
+                              "or leave it out of scan.models")
 
 
 def _fill_model_defaults(model: dict[str, Any], schema: dict[str, Any]) -> None:
@@ -174,7 +214,7 @@ def _check_llava(where: str, model: dict[str, Any], class_names: str | None) -> 
     if "prompts" not in model:
         raise ConfigError(f"config key {where}.prompts: required for kind llava")
     fmt = model["prompt_format"]
-    for token in ("<image>", "{prompt}"):
+    for token in (IMAGE_TOKEN, "{prompt}"):
         if token not in fmt:
             raise ConfigError(f"config key {where}.prompt_format: must contain {token}")
     ids = [p["id"] for p in model["prompts"]]
@@ -186,7 +226,7 @@ def _check_llava(where: str, model: dict[str, Any], class_names: str | None) -> 
     for i, prompt in enumerate(model["prompts"]):
         _check_prompt(f"{where}.prompts[{i}]", prompt, class_names)
     stores = prompt_ids(model)
-    if len(stores) > 1 and fmt.index("<image>") < fmt.index("{prompt}"):
+    if len(stores) > 1 and fmt.index(IMAGE_TOKEN) < fmt.index("{prompt}"):
         # Causal attention: image tokens placed before the prompt cannot see it, so every
         # prompt (and every fill of one) would give byte-identical image-token states.
         raise ConfigError(f"config key {where}.prompt_format: the image comes before the prompt, so image-token "
@@ -196,6 +236,13 @@ def _check_llava(where: str, model: dict[str, Any], class_names: str | None) -> 
 
 
 def _check_prompt(where: str, prompt: dict[str, Any], class_names: str | None) -> None:
+    try:
+        validate_prompt(prompt["text"], f"{where}.text")
+    except ValueError as err:  # unbalanced braces, a placeholder other than {category}
+        raise ConfigError(str(err)) from None
+    if IMAGE_TOKEN in prompt["text"]:  # it would add a second image's worth of positions
+        raise ConfigError(f"config key {where}.text: contains the image token {IMAGE_TOKEN}; the image's place "
+                          "is set by the model's prompt_format, not by the prompt")
     unknown = placeholders(prompt["text"]) - {"category"}
     if unknown:
         raise ConfigError(f"config key {where}.text: unknown placeholder(s) {sorted(unknown)}; only {{category}} "

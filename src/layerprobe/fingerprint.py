@@ -14,7 +14,7 @@ Rules pass ``hash`` as ``params`` (Snakemake reruns a job whose params changed);
 ``check`` a record against the config's fingerprint, naming the differing keys.
 
 Left out on purpose, because they change no result: ``store.parts``, ``probe.checkpoint_every_batches``,
-``scan.max_stats_mb``, ``scan.enabled``/``scan.models``, resources and report settings (for all
+``probe.ram_budget_mb``, ``probe.loader_mode`` (the order is ``epoch_order``'s), ``scan.max_stats_mb``, ``scan.enabled``/``scan.models``, resources and report settings (for all
 but the report). A model's other layers and prompts are not in a layer's fingerprint: adding one
 changes nothing that exists. ``VERSIONS`` are bumped by hand when code changes a stage's bytes.
 """
@@ -36,12 +36,14 @@ from .prompts import SEEDED_FILLS
 # data 2: images read with their EXIF orientation applied, as mmseg does.
 # probe 2: the loader keeps 4 batch buffers (was 3), so a budget holds smaller windows: another order.
 # probe 3: per_image.npz and the mIoU's interval; epochs.csv says running_train_* (same training).
+# probe 4: the order comes from probe.shuffle_window_chunks, not the RAM budget; metrics.json's `run`.
 # scan 2: lambda chosen on held-out training images, not validation; validation scored once at it.
-VERSIONS = {"data": 2, "features": 1, "probe": 3, "scan": 2, "synthetic": 1}
+VERSIONS = {"data": 2, "features": 1, "probe": 4, "scan": 2, "synthetic": 1}
 # Model-entry keys that decide the weights and the forward of a model (not which layers are kept).
 MODEL_KEYS = ("kind", "arch", "pretrained", "hub_id", "dtype", "attn_implementation", "prompt_format")
-PROBE_KEYS = ("epochs", "lr", "weight_decay", "batch_size", "batchnorm", "ram_budget_mb", "loader_mode",
-              "device", "saved_predictions")
+# Not ram_budget_mb, loader_mode, checkpoint_every_batches: settings of the machine (epoch_order).
+PROBE_KEYS = ("epochs", "lr", "weight_decay", "batch_size", "batchnorm", "shuffle_window_chunks", "device",
+              "saved_predictions")
 SCAN_KEYS = ("lambdas", "batch_size", "layers", "holdout_fraction", "holdout_seed")
 
 

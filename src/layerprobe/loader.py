@@ -2,10 +2,9 @@
 
 Why this shape: a per-sample random read touches one chunk per sample (the user's 25 s per batch);
 holding the whole layer needs hundreds of GB of RAM. Instead each epoch draws a new permutation of
-*chunks*, takes them a window of a few chunks at a time, and draws batches at random from the rows
-of the window. Stores are written in a seeded shuffled image order, so a window of chunks is
-already a random sample of images; the chunk permutation plus the in-window shuffle make the
-epoch order near-random.
+*chunks*, takes them a window of `probe.shuffle_window_chunks` chunks at a time, and draws batches
+at random from the rows of the window (`epoch_order`: the order depends on the seed, the store's
+chunking and that window only, never on the budget, the mode or the machine).
 
 How bytes move (`chunkfiles.ChunkFiles`): a chunk the page cache holds is read row by row with
 `preadv` straight into the batch (one copy per byte, as the read floor); a chunk on disk is read
@@ -14,10 +13,11 @@ rows are then copied into the batch. A background thread assembles batches ahead
 (reads run in a small thread pool, several in flight, which a disk or a parallel file system
 serves faster than one sequential reader), so the caller's step overlaps the next batch's reads.
 
-Memory: at most two windows of disk-read chunks and a ring of batch buffers are alive, so the
-loader holds <= `ram_budget_bytes` whatever the store size. When the whole split fits the budget
-the loader goes *resident*: it reads the split once and draws a full random permutation each
-epoch (on the GPU when one is used and it fits there).
+Memory: one window of disk-read chunks (two when they fit: the next one is then read in the
+background) and a ring of batch buffers are alive, so the loader holds <= `ram_budget_bytes`
+whatever the store size; a budget that cannot hold one window is an error. When the whole split
+fits the budget the loader goes *resident*: it reads the split once and takes the same order from
+memory (on the GPU when one is used and it fits there).
 """
 
 from __future__ import annotations
@@ -37,25 +37,15 @@ from typing import Any
 import numpy as np
 import torch
 
+from . import epoch_order as order_of
 from .chunkfiles import ChunkFiles, aligned_empty, chunk_file, read_chunk_into  # noqa: F401 - re-exported
+from .epoch_order import BATCH_BUFFERS, MARGIN_FRACTION, margin_bytes  # noqa: F401 - re-exported
 from .inflight import InFlightTuner
 
 log = logging.getLogger("layerprobe.loader")
 
 MODES = ("auto", "resident", "chunks")
-# Batches alive at once: one being built, one queued, the one the consumer takes, and the one it
-# still holds while asking for the next (a `for` loop keeps it until `next` returns).
-BATCH_BUFFERS = 4
-# Of the budget, kept outside windows and batches: reader threads' stacks and malloc arenas,
-# index arrays, temporaries. Measured: 5-9 MiB whatever the budget (the sweep in
-# docs/BENCHMARKS.md peaked at 129-133 MiB above baseline for a 128 MiB budget without it).
-MARGIN_BYTES, MARGIN_FRACTION = 8 * 2**20, 1 / 8
-
-
-def margin_bytes(budget: int) -> int:
-    """The part of a RAM budget the loader keeps free for its own overhead."""
-    return min(MARGIN_BYTES, int(budget * MARGIN_FRACTION))
-
+DEFAULT_WINDOW_CHUNKS = 32  # probe.shuffle_window_chunks's default (the schema's), for direct use
 
 # Chunk files kept open per array across windows and epochs (a warm epoch would otherwise open
 # every chunk file again); bounded by the open-files limit.
@@ -66,7 +56,7 @@ Batch = tuple[torch.Tensor, torch.Tensor | None, torch.Tensor, np.ndarray]
 
 
 class LoaderBudgetError(ValueError):
-    """The RAM budget cannot hold two chunks; names the config keys that fix it."""
+    """The RAM budget cannot hold one shuffle window; names the config keys that fix it."""
 
 
 @dataclass
@@ -125,8 +115,9 @@ class ChunkShuffleLoader:
     """Batches `(feats fp16 (B,T,D), cls (B,D) | None, labels uint8 (B,S,S), store rows)`."""
 
     def __init__(self, arr: Any, labels: Any, cls: Any | None = None, *, batch_size: int,
-                 ram_budget_bytes: int, seed: int = 0, shuffle: bool = True, device: str = "cpu",
-                 mode: str = "auto", read_threads: int | None = None, direct_io: bool = True) -> None:
+                 ram_budget_bytes: int, window_chunks: int = DEFAULT_WINDOW_CHUNKS, seed: int = 0,
+                 shuffle: bool = True, device: str = "cpu", mode: str = "auto", read_threads: int | None = None,
+                 direct_io: bool = True) -> None:
         if mode not in MODES:
             raise ValueError(f"loader mode {mode!r}: expected one of {MODES}")
         self.arr, self.labels, self.cls = arr, labels, cls
@@ -148,19 +139,30 @@ class ChunkShuffleLoader:
         self.epoch = 0
         self._resident: Window | None = None
         self.mode = self._choose_mode(mode)
-        chunk_bytes = self.row_bytes * self.chunk_rows
-        # Batch buffers (a ring of BATCH_BUFFERS) come first; two windows alive at once (consumed +
-        # prefetched) share the rest.
-        usable = self.budget - margin_bytes(self.budget)
-        window_budget = (usable - BATCH_BUFFERS * self.row_bytes * batch_size) // 2
-        self.window_chunks = max(1, min(self.n_chunks, window_budget // chunk_bytes))
+        chunk_bytes, batch_bytes = self.row_bytes * self.chunk_rows, self.row_bytes * batch_size
+        # The shuffle window decides the order (epoch_order); without shuffling the order is the
+        # store's, so the window is only a read size: what two of fit the budget.
+        self.shuffle_window = int(window_chunks)
+        self.window_chunks = (max(1, min(self.shuffle_window, self.n_chunks)) if shuffle else
+                              order_of.largest_window(self.budget, chunk_bytes, batch_bytes, self.n_chunks))
+        need = order_of.window_bytes(self.window_chunks, chunk_bytes, batch_bytes)
+        if self.mode == "chunks" and not order_of.fits(self.budget, need):
+            raise LoaderBudgetError(
+                f"probe.ram_budget_mb ({_mb(self.budget)}) must hold one shuffle window of {arr.path} "
+                f"(probe.shuffle_window_chunks = {self.window_chunks} chunks of {_mb(chunk_bytes)}) plus "
+                f"{BATCH_BUFFERS} batches and the loader's own margin: {_mb(order_of.min_budget(need))} at least; "
+                f"raise probe.ram_budget_mb, or lower probe.shuffle_window_chunks, probe.batch_size or "
+                f"store.chunk_images")
+        # Memory decides only how far ahead the loader reads: the next window too when two fit.
+        self.prefetch = order_of.fits(self.budget, order_of.window_bytes(self.window_chunks, chunk_bytes,
+                                                                         batch_bytes, windows=2))
         if self.mode == "chunks":  # read handles kept open: two windows' at least, up to KEEP_OPEN_FILES
             wanted = max(2 * self.window_chunks, min(self.n_chunks, KEEP_OPEN_FILES))
             limit = _allow_open_files(wanted * len(self.arrays) + OTHER_OPEN_FILES)
             needed = 2 * self.window_chunks * len(self.arrays) + OTHER_OPEN_FILES
             if limit < needed:
-                log.warning("the loader may need %d open files, the limit is %d: lower probe.ram_budget_mb or "
-                            "raise store.chunk_images", needed, limit)
+                log.warning("the loader may need %d open files, the limit is %d: lower probe.shuffle_window_chunks "
+                            "or raise store.chunk_images", needed, limit)
             for f in self.files:
                 f.keep_open = max(2 * self.window_chunks, min(wanted, (limit - OTHER_OPEN_FILES) // len(self.arrays)))
         self._window_pool = BufferPool(2 * self.window_chunks * len(self.arrays))
@@ -170,21 +172,16 @@ class ChunkShuffleLoader:
         self._copy_stream: Any = None
         self.stats = {"cached_chunks": 0, "disk_chunks": 0, "uncached_rows": 0}
         self._warm = False  # the last window came wholly from the page cache
-        if window_budget < chunk_bytes and not (self.mode == "resident" and self.device.type != "cuda"):
-            raise LoaderBudgetError(
-                f"probe.ram_budget_mb ({_mb(self.budget)}) must hold two chunks of {arr.path} plus "
-                f"{BATCH_BUFFERS} batches ({_mb(2 * chunk_bytes + BATCH_BUFFERS * self.row_bytes * batch_size)}) "
-                f"and the loader's own margin ({_mb(margin_bytes(self.budget))}): "
-                f"raise probe.ram_budget_mb, lower probe.batch_size or lower "
-                f"store.chunk_images")
         log.info("loader %s: %d images in %d chunks of %d, %s, mode=%s%s", arr.path, self.n, self.n_chunks,
                  self.chunk_rows, _mb(self.row_bytes * self.n), self.mode,
                  f" (window {self.window_chunks} chunks = {_mb(self.window_chunks * chunk_bytes)}, "
-                 f"x2 <= budget {_mb(self.budget)}; raw reads={self.files[0].raw}, "
+                 f"{'next window read ahead' if self.prefetch else 'no read-ahead: two windows exceed'} "
+                 f"budget {_mb(self.budget)}; raw reads={self.files[0].raw}, "
                  f"O_DIRECT={self.files[0].direct}, {self.inflight.count} reads in flight, tuned)"
                  if self.mode == "chunks" else f" (resident on {self.device}, budget {_mb(self.budget)})")
 
     def _choose_mode(self, mode: str) -> str:
+        """Resident when the split fits the budget (or the GPU): faster, never another order."""
         if mode != "auto":
             return mode
         total = self.row_bytes * self.n
@@ -205,39 +202,24 @@ class ChunkShuffleLoader:
             self._readers = ThreadPoolExecutor(self.read_threads + self.copy_threads, thread_name_prefix="loader-read")
         return self._readers
 
-    # --- the epoch's order (the same whatever the bytes' path) -----------------------------------
+    # --- the epoch's order (epoch_order: the same whatever the mode, budget or bytes' path) ----
     def _span(self, chunk: int) -> tuple[int, int]:
         """Store rows [start, stop) of a chunk (the last one may be partial)."""
-        return chunk * self.chunk_rows, min((chunk + 1) * self.chunk_rows, self.n)
+        return order_of.chunk_span(chunk, self.chunk_rows, self.n)
 
     def _windows(self) -> list[list[int]]:
-        """This epoch's chunk windows (chunks mode; resident mode has one window of everything)."""
-        rng = np.random.default_rng([self.seed, self.epoch, 1])
-        chunks = rng.permutation(self.n_chunks).tolist() if self.shuffle else list(range(self.n_chunks))
-        # Ramp up 1, 2, 4, … chunks: the first window is read before any batch can be drawn,
-        # so a small one keeps the unhidden start-up read short.
-        windows, i, size = [], 0, 1
-        while i < len(chunks):
-            windows.append(chunks[i:i + size])
-            i, size = i + size, min(2 * size, self.window_chunks)
-        return windows
+        """This epoch's chunk windows (chunks mode; resident mode draws the same rows from memory)."""
+        return order_of.windows(self.n_chunks, self.window_chunks, self.seed, self.epoch, self.shuffle)
 
     def _window_rngs(self, count: int) -> list[np.random.Generator | None]:
         if not self.shuffle:
             return [None] * count
-        return [np.random.default_rng([self.seed, self.epoch, 2, i]) for i in range(count)]
+        return [order_of.window_rng(self.seed, self.epoch, i) for i in range(count)]
 
     def order(self) -> np.ndarray:
         """This epoch's store rows in the order batches take them (no IO; for statistics)."""
-        if self.mode == "resident":
-            rng = self._window_rngs(1)[0]
-            return rng.permutation(self.n) if rng is not None else np.arange(self.n)
-        windows, rngs = self._windows(), self._window_rngs(len(self._windows()))
-        parts = []
-        for chunks, rng in zip(windows, rngs):
-            rows = np.concatenate([np.arange(*self._span(c)) for c in chunks])
-            parts.append(rows[rng.permutation(len(rows))] if rng is not None else rows)
-        return np.concatenate(parts)
+        return order_of.epoch_order(self.n, self.chunk_rows, self.shuffle_window, self.seed, self.epoch,
+                                    self.shuffle)
 
     # --- reading a window -------------------------------------------------------------------------
     def _read_window(self, chunks: list[int], rng: np.random.Generator | None) -> Window:
@@ -285,8 +267,7 @@ class ChunkShuffleLoader:
         if self._resident is None:
             self._resident = self._load_resident()
         window = self._resident
-        rng = self._window_rngs(1)[0]
-        window.order = rng.permutation(len(window.rows)) if rng is not None else np.arange(len(window.rows))
+        window.order = self.order()  # window rows are store rows here
         return window
 
     def _load_resident(self) -> Window:
@@ -388,8 +369,9 @@ class ChunkShuffleLoader:
         """The epoch's row sequence (windows' orders, concatenated) cut into batches.
 
         A window's rows are copied into the batch being built as soon as they are taken, so a
-        window is dropped once its last row is taken, and the next one is read in the background
-        while this one is consumed: two windows alive, whatever the batch size."""
+        window is dropped once its last row is taken, and (when two fit the budget) the next one is
+        read in the background while this one is consumed: at most two windows alive, whatever the
+        batch size."""
         prefetcher = self._prefetch_pool()
 
         def read(i: int) -> Future[Window] | None:
@@ -400,7 +382,8 @@ class ChunkShuffleLoader:
         try:
             for i in range(first, len(windows)):
                 window = upcoming.result()  # type: ignore[union-attr]
-                upcoming = read(i + 1)
+                # Read ahead when two windows fit the budget; else the next is read once this one is dropped.
+                upcoming = read(i + 1) if self.prefetch else None
                 pos, skip_rows = skip_rows, 0
                 while pos < len(window.order):
                     take = min(self.batch_size - count, len(window.order) - pos)
@@ -413,6 +396,8 @@ class ChunkShuffleLoader:
                         out, count = self._new_batch_buffers(), 0
                 self._trim_handles()
                 window = None  # its buffers go back to the pool
+                if not self.prefetch:
+                    upcoming = read(i + 1)
             if count:
                 yield self._batch(out, count)
         finally:  # on an early exit: the window being read finishes before the handles are trimmed

@@ -30,7 +30,7 @@ from torch import nn
 from .ade20k import CLASS_NAMES, IGNORE, NUM_CLASSES
 from .fingerprint import Fingerprint
 from .intervals import LEVEL, RESAMPLES, miou_interval
-from .loader import ChunkShuffleLoader
+from .loader import DEFAULT_WINDOW_CHUNKS, ChunkShuffleLoader
 from .metrics import SegmentationMeter
 from .progress import progress
 
@@ -76,6 +76,10 @@ class ProbeSettings:
     device: str = "cpu"
     checkpoint_every_batches: int = 200
     loader_mode: str = "auto"  # auto | resident | chunks (see layerprobe.loader)
+    shuffle_window_chunks: int = DEFAULT_WINDOW_CHUNKS  # shapes the epoch order (layerprobe.epoch_order)
+
+    # Settings of the machine: they decide speed and memory, never a number, so no fingerprint holds them.
+    MACHINE = ("ram_budget_bytes", "loader_mode", "checkpoint_every_batches")
 
 
 class Interrupted(Exception):
@@ -118,7 +122,7 @@ def default_fingerprint(group: Any, key: str, settings: ProbeSettings) -> Finger
     """For a probe run outside the workflow: the store's fingerprint, the layer and the settings."""
     return Fingerprint({"store": (group.attrs.get("fingerprint") or {}).get("hash"), "layer": key,
                         **{f"settings.{k}": v for k, v in asdict(settings).items()
-                           if k not in ("checkpoint_every_batches",)}})
+                           if k not in ProbeSettings.MACHINE}})
 
 
 class ProbeTrainer:
@@ -143,8 +147,8 @@ class ProbeTrainer:
         cls = group[f"{split}/{self.key}_cls"] if self.s.concat_cls else None
         return ChunkShuffleLoader(group[f"{split}/{self.key}"], group[f"{split}/labels"], cls=cls,
                                   batch_size=self.s.batch_size, ram_budget_bytes=self.s.ram_budget_bytes,
-                                  seed=self.s.seed, shuffle=shuffle, device=self.s.device,
-                                  mode=self.s.loader_mode)
+                                  window_chunks=self.s.shuffle_window_chunks, seed=self.s.seed, shuffle=shuffle,
+                                  device=self.s.device, mode=self.s.loader_mode)
 
     # --- checkpointing -------------------------------------------------------------------------
     def state(self) -> dict[str, Any]:
@@ -299,9 +303,9 @@ def train_probe(store_path: str | Path, key: str, settings: ProbeSettings, out_d
                "acc": final.accuracy(), "best_epoch": int(best["epoch"]),
                "best_test_miou": best["test_miou"], "epochs": len(rows),
                "per_class_iou": [None if np.isnan(v) else float(v) for v in iou],
-               "class_names": list(CLASS_NAMES), "loader_mode": trainer.train_loader.mode,
-               "train_seconds_this_run": time.perf_counter() - start, **whole,
-               "fingerprint": trainer.fingerprint.record()}
+               "class_names": list(CLASS_NAMES), **whole, "fingerprint": trainer.fingerprint.record(),
+               # How this run went on this machine: never a number of the probe's.
+               "run": {"loader_mode": trainer.train_loader.mode, "train_seconds": time.perf_counter() - start}}
     tmp = out_dir / "metrics.json.tmp"
     tmp.write_text(json.dumps(metrics, indent=2))
     os.replace(tmp, out_dir / "metrics.json")  # last: a probe with metrics.json is whole

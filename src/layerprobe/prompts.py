@@ -27,6 +27,7 @@ from typing import Any
 import numpy as np
 
 PLACEHOLDERS = {"category"}
+IMAGE_TOKEN = "<image>"  # where prompt_format puts the image
 IMAGE_FIRST = "USER: <image>\n{prompt} ASSISTANT:"
 PROMPT_FIRST = "USER: {prompt}\n<image> ASSISTANT:"
 DEFAULT_FORMAT = IMAGE_FIRST
@@ -197,7 +198,7 @@ def prompt_filler(text: str, fill: str | None, class_names: Sequence[str], seed:
 
 def wrap_prompt(text: str, prompt_format: str = DEFAULT_FORMAT) -> str:
     """Put the (filled) prompt into the chat format; `<image>` stays for the processor to expand."""
-    if "{prompt}" not in prompt_format or "<image>" not in prompt_format:
+    if "{prompt}" not in prompt_format or IMAGE_TOKEN not in prompt_format:
         raise ValueError(f"prompt_format must contain {{prompt}} and <image>: {prompt_format!r}")
     # Plain replace, not str.format: the prompt text may itself contain braces.
     return prompt_format.replace("{prompt}", text)

@@ -27,6 +27,6 @@ with redirect_output(snakemake.log[0]):
                              concat_cls=concat_cls, ram_budget_bytes=probe["ram_budget_mb"] * 2**20,
                              device=resolve_device(probe["device"]),
                              checkpoint_every_batches=probe["checkpoint_every_batches"],
-                             loader_mode=probe["loader_mode"])
+                             loader_mode=probe["loader_mode"], shuffle_window_chunks=probe["shuffle_window_chunks"])
     train_probe(snakemake.params.store, key, settings, Path(snakemake.output.metrics).parent,
                 snakemake.params.checkpoint, probe["saved_predictions"], fingerprint, probe_id)

@@ -177,7 +177,7 @@ def _probe_row(metrics: dict[str, Any], model: str, prompt: str, layer: str, axi
             "miou_low": _float(metrics.get("miou_low")), "miou_high": _float(metrics.get("miou_high")),
             "acc": _float(metrics.get("acc")),
             "best_epoch": metrics.get("best_epoch"), "best_test_miou": _float(metrics.get("best_test_miou")),
-            "epochs": metrics.get("epochs"), "loader_mode": metrics.get("loader_mode", ""),
+            "epochs": metrics.get("epochs"), "loader_mode": (metrics.get("run") or {}).get("loader_mode", ""),
             "whole_image_miou": _float(metrics.get("whole_image_miou"))}  # pad geometry only
 
 
