@@ -140,12 +140,55 @@ def test_real_full_tmpfs(setup, tmp_path):
         pytest.skip("cannot mount tmpfs here")
     try:
         out = mnt / "store.zarr"
-        with pytest.raises(Exception) as err:
-            store.prepare(out, layout, KEYS)
+        store.prepare(out, layout, KEYS)  # metadata fits; the chunks do not
+        with pytest.raises(RuntimeError, match=f"{out}: writing failed") as err:
             extract_part(backbone, data, out, layout, KEYS, 0, 1, 4)
-        assert "No space left on device" in repr(err.value) or "ENOSPC" in repr(err.value) or "Errno 28" in repr(err.value)
-        with pytest.raises(Exception):
+        assert isinstance(err.value.__cause__, OSError) and err.value.__cause__.errno == errno.ENOSPC
+        with pytest.raises(RuntimeError, match="incomplete store"):
             store.finalize(out, mnt / "m.json", KEYS)
-        assert not (mnt / "m.json").exists()
+        assert not (mnt / "m.json").exists() and not list(out.rglob("*.partial"))
     finally:
         subprocess.run(["umount", str(mnt)])
+
+
+def test_a_killed_writers_temporary_files_are_removed_and_never_counted(setup, tmp_path):
+    """What a SIGKILL leaves mid-write (a chunk file's `.partial`, a marker's `.tmp`): the part
+    that redoes the chunk removes its orphans before writing it, finalize sweeps the rest, and
+    neither the store's bytes nor the manifest's byte count include them."""
+    tmp, model, backbone, data, reference, layout = setup
+    out = tmp_path / "orphans.zarr"
+    store.prepare(out, layout, KEYS)
+    chunk_dir = out / "training" / "layer_02" / "c" / "3" / "0"
+    redone = chunk_dir / ".0.deadbeef.partial"  # chunk 3 has no marker: the part rewrites it
+    redone.write_bytes(b"x" * 1000)
+    marker_tmp = store.marker(out, "validation", 1).with_name("000001.json.cafe.tmp")
+    marker_tmp.parent.mkdir(parents=True, exist_ok=True)
+    marker_tmp.write_text("{")
+    extract_part(backbone, data, out, layout, KEYS, 0, 1, 4)
+    assert not redone.exists() and not marker_tmp.exists()
+    late = out / "validation" / "labels" / "c" / "0" / "0" / ".0.0badf00d.partial"  # a finished chunk's
+    late.write_bytes(b"y" * 100)
+    assert store.disk_bytes(out) == sum(f.stat().st_size for f in out.rglob("*") if f.is_file()) - 100
+    manifest = store.finalize(out, tmp_path / "orphans.json", KEYS)
+    assert not late.exists() and manifest["bytes"] == store.disk_bytes(out)
+    assert not list(out.rglob("*.partial")) and not list(out.rglob("*.tmp"))
+    assert _store_bytes(out) == _store_bytes(reference)
+
+
+def test_a_part_refuses_chunks_of_another_precision(setup, tmp_path):
+    """dtype auto is fp16 on a GPU and fp32 on a CPU: a part on another kind of node than the
+    store's other chunks refuses, naming the store and both precisions; the manifest records it."""
+    tmp, model, backbone, data, reference, layout = setup
+    out = tmp_path / "mixed.zarr"
+    store.prepare(out, layout, KEYS)
+    cpu, gpu = {"dtype": "float32", "device": "cpu"}, {"dtype": "float16", "device": "cuda"}
+    extract_part(backbone, data, out, layout, KEYS, 0, 2, 4, precision=cpu)
+    with pytest.raises(store.PrecisionMismatch, match=rf"{out}.*float32 on cpu.*float16 on cuda"):
+        extract_part(backbone, data, out, layout, KEYS, 1, 2, 4, precision=gpu)
+    extract_part(backbone, data, out, layout, KEYS, 1, 2, 4, precision=cpu)
+    assert store.finalize(out, tmp_path / "mixed.json", KEYS)["precision"] == cpu
+    # two parts that started at once on different nodes: finalize refuses the store
+    info = store.read_marker(out, "training", 0)
+    store.write_marker(out, "training", 0, {**info, **gpu})
+    with pytest.raises(store.PrecisionMismatch, match="different precisions"):
+        store.finalize(out, tmp_path / "mixed.json", KEYS)

@@ -156,7 +156,8 @@ class RawChunks:
         little = self.arr.dtype.newbyteorder("<")
         views = [memoryview(np.ascontiguousarray(p, dtype=little).reshape(-1).view(np.uint8)) for p in parts]
         path = self.path(chunk)
-        tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex[:8]}.partial")
+        store.remove_orphans(path)  # a killed writer's: this part owns the chunk, no live writer can
+        tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex[:8]}{store.PARTIAL}")
         try:
             fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
         except FileNotFoundError:  # a store prepared before store.make_chunk_dirs existed
@@ -174,19 +175,22 @@ class RawChunks:
             finally:
                 os.close(fd)
             os.replace(tmp, path)
-        except BaseException:  # disk full, a signal: no partial file left behind
+        except BaseException:  # disk full, a signal: no partial file left behind (SIGKILL: the next write's sweep)
             tmp.unlink(missing_ok=True)
             raise
 
 
 def extract_part(backbone: Backbone | Callable[[], Backbone], data: Any, store_path: str | Path,
-                 layout: store.Layout, keys: list[str], part: int, parts: int, batch_size: int) -> dict[str, Any]:
+                 layout: store.Layout, keys: list[str], part: int, parts: int, batch_size: int,
+                 precision: dict[str, str] | None = None) -> dict[str, Any]:
     """Write the (chunk, layer) pairs of one part that no marker lists yet; returns counts and timings.
 
     The store must be prepared (`store.prepare`) for `keys`: a part only writes chunks. Each
     forward stops after the deepest layer its chunk still lacks, so extending a store with a
     shallow layer costs a shallow forward. `backbone` may be a callable that loads it: a part
-    with nothing to do never loads the model.
+    with nothing to do never loads the model. `precision` ({"dtype", "device"} of the forward,
+    `backbones.compute_precision`) goes into every marker; a part refuses a store whose chunks
+    were computed with another one.
     """
     store_path = Path(store_path)
     group = store.open_for_parts(store_path, layout, keys)
@@ -204,6 +208,8 @@ def extract_part(backbone: Backbone | Callable[[], Backbone], data: Any, store_p
              "writer_wait_seconds": 0.0}
     if not todo:
         return stats
+    if precision is not None:
+        store.check_precision(store_path, precision)
     if not isinstance(backbone, Backbone):
         backbone = backbone()
     writer = ChunkWriter(group, store_path)
@@ -229,7 +235,7 @@ def extract_part(backbone: Backbone | Callable[[], Backbone], data: Any, store_p
                 arrays[store.LABELS] = labels
             done = store.chunk_layers(store_path, split, chunk)
             writer.put((split, chunk, start, arrays, {"layers": sorted(set(done) | set(missing)),
-                                                      "prompts": prompts or []}))
+                                                      "prompts": prompts or [], **(precision or {})}))
     finally:
         reader.shutdown(wait=True, cancel_futures=True)
         writer.close()

@@ -39,12 +39,18 @@ from .prompts import DOMINANT, SEEDED_FILLS
 
 SPLITS = ("training", "validation")
 LABELS = "labels"
+# Temporary files a writer renames into place: a chunk file's, a marker's. A SIGKILL can leave them.
+PARTIAL, MARKER_TMP = ".partial", ".tmp"
 FILL_ATTRS = ("category_fill", "category_seed")  # a control store's fill, in its attrs and manifest
 log = logging.getLogger("layerprobe.store")
 
 
 class StoreNotPrepared(RuntimeError):
     """A part found a store whose fingerprint or arrays differ from what it was asked to write."""
+
+
+class PrecisionMismatch(RuntimeError):
+    """A part would compute features with another dtype or device than the store's chunks were."""
 
 
 @dataclass
@@ -134,6 +140,8 @@ def prepare(path: str | Path, layout: Layout, keys: list[str]) -> dict[str, Any]
     """
     path = Path(path)
     _remove_leftovers(path)
+    if path.is_dir():
+        sweep_orphans(path)
     attrs = read_attrs(path)
     discarded = None
     if path.exists() and not layout.fingerprint.matches((attrs or {}).get("fingerprint")):
@@ -263,9 +271,69 @@ def write_marker(path: str | Path, split: str, chunk: int, info: dict[str, Any])
     """Atomic: write a temp file then rename, so a marker is never half-written."""
     target = marker(path, split, chunk)
     target.parent.mkdir(parents=True, exist_ok=True)
-    tmp = target.with_name(f"{target.name}.{uuid.uuid4().hex[:8]}.tmp")
+    for orphan in target.parent.glob(f"{target.name}.*{MARKER_TMP}"):  # a killed writer's
+        orphan.unlink(missing_ok=True)
+    tmp = target.with_name(f"{target.name}.{uuid.uuid4().hex[:8]}{MARKER_TMP}")
     tmp.write_text(json.dumps(info))
     os.replace(tmp, target)
+
+
+def remove_orphans(chunk_path: Path) -> None:
+    """Temporary files of one chunk file left by a killed writer (`.{name}.{id}.partial` beside it)."""
+    try:
+        names = os.listdir(chunk_path.parent)
+    except FileNotFoundError:
+        return
+    prefix = f".{chunk_path.name}."
+    for name in names:
+        if name.startswith(prefix) and name.endswith(PARTIAL):
+            (chunk_path.parent / name).unlink(missing_ok=True)
+
+
+def _temporary_files(path: Path) -> list[Path]:
+    """Every writer's temporary file in a store: chunk files and markers not renamed into place."""
+    return [p for p in path.rglob(f".*{PARTIAL}") if p.is_file()] + \
+        [p for p in (path / ".progress").rglob(f"*{MARKER_TMP}") if p.is_file()]
+
+
+def sweep_orphans(path: str | Path) -> int:
+    """Remove what killed writers left in a store. Only for a job that no part runs beside
+    (prepare_store, finalize_store): a live part's temporary file would look the same."""
+    orphans = _temporary_files(Path(path))
+    for orphan in orphans:
+        orphan.unlink(missing_ok=True)
+    if orphans:
+        log.info("removed %d temporary files left by killed writers in %s (e.g. %s)", len(orphans), path,
+                 orphans[0].relative_to(path))
+    return len(orphans)
+
+
+def precisions(path: str | Path) -> dict[tuple[str, str], int]:
+    """{(dtype, device): chunks} over the store's markers (markers from before precisions were
+    recorded count for nothing)."""
+    found: dict[tuple[str, str], int] = {}
+    for marker_file in sorted((Path(path) / ".progress").glob("*/*.json")):
+        try:
+            info = json.loads(marker_file.read_text())
+        except (OSError, ValueError):
+            continue
+        if "dtype" in info:
+            key = (info["dtype"], info.get("device", "?"))
+            found[key] = found.get(key, 0) + 1
+    return found
+
+
+def check_precision(path: str | Path, precision: dict[str, str]) -> None:
+    """Refuse to add chunks computed in another dtype or on another device to a store: `dtype:
+    auto` is fp16 on a GPU and fp32 on a CPU, so a part on another kind of node would mix them."""
+    mine = (precision["dtype"], precision["device"])
+    other = {k: n for k, n in precisions(path).items() if k != mine}
+    if other:
+        (dtype, device), count = next(iter(other.items()))
+        raise PrecisionMismatch(
+            f"{path}: {count} of its chunks were computed in {dtype} on {device}, this part would compute "
+            f"{mine[0]} on {mine[1]}; one store never mixes them. Run its parts on one kind of node, or set the "
+            "model's dtype (and probe.device) explicitly; a changed setting extracts the store again")
 
 
 def chunk_layers(path: str | Path, split: str, chunk: int) -> list[str]:
@@ -293,6 +361,7 @@ def missing_work(path: str | Path, chunks: list[tuple[str, int]],
 def finalize(path: str | Path, manifest_path: str | Path, keys: list[str]) -> dict[str, Any]:
     """Verify every chunk holds every layer in `keys`, record them, write the manifest last."""
     path = Path(path)
+    sweep_orphans(path)  # every part has finished: what is left is a killed writer's
     group = zarr.open_group(path, mode="r+")
     attrs = dict(group.attrs)
     chunk = attrs["chunk_images"]
@@ -318,12 +387,20 @@ def finalize(path: str | Path, manifest_path: str | Path, keys: list[str]) -> di
         raise RuntimeError(f"{path}: incomplete store, chunks not written: {missing[:10]}"
                            f"{' …' if len(missing) > 10 else ''} ({len(missing)} missing); rerun extraction")
     complete = sort_keys([k for k in listed if held[k] == total])
+    made_with = precisions(path)
+    if len(made_with) > 1:  # two parts started at once on different kinds of node
+        raise PrecisionMismatch(f"{path}: chunks computed with different precisions {sorted(made_with)} "
+                                "(dtype, device); delete the store and extract it on one kind of node")
+    precision = [{"dtype": d, "device": dev} for d, dev in made_with][:1]
     group.attrs["complete_layers"] = complete
     if attrs.get("prompt_text") is not None:
         group.attrs["filled_prompts"] = filled
+    if precision:
+        group.attrs["precision"] = precision[0]
     layer_fps = {k: group[f"training/{k}"].attrs["fingerprint"] for k in complete}
     manifest = {"store": str(path), "fingerprint": attrs["fingerprint"], "model": attrs["model"],
                 "prompt_id": attrs["prompt_id"], **{k: attrs[k] for k in FILL_ATTRS if k in attrs},
+                **({"precision": precision[0]} if precision else {}),
                 "layers": complete, "layer_fingerprints": layer_fps,
                 "bytes": disk_bytes(path), "images": {s: len(attrs[f"{s}_image_ids"]) for s in SPLITS}}
     tmp = Path(f"{manifest_path}.tmp")
@@ -342,7 +419,9 @@ def keys_after_run(path: str | Path, fingerprint: Fingerprint, requested: list[s
 
 
 def disk_bytes(path: str | Path) -> int:
-    return sum(f.stat().st_size for f in Path(path).rglob("*") if f.is_file())
+    """The store's bytes on disk, writers' temporary files not counted."""
+    temporary = set(_temporary_files(Path(path)))
+    return sum(f.stat().st_size for f in Path(path).rglob("*") if f.is_file() and f not in temporary)
 
 
 def open_store(path: str | Path) -> zarr.Group:

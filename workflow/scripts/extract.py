@@ -5,7 +5,7 @@ import time
 from layerprobe import config as lp_config
 from layerprobe import fingerprint as lp_fp
 from layerprobe import weights
-from layerprobe.backbones import load_backbone
+from layerprobe.backbones import compute_precision, load_backbone, resolve_device
 from layerprobe.data import open_data
 from layerprobe.extract import extract_part, make_layout
 from layerprobe.logs import redirect_output
@@ -21,9 +21,10 @@ with redirect_output(snakemake.log[0]):
     keys = json.load(open(snakemake.input.layout))["keys"]  # what prepare_store made room for
     start = time.time()
     options = weights.loader_options(name, model, cfg)  # offline: checks the cache before any work
-    stats = extract_part(lambda: load_backbone(name, model, cfg["probe"]["device"], **options), data,
+    device = resolve_device(cfg["probe"]["device"])
+    stats = extract_part(lambda: load_backbone(name, model, device, **options), data,
                          snakemake.params.store, layout, keys, int(snakemake.wildcards.part), snakemake.params.parts,
-                         model["batch_size"])
+                         model["batch_size"], precision=compute_precision(model, device))
     stats["seconds"] = time.time() - start
     with open(snakemake.output[0], "w") as f:
         json.dump(stats, f, indent=2)

@@ -15,6 +15,22 @@ def resolve_device(device: str = "auto") -> str:
     return device
 
 
+def dtype_name(dtype: str, device_type: str) -> str:
+    """The dtype a forward runs in: 'auto' is fp16 on CUDA and fp32 on CPU (fp16 matmuls on CPU
+    are slow or unsupported). Features are stored as float16 either way."""
+    if dtype == "auto":
+        return "float16" if device_type == "cuda" else "float32"
+    return dtype
+
+
+def compute_precision(model: dict[str, Any], device: str) -> dict[str, str]:
+    """{"dtype", "device"} a model's forward runs with on `device` (a resolved device): what a
+    store records, so that a part on another kind of node never mixes precisions into it."""
+    device_type = device.split(":")[0]
+    dtype = "float32" if model["kind"] == "open_clip" else dtype_name(model.get("dtype", "auto"), device_type)
+    return {"dtype": dtype, "device": device_type}
+
+
 def load_backbone(name: str, model: dict[str, Any], device: str = "auto", cache_dir: str | None = None,
                   offline: bool = False) -> Backbone:
     """Load a configured model by its real loading code (hub id / 'openai' / local path).

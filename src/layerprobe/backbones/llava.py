@@ -30,11 +30,12 @@ DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.
 
 def resolve_dtype(dtype: str, device: torch.device) -> torch.dtype:
     """'auto' means fp16 on CUDA and fp32 on CPU (fp16 matmuls on CPU are slow or unsupported)."""
-    if dtype == "auto":
-        return torch.float16 if device.type == "cuda" else torch.float32
-    if dtype not in DTYPES:
+    from . import dtype_name
+
+    name = dtype_name(dtype, device.type)
+    if name not in DTYPES:
         raise ValueError(f"dtype must be auto or one of {sorted(DTYPES)}, got {dtype!r}")
-    return DTYPES[dtype]
+    return DTYPES[name]
 
 
 def image_positions(input_ids: torch.Tensor, image_token_id: int) -> torch.Tensor:
