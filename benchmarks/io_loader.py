@@ -117,8 +117,15 @@ def _loader(store: Path, budget_mb: int, batch: int, threads: int | None = None,
 
     from layerprobe.loader import ChunkShuffleLoader
 
+    from layerprobe.epoch_order import largest_window
+
     g = zarr.open_group(store, mode="r")[group]
-    return ChunkShuffleLoader(g["layer_01"], g["labels"], batch_size=batch, ram_budget_bytes=budget_mb * 2**20,
+    arrays = (g["layer_01"], g["labels"])
+    row = sum(a.nbytes // a.shape[0] for a in arrays)
+    chunk = g["layer_01"].chunks[0]
+    # The shuffle window two of which fill the budget: what these measurements always used.
+    window = largest_window(budget_mb * 2**20, row * chunk, row * batch, -(-g["layer_01"].shape[0] // chunk))
+    return ChunkShuffleLoader(*arrays, batch_size=batch, ram_budget_bytes=budget_mb * 2**20, window_chunks=window,
                               seed=0, shuffle=True, mode="chunks", read_threads=threads)
 
 
