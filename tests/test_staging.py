@@ -85,6 +85,12 @@ def test_workflow_downloads_when_root_is_absent_and_fails_cleanly_on_a_bad_archi
     assert json.loads((good / "results/dataset/ade20k.json").read_text())["downloaded"] is True
     # Present now: the next DAG finds nothing to do (the dataset's identity is the checksum).
     assert "Nothing to be done" in snakemake(good, "results/data/32px.json", "-n", "--configfile", config).stdout
+    # Files edited in the unpacked root: its identity becomes its content, and preprocessing reruns.
+    label = next((good / "results/ade/ADEChallengeData2016/annotations/validation").iterdir())
+    label.write_bytes((tmp_path / "good" / "results/ade/ADEChallengeData2016/annotations/training" /
+                       next(iter(sorted(p.name for p in label.parent.parent.joinpath("training").iterdir())))).read_bytes())
+    plan = snakemake(good, "results/data/32px.json", "-n", "--configfile", config).stdout
+    assert "rule preprocess:" in plan and "rule fetch_ade20k:" not in plan
     bad = copy_repo(tmp_path / "bad")
     config = _download_config(bad, corrupted.as_uri(), checksum)
     proc = snakemake(bad, "results/data/32px.json", "--cores", "1", "--configfile", config, check=False)
@@ -196,3 +202,73 @@ def test_real_config_fetches_each_source_once_and_extraction_waits_for_it(tmp_pa
                        "results/weights/open_clip--ViT-L-14-quickgelu--openai.json"]
     extract = out[out.index("rule extract:"):]
     assert "results/weights/" in extract[:extract.index("\n\n")]
+
+
+# --------------------------------------------------------------------------------------------
+# The weights' identity (part of every store and scan fingerprint)
+# --------------------------------------------------------------------------------------------
+
+OTHER = "fedcba9876543210fedcba9876543210fedcba98"
+
+
+def test_a_hub_id_is_identified_by_the_commit_its_ref_points_at(tmp_path, offline):
+    cache = tmp_path / "cache"
+    for commit in (REVISION, OTHER):
+        folder = cache / "models--org--tiny" / "snapshots" / commit
+        folder.mkdir(parents=True)
+        (folder / "config.json").write_text("{}")
+    (cache / "models--org--tiny" / "refs").mkdir()
+    (cache / "models--org--tiny" / "refs" / "main").write_text(REVISION)
+    model = {"kind": "llava", "hub_id": "org/tiny"}
+    weights.forget_commits()
+    assert weights.identity("m", model, str(cache)) == {"models.m.weights": f"org/tiny@{REVISION}"}
+    (cache / "models--org--tiny" / "refs" / "main").write_text(OTHER)  # the snapshot moved
+    weights.forget_commits()
+    assert weights.identity("m", model, str(cache)) == {"models.m.weights": f"org/tiny@{OTHER}"}
+    pinned = {**model, "revision": REVISION}  # a pinned commit wins over the ref
+    assert weights.identity("m", pinned, str(cache)) == {"models.m.weights": f"org/tiny@{REVISION}"}
+    # not cached and offline (a dry run without network): unresolved, never a guess
+    assert weights.identity("m", {**model, "hub_id": "org/absent"}, str(cache))["models.m.weights"].endswith(
+        "@unresolved")
+    # the fetch records the commit; planned with another one, it refuses
+    manifest = weights.fetch("m", model, cache, planned={"models.m.weights": f"org/tiny@{OTHER}"})
+    assert manifest["commit"] == OTHER
+    with pytest.raises(weights.WeightsChanged, match=f"{REVISION}.*{OTHER}"):
+        weights.fetch("m", model, cache, planned={"models.m.weights": f"org/tiny@{REVISION}"})
+
+
+def test_local_weights_are_identified_by_their_content(tmp_path, monkeypatch):
+    """A weights file or saved directory replaced at the same path gets a new identity; the same
+    bytes written again (new mtime, new inode) keep it."""
+    monkeypatch.chdir(tmp_path)  # the digest cache lives in ./results/
+    folder = tmp_path / "llava"
+    folder.mkdir()
+    (folder / "config.json").write_text('{"a": 1}')
+    (folder / "model.safetensors").write_bytes(b"\x00" * 64)
+    hub = {"kind": "llava", "hub_id": str(folder)}
+    first = weights.identity("m", hub, None)
+    (folder / "model.safetensors").write_bytes(b"\x00" * 64)
+    assert weights.identity("m", hub, None) == first
+    (folder / "model.safetensors").write_bytes(b"\x01" + b"\x00" * 63)
+    assert weights.identity("m", hub, None) != first
+    pt = tmp_path / "vit.pt"
+    pt.write_bytes(b"weights")
+    clip = {"kind": "open_clip", "arch": "ViT-B-16", "pretrained": str(pt)}
+    before = weights.identity("v", clip, None)
+    pt.write_bytes(b"other weights")
+    assert weights.identity("v", clip, None) != before and before["models.v.weights"].startswith("file sha256:")
+    assert weights.identity("t", {**clip, "tiny": {"seed": 0}}, None) == {}  # a tiny model: its tiny block
+
+
+def test_a_tiny_model_changed_by_hand_is_refused(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    pt = tmp_path / "tiny.pt"
+    pt.write_bytes(b"built")
+    model = {"kind": "open_clip", "arch": "lp-tiny", "pretrained": str(pt), "tiny": {"seed": 0}}
+    built = tmp_path / "tiny.built"
+    weights.check_tiny_intact("t", model, built)  # not built yet: nothing to compare
+    built.write_text(json.dumps({"digest": weights.tiny_digest(model)}))
+    weights.check_tiny_intact("t", model, built)
+    pt.write_bytes(b"replaced")
+    with pytest.raises(weights.WeightsChanged, match=rf"models.t: {pt} changed since build_tiny_model"):
+        weights.check_tiny_intact("t", model, built)

@@ -198,6 +198,9 @@ def _check_vision_only(where: str, model: dict[str, Any]) -> None:
     for key in KIND_KEYS[kind]:
         if key not in model:
             raise ConfigError(f"config key {where}.{key}: required for kind {kind}")
+    if kind == "open_clip" and "revision" in model:
+        raise ConfigError(f"config key {where}.revision: only for a hub id (kinds llava, hf_vision); open_clip tags "
+                          "are identified by their download's own commit or URL")
     others = {k for other, keys in KIND_KEYS.items() if other != kind for k in keys} - set(KIND_KEYS[kind])
     for key in sorted(others | {"prompts"}):
         if key in model:

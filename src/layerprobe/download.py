@@ -9,6 +9,7 @@ fully unpacked tree is renamed to `dataset.root`. A checksum mismatch deletes bo
 from __future__ import annotations
 
 import hashlib
+import json
 import logging
 import os
 import shutil
@@ -73,12 +74,33 @@ def fetch_ade20k(url: str, checksum: str, root: str | Path) -> dict[str, Any]:
             zf.extractall(unpacked)
         top = _dataset_folder(unpacked)
         sizes = check_layout(top)  # the layout is right before anything is named dataset.root
+        record_archive(top, url, checksum)
         os.rename(top, root)
     finally:
         archive.unlink(missing_ok=True)
         shutil.rmtree(unpacked, ignore_errors=True)
     log.info("%s: %s images", root, sizes)
     return {"root": str(root), "url": url, "checksum": checksum, "images": sizes}
+
+
+ARCHIVE_RECORD = ".layerprobe-archive.json"  # in the unpacked root: what it was unpacked from
+
+
+def record_archive(root: Path, url: str, checksum: str) -> None:
+    """The verified archive and the content digest of what it unpacked to: while the files still
+    give that digest, the data's identity is the archive's checksum (fingerprint.dataset)."""
+    from .digest import dataset_digest
+
+    digest = dataset_digest(root, {}, cache=None)  # a temporary path: nothing worth caching
+    (root / ARCHIVE_RECORD).write_text(json.dumps({"url": url, "checksum": checksum, "digest": digest}))
+
+
+def unpacked_archive(root: str | Path) -> dict[str, str] | None:
+    """The archive record of a root fetch_ade20k unpacked, None for a root put there otherwise."""
+    try:
+        return json.loads((Path(root) / ARCHIVE_RECORD).read_text())
+    except (OSError, ValueError):
+        return None
 
 
 def _dataset_folder(unpacked: Path) -> Path:

@@ -40,6 +40,7 @@ from .prompts import SEEDED_FILLS
 # scan 2: lambda chosen on held-out training images, not validation; validation scored once at it.
 VERSIONS = {"data": 2, "features": 1, "probe": 4, "scan": 2, "synthetic": 1}
 # Model-entry keys that decide the weights and the forward of a model (not which layers are kept).
+# Not `revision`: the commit it resolves to is in `weights` (pinning the commit in use reruns nothing).
 MODEL_KEYS = ("kind", "arch", "pretrained", "hub_id", "dtype", "attn_implementation", "prompt_format")
 # Not ram_budget_mb, loader_mode, checkpoint_every_batches: settings of the machine (epoch_order).
 PROBE_KEYS = ("epochs", "lr", "weight_decay", "batch_size", "batchnorm", "shuffle_window_chunks", "device",
@@ -90,11 +91,13 @@ class Fingerprint:
 
 
 def write(path: str | Path, fingerprint: Fingerprint) -> None:
-    """The record as a JSON file, atomically (the probe_fingerprint rule's output)."""
+    """The record as a JSON file, atomically, with the software's versions (a scan's sidecar)."""
+    from .provenance import versions
+
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps(fingerprint.record(), indent=2))
+    tmp.write_text(json.dumps({**fingerprint.record(), "versions": versions()}, indent=2))
     os.replace(tmp, path)
 
 
@@ -122,14 +125,28 @@ def _show(value: Any) -> str:
 
 def dataset(config: dict[str, Any]) -> Fingerprint:
     """The images and labels: the generator settings (synthetic), the archive's checksum
-    (dataset.download) or a content digest of the files (real data on disk)."""
+    (dataset.download, while the unpacked files are untouched) or a content digest of the files."""
     ds = config["dataset"]
     if ds["synthetic"] is not None:
         inputs = {f"dataset.synthetic.{k}": v for k, v in ds["synthetic"].items()}
         return Fingerprint({**inputs, "version.synthetic": VERSIONS["synthetic"]})
-    if ds["download"]:  # the verified archive pins the content, before and after it is fetched
+    if ds["download"] and _pristine_archive(ds):  # the verified archive pins the content
         return Fingerprint({"dataset.url": ds["url"], "dataset.checksum": ds["checksum"]})
     return Fingerprint({"dataset.content": _content(ds["root"], ds["max_images"])})
+
+
+def _pristine_archive(ds: dict[str, Any]) -> bool:
+    """Download mode: the root is still to be fetched, or holds exactly what fetch_ade20k unpacked
+    from the archive with this checksum. A root put there otherwise, or edited since, is
+    identified by its content, as without download."""
+    from .download import unpacked_archive
+
+    root = Path(ds["root"])
+    if not root.exists():
+        return True
+    record = unpacked_archive(root)
+    return record is not None and record.get("checksum") == ds["checksum"] and \
+        record.get("digest") == _content(ds["root"], {})
 
 
 def _content(root: str, max_images: dict[str, int | None]) -> str:
@@ -153,8 +170,11 @@ def _memo(key: Any, compute: Any) -> Any:
 
 
 def forget() -> None:
-    """Drop memoized dataset digests (for a long-lived process whose data changed)."""
+    """Drop memoized digests and commits (for a long-lived process whose data or weights changed)."""
+    from . import weights as lp_weights
+
     _MEMO.clear()
+    lp_weights.forget_commits()
 
 
 def data(config: dict[str, Any], resolution: int, geometry: str = "center_crop") -> Fingerprint:
@@ -177,14 +197,25 @@ def tiny_model(config: dict[str, Any], name: str) -> Fingerprint:
 
 
 def _model(config: dict[str, Any], name: str) -> dict[str, Any]:
-    """Weights and forward: loading keys, the tiny block, the extraction device."""
+    """Weights and forward: loading keys, the tiny block, the weights' identity, the extraction device."""
     model = config["models"][name]
     inputs = {f"models.{name}.{k}": model[k] for k in MODEL_KEYS if k in model}
     if model["kind"] != "llava":
         inputs.pop(f"models.{name}.prompt_format", None)
     inputs.update({f"models.{name}.tiny.{k}": v for k, v in (model.get("tiny") or {}).items()})
+    inputs.update(weights(config, name))
     inputs["probe.device"] = config["probe"]["device"]
     return inputs
+
+
+def weights(config: dict[str, Any], name: str) -> dict[str, str]:
+    """The weights' identity (a hub commit, a content digest, a URL; `layerprobe.weights`), once per process."""
+    from . import weights as lp_weights
+
+    model = config["models"][name]
+    cache_dir = config["weights"]["cache_dir"]
+    return _memo(("weights", name, json.dumps(model, sort_keys=True, default=str), cache_dir),
+                 lambda: lp_weights.identity(name, model, cache_dir))
 
 
 def _prompt(config: dict[str, Any], name: str, prompt: str) -> dict[str, Any]:

@@ -26,6 +26,7 @@ rule fetch_weights:
         "results/weights/{source}.json",  # one per download: models sharing a hub id share it
     params:
         cache_dir=CFG["weights"]["cache_dir"],
+        weights=source_weights,  # the commit planned with: a moved ref fetches again
     log:
         "results/logs/fetch_weights/{source}.log",
     script:

@@ -3,6 +3,7 @@ import json
 from pathlib import Path
 
 from layerprobe import config as lp_config
+from layerprobe import weights
 from layerprobe.backbones import tiny_clip
 from layerprobe.logs import redirect_output
 
@@ -23,5 +24,6 @@ with redirect_output(snakemake.log[0]):
                                 vision_width=tiny["width"], vision_layers=tiny["layers"],
                                 text_width=tiny["text_width"], text_layers=tiny["text_layers"], heads=tiny["heads"],
                                 seed=tiny["seed"], mixing=tiny["mixing"])
-    Path(snakemake.output[0]).write_text(json.dumps({"path": str(path), **tiny,
+    # The digest of what was built: a tiny model changed by hand afterwards is refused at DAG build.
+    Path(snakemake.output[0]).write_text(json.dumps({"path": str(path), **tiny, "digest": weights.tiny_digest(model),
                                                      "fingerprint": snakemake.params.fingerprint}, indent=2))

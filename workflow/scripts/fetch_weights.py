@@ -9,6 +9,7 @@ from layerprobe.logs import redirect_output
 with redirect_output(snakemake.log[0]):
     cfg = lp_config.validate(snakemake.config)
     name, model = weights.model_for_source(cfg, snakemake.wildcards.source)
-    manifest = weights.fetch(name, model, snakemake.params.cache_dir)
-    print(f"{name}: {len(manifest['files'])} files in {manifest['cache_dir']}")
+    manifest = weights.fetch(name, model, snakemake.params.cache_dir, planned=dict(snakemake.params.weights))
+    print(f"{name}: {len(manifest['files'])} files in {manifest['cache_dir']}"
+          + (f", commit {manifest['commit']}" if "commit" in manifest else ""))
     Path(snakemake.output[0]).write_text(json.dumps(manifest, indent=2))

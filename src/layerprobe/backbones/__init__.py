@@ -32,28 +32,29 @@ def compute_precision(model: dict[str, Any], device: str) -> dict[str, str]:
 
 
 def load_backbone(name: str, model: dict[str, Any], device: str = "auto", cache_dir: str | None = None,
-                  offline: bool = False) -> Backbone:
+                  offline: bool = False, revision: str | None = None) -> Backbone:
     """Load a configured model by its real loading code (hub id / 'openai' / local path).
 
     `cache_dir`: where fetched weights live (config `weights.cache_dir`); `offline`: read only
-    from there (see layerprobe.weights), never download.
+    from there (see layerprobe.weights), never download; `revision`: the hub commit to load (the
+    one the fingerprint names).
     """
     device = resolve_device(device)
     if model["kind"] == "open_clip":
         from . import tiny_clip
         from .clip import OpenClipBackbone
 
-        if model.get("tiny") is not None:
-            tiny_clip.register(model["arch"], model["pretrained"])
+        if model.get("tiny") is not None or tiny_clip.has_config(model["arch"], model["pretrained"]):
+            tiny_clip.register(model["arch"], model["pretrained"])  # an architecture saved beside its weights
         return OpenClipBackbone(name, model["arch"], model["pretrained"], device, cache_dir=cache_dir)
     if model["kind"] == "hf_vision":
         from .hf_vision import HfVisionBackbone
 
         return HfVisionBackbone(name, model["hub_id"], dtype=model.get("dtype", "auto"),
                                 attn_implementation=model.get("attn_implementation", "sdpa"), device=device,
-                                cache_dir=cache_dir, local_files_only=offline)
+                                cache_dir=cache_dir, local_files_only=offline, revision=revision)
     from .llava import LlavaBackbone
 
     return LlavaBackbone(name, model["hub_id"], dtype=model["dtype"], attn_implementation=model["attn_implementation"],
                          device=device, prompt_format=model["prompt_format"], cache_dir=cache_dir,
-                         local_files_only=offline)
+                         local_files_only=offline, revision=revision)

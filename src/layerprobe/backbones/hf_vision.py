@@ -45,14 +45,16 @@ def encoder_blocks(model: nn.Module) -> nn.ModuleList:
 
 class HfVisionBackbone(Backbone):
     def __init__(self, name: str, hub_id: str, *, dtype: str = "auto", attn_implementation: str = "sdpa",
-                 device: str | None = None, cache_dir: str | None = None, local_files_only: bool = False) -> None:
+                 device: str | None = None, cache_dir: str | None = None, local_files_only: bool = False,
+                 revision: str | None = None) -> None:
         from transformers import AutoConfig, AutoImageProcessor
 
         self.name = name
         self.device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
         self.dtype = resolve_dtype(dtype, self.device)
         where = f"models.{name}.hub_id"
-        hub = {"cache_dir": cache_dir, "local_files_only": local_files_only}
+        hub = {"cache_dir": cache_dir, "local_files_only": local_files_only,
+               **({"revision": revision} if revision else {})}
         # Same calls for a hub id and a local directory (tiny test models).
         model_type = AutoConfig.from_pretrained(hub_id, **hub).model_type
         if model_type not in FAMILIES:

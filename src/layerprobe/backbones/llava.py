@@ -63,13 +63,14 @@ class LlavaBackbone(Backbone):
 
     def __init__(self, name: str, hub_id: str, *, dtype: str = "auto", attn_implementation: str = "sdpa",
                  device: str | None = None, prompt_format: str = DEFAULT_FORMAT, cache_dir: str | None = None,
-                 local_files_only: bool = False) -> None:
+                 local_files_only: bool = False, revision: str | None = None) -> None:
         self.name, self.prompt_format = name, prompt_format
         self.device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
         self.dtype = resolve_dtype(dtype, self.device)
         # Same call for a hub id and a local directory (tiny demo model).
         extra = {"device_map": str(self.device)} if self.device.type == "cuda" else {}
-        hub = {"cache_dir": cache_dir, "local_files_only": local_files_only}
+        hub = {"cache_dir": cache_dir, "local_files_only": local_files_only,
+               **({"revision": revision} if revision else {})}
         model = LlavaForConditionalGeneration.from_pretrained(
             hub_id, dtype=self.dtype, attn_implementation=attn_implementation, **extra, **hub)
         self.model = model.eval() if extra else model.to(self.device).eval()

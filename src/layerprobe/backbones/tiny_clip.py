@@ -22,6 +22,11 @@ def model_config(tiny: dict[str, Any]) -> dict[str, Any]:
     return tiny_model_config(tiny)
 
 
+def has_config(arch: str, weights: str | Path) -> bool:
+    """A model config for `arch` stored beside a weights file (a tiny model, or one saved the same way)."""
+    return (config_path(weights) / f"{arch}.json").is_file()
+
+
 def register(arch: str, weights: str | Path) -> None:
     """Make `arch` known to open_clip from the JSON beside the weights (name = arch)."""
     import open_clip

@@ -166,16 +166,42 @@ def _registry_from_source(path: str) -> dict[str, dict[str, bool]]:
     if not isinstance(pretrained, dict):
         raise ValueError("no _PRETRAINED dict")
     out: dict[str, dict[str, bool]] = {}
+    sources: dict[str, dict[str, dict[str, str]]] = {}
     for arch, tags in pretrained.items():
         if not isinstance(tags, dict):
             raise ValueError(f"_PRETRAINED[{arch!r}] not read")
         out[arch] = {tag: (cfg.get("quick_gelu", False) is True) if isinstance(cfg, dict) else False
                      for tag, cfg in tags.items()}
+        sources[arch] = {tag: {k: cfg[k] for k in ("url", "hf_hub") if isinstance(cfg.get(k), str) and cfg[k]}
+                         for tag, cfg in tags.items() if isinstance(cfg, dict)}
     for arch, tags in list(out.items()):  # pretrained.py: _PRETRAINED_quickgelu
         quick = {tag: True for tag, q in tags.items() if q}
         if quick:
             out[arch + "-quickgelu"] = quick
+            sources[arch + "-quickgelu"] = {tag: sources[arch].get(tag, {}) for tag in quick}
+    _SOURCES[path] = sources
     return out
+
+
+_SOURCES: dict[str, dict[str, dict[str, dict[str, str]]]] = {}
+
+
+def pretrained_source(arch: str, tag: str) -> dict[str, str]:
+    """Where open_clip downloads a pretrained tag from: {"hf_hub": "org/repo/[file]"} and/or
+    {"url": ...} (open_clip prefers the hub when both exist); {} when unknown."""
+    oc = _imported()
+    if oc is not None:
+        cfg = oc.get_pretrained_cfg(arch, tag) or {}
+        return {k: cfg[k] for k in ("url", "hf_hub") if cfg.get(k)}
+    path = str(_package_dir() / "pretrained.py")
+    try:
+        _registry_from_source(path)
+    except (OSError, SyntaxError, ValueError):
+        import open_clip
+
+        cfg = open_clip.get_pretrained_cfg(arch, tag) or {}
+        return {k: cfg[k] for k in ("url", "hf_hub") if cfg.get(k)}
+    return _SOURCES.get(path, {}).get(arch, {}).get(_clean_tag(tag), {})
 
 
 # ---------------------------------------------------------------------------------------------
@@ -198,6 +224,10 @@ def open_clip_spec(name: str, model: dict[str, Any]) -> ModelSpec:
     if model.get("tiny") is not None:
         return _native_spec(tiny_model_config(model["tiny"]))
     arch = str(model.get("arch"))
+    beside = Path(str(model.get("pretrained")))
+    beside = beside.with_name(beside.stem + ".config") / f"{arch}.json"  # backbones.tiny_clip.config_path
+    if beside.is_file():  # an architecture saved beside its weights file (as the tiny builder does)
+        return _native_spec(json.loads(beside.read_text()))
     where = f"models.{name}"
     if arch.startswith(("hf-hub:", "local-dir:")):
         raise UnknownModel(f"{where}.arch: {arch!r}: open_clip models from 'hf-hub:'/'local-dir:' are not supported "
