@@ -401,3 +401,18 @@ def test_prompt_bars_draw_an_interval_that_excludes_its_estimate(fake_run: tuple
     deltas.loc[deltas.index[-1], ["low", "high"]] = deltas["delta"].iloc[-1] + np.array([0.01, 0.02])
     fig = figures.prompt_comparison(found, deltas, "tiny_llava")
     assert fig.axes and fig.axes[0].collections  # bars and the interval lines
+
+
+def test_run_facts_list_the_versions_results_were_made_with_and_warn_when_they_differ():
+    from layerprobe.provenance import versions
+    from layerprobe.report.facts import software_facts
+
+    now = versions()
+    same = {"results/probes/a/metrics.json": dict(now), "results/scan/a/none.json": dict(now)}
+    facts, warnings = software_facts(same)
+    assert ("torch (results)", f"{now['torch']} (2)") in facts and not warnings
+    older = {**same, "results/probes/b/metrics.json": {**now, "torch": "2.13.0"}}
+    facts, warnings = software_facts(older)
+    assert len(warnings) == 1 and "torch 2.13.0 (1, e.g. results/probes/b/metrics.json)" in warnings[0]
+    facts, warnings = software_facts({"results/probes/a/metrics.json": {**now, "zarr": "3.0.0"}})
+    assert warnings == [f"results were made with zarr 3.0.0, this report with {now['zarr']}"]

@@ -19,6 +19,7 @@ import zarr
 from PIL import Image
 
 from . import ade20k
+from .provenance import versions
 from .geometry import pad_resize
 from .progress import progress
 
@@ -74,7 +75,8 @@ def preprocess(root: str | Path, store_path: str | Path, manifest_path: str | Pa
     group.attrs.update({"resolution": resolution, "class_names": list(ade20k.CLASS_NAMES),
                         **{f"{split}_image_ids": ids[split] for split in ids}, **extra})
     manifest = {"store": str(store_path), "resolution": resolution, "dataset": str(root), **extra,
-                "images": {split: len(v) for split, v in ids.items()}, "fingerprint": fingerprint}
+                "images": {split: len(v) for split, v in ids.items()}, "fingerprint": fingerprint,
+                "versions": versions()}
     manifest_path.write_text(json.dumps(manifest, indent=2))
     return manifest
 

@@ -28,6 +28,7 @@ from .chunkfiles import ChunkPaths
 from .config import prompt_text, store_fill
 from .fingerprint import Fingerprint
 from .progress import progress
+from .provenance import versions
 from .prompts import PromptFiller, prompt_filler
 from .specs import model_spec
 
@@ -235,7 +236,8 @@ def extract_part(backbone: Backbone | Callable[[], Backbone], data: Any, store_p
                 arrays[store.LABELS] = labels
             done = store.chunk_layers(store_path, split, chunk)
             writer.put((split, chunk, start, arrays, {"layers": sorted(set(done) | set(missing)),
-                                                      "prompts": prompts or [], **(precision or {})}))
+                                                      "prompts": prompts or [], **(precision or {}),
+                                                      "versions": versions()}))
     finally:
         reader.shutdown(wait=True, cancel_futures=True)
         writer.close()

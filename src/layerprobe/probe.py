@@ -33,6 +33,7 @@ from .intervals import LEVEL, RESAMPLES, miou_interval
 from .loader import DEFAULT_WINDOW_CHUNKS, ChunkShuffleLoader
 from .metrics import SegmentationMeter
 from .progress import progress
+from .provenance import versions
 
 log = logging.getLogger("layerprobe.probe")
 # running_train_*: accumulated over the epoch's batches in train mode while the head changes: a
@@ -304,6 +305,7 @@ def train_probe(store_path: str | Path, key: str, settings: ProbeSettings, out_d
                "best_test_miou": best["test_miou"], "epochs": len(rows),
                "per_class_iou": [None if np.isnan(v) else float(v) for v in iou],
                "class_names": list(CLASS_NAMES), **whole, "fingerprint": trainer.fingerprint.record(),
+               "versions": versions(),
                # How this run went on this machine: never a number of the probe's.
                "run": {"loader_mode": trainer.train_loader.mode, "train_seconds": time.perf_counter() - start}}
     tmp = out_dir / "metrics.json.tmp"

@@ -308,18 +308,33 @@ def sweep_orphans(path: str | Path) -> int:
     return len(orphans)
 
 
+def _markers(path: str | Path) -> list[dict[str, Any]]:
+    out = []
+    for marker_file in sorted((Path(path) / ".progress").glob("*/*.json")):
+        try:
+            out.append(json.loads(marker_file.read_text()))
+        except (OSError, ValueError):
+            continue
+    return out
+
+
 def precisions(path: str | Path) -> dict[tuple[str, str], int]:
     """{(dtype, device): chunks} over the store's markers (markers from before precisions were
     recorded count for nothing)."""
     found: dict[tuple[str, str], int] = {}
-    for marker_file in sorted((Path(path) / ".progress").glob("*/*.json")):
-        try:
-            info = json.loads(marker_file.read_text())
-        except (OSError, ValueError):
-            continue
+    for info in _markers(path):
         if "dtype" in info:
             key = (info["dtype"], info.get("device", "?"))
             found[key] = found.get(key, 0) + 1
+    return found
+
+
+def chunk_versions(path: str | Path) -> list[dict[str, str]]:
+    """The distinct software versions the store's chunks were written with (provenance)."""
+    found: list[dict[str, str]] = []
+    for info in _markers(path):
+        if "versions" in info and info["versions"] not in found:
+            found.append(info["versions"])
     return found
 
 
@@ -392,15 +407,19 @@ def finalize(path: str | Path, manifest_path: str | Path, keys: list[str]) -> di
         raise PrecisionMismatch(f"{path}: chunks computed with different precisions {sorted(made_with)} "
                                 "(dtype, device); delete the store and extract it on one kind of node")
     precision = [{"dtype": d, "device": dev} for d, dev in made_with][:1]
+    software = chunk_versions(path)  # one entry, unless parts ran with different software
     group.attrs["complete_layers"] = complete
     if attrs.get("prompt_text") is not None:
         group.attrs["filled_prompts"] = filled
     if precision:
         group.attrs["precision"] = precision[0]
+    if software:
+        group.attrs["versions"] = software[0] if len(software) == 1 else software
     layer_fps = {k: group[f"training/{k}"].attrs["fingerprint"] for k in complete}
     manifest = {"store": str(path), "fingerprint": attrs["fingerprint"], "model": attrs["model"],
                 "prompt_id": attrs["prompt_id"], **{k: attrs[k] for k in FILL_ATTRS if k in attrs},
                 **({"precision": precision[0]} if precision else {}),
+                **({"versions": software[0] if len(software) == 1 else software} if software else {}),
                 "layers": complete, "layer_fingerprints": layer_fps,
                 "bytes": disk_bytes(path), "images": {s: len(attrs[f"{s}_image_ids"]) for s in SPLITS}}
     tmp = Path(f"{manifest_path}.tmp")

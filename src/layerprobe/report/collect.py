@@ -48,6 +48,7 @@ class Results:
     class_names: list[str]
     missing: list[str] = field(default_factory=list)
     fingerprints: list[tuple[str, str]] = field(default_factory=list)  # (result file, fingerprint hash)
+    versions: dict[str, dict[str, str]] = field(default_factory=dict)  # result file -> software versions
     # per_image.npz per (model, prompt, layer) row; further seeds' under (model, prompt, layer, seed)
     counts_files: dict[tuple, Path] = field(default_factory=dict)
     seed_runs: pd.DataFrame = field(default_factory=pd.DataFrame)  # model, prompt, layer, seed, miou: every seed
@@ -90,7 +91,7 @@ def collect(config: dict[str, Any], results: Path) -> Results:
     results = Path(results)
     axis = LayerAxis.from_config(config)
     missing: list[str] = []
-    seen: list[tuple[str, str]] = []
+    seen = Seen()
     data = _read_data_manifests(config, results, seen)
     stores = _read_store_manifests(config, results, seen)
     probes, curves, per_class, predictions, names, counts, seed_runs = _read_probes(config, results, axis, missing,
@@ -99,13 +100,23 @@ def collect(config: dict[str, Any], results: Path) -> Results:
     return Results(root=results, config=config, axis=axis, probes=probes, curves=curves, per_class=per_class,
                    predictions=predictions, scan=scan, stores=stores, data=data,
                    benchmarks=read_benchmarks(results, config), class_names=names, missing=missing,
-                   fingerprints=seen, counts_files=counts, seed_runs=seed_runs)
+                   fingerprints=seen.fingerprints, versions=seen.versions, counts_files=counts, seed_runs=seed_runs)
 
 
-def _checked(fingerprint: lp_fp.Fingerprint, recorded: dict[str, Any] | None, path: Path,
-             seen: list[tuple[str, str]]) -> None:
+@dataclass
+class Seen:
+    """What every result read records: its fingerprint (checked) and the software that made it."""
+
+    fingerprints: list[tuple[str, str]] = field(default_factory=list)
+    versions: dict[str, dict[str, str]] = field(default_factory=dict)
+
+
+def _checked(fingerprint: lp_fp.Fingerprint, recorded: dict[str, Any] | None, path: Path, seen: Seen,
+             versions: Any = None) -> None:
     fingerprint.check(recorded, str(path))
-    seen.append((str(path), fingerprint.hash))
+    seen.fingerprints.append((str(path), fingerprint.hash))
+    for i, found in enumerate(versions if isinstance(versions, list) else [versions] if versions else []):
+        seen.versions[f"{path}" + (f" ({i + 1})" if isinstance(versions, list) else "")] = found
 
 
 def expected_probes(config: dict[str, Any]) -> list[tuple[str, str, str]]:
@@ -120,7 +131,7 @@ def series_prompt(prompt: str, probe: str) -> str:
 
 
 def _read_probes(config: dict[str, Any], results: Path, axis: LayerAxis, missing: list[str],  # noqa: ANN202
-                 seen: list[tuple[str, str]]):
+                 seen: Seen):
     rows, curve_frames, ious, predictions, counts, seed_runs = [], [], {}, {}, {}, []
     names = list(CLASS_NAMES)
     for model, store_prompt, probe in expected_probes(config):
@@ -130,7 +141,7 @@ def _read_probes(config: dict[str, Any], results: Path, axis: LayerAxis, missing
             continue
         metrics = json.loads((folder / "metrics.json").read_text())
         _checked(lp_fp.probe(config, model, store_prompt, probe), metrics.get("fingerprint"),
-                 folder / "metrics.json", seen)
+                 folder / "metrics.json", seen, metrics.get("versions"))
         layer, prompt = parse_probe_id(probe)[0], series_prompt(store_prompt, probe)
         seed = probe_seed(probe, config["probe"]["seeds"])
         seed_runs.append({"model": model, "prompt": prompt, "layer": layer, "seed": seed,
@@ -203,7 +214,7 @@ def _per_class_tables(ious: dict[tuple[str, str, str], list[float]], names: list
 
 
 def _read_scan(config: dict[str, Any], results: Path, axis: LayerAxis, missing: list[str],
-               seen: list[tuple[str, str]]) -> pd.DataFrame:
+               seen: Seen) -> pd.DataFrame:
     columns = ["model", "prompt", "layer", "best_lambda", "miou", "acc", "x", "segment"]
     frames = []
     for model, prompt in lp_config.scan_targets(config):
@@ -213,7 +224,7 @@ def _read_scan(config: dict[str, Any], results: Path, axis: LayerAxis, missing: 
             continue
         sidecar = path.with_suffix(".json")
         recorded = json.loads(sidecar.read_text()) if sidecar.is_file() else None
-        _checked(lp_fp.scan(config, model, prompt), recorded, path, seen)
+        _checked(lp_fp.scan(config, model, prompt), recorded, path, seen, (recorded or {}).get("versions"))
         frames.append(pd.read_csv(path, dtype={"model": str, "prompt": str, "layer": str}))
     if not frames:
         return pd.DataFrame(columns=columns)
@@ -223,7 +234,7 @@ def _read_scan(config: dict[str, Any], results: Path, axis: LayerAxis, missing: 
     return scan[columns]
 
 
-def _read_store_manifests(config: dict[str, Any], results: Path, seen: list[tuple[str, str]]) -> pd.DataFrame:
+def _read_store_manifests(config: dict[str, Any], results: Path, seen: Seen) -> pd.DataFrame:
     rows = []
     for model, cfg in config["models"].items():
         for prompt in lp_config.prompt_ids(cfg):
@@ -231,7 +242,8 @@ def _read_store_manifests(config: dict[str, Any], results: Path, seen: list[tupl
             if not path.is_file():
                 continue
             manifest = json.loads(path.read_text())
-            _checked(lp_fp.store(config, model, prompt), manifest.get("fingerprint"), path, seen)
+            _checked(lp_fp.store(config, model, prompt), manifest.get("fingerprint"), path, seen,
+                     manifest.get("versions"))
             images = manifest.get("images", {})
             rows.append({"model": model, "prompt": prompt, "layers": len(manifest.get("layers", [])),
                          "training_images": images.get("training"), "validation_images": images.get("validation"),
@@ -240,15 +252,15 @@ def _read_store_manifests(config: dict[str, Any], results: Path, seen: list[tupl
                                        "store"])
 
 
-def _read_data_manifests(config: dict[str, Any], results: Path,
-                         seen: list[tuple[str, str]]) -> dict[str, dict[str, Any]]:
+def _read_data_manifests(config: dict[str, Any], results: Path, seen: Seen) -> dict[str, dict[str, Any]]:
     out = {}
     for res, geometry in lp_config.data_stores(config):
         name = lp_config.data_name(res, geometry)
         path = results / "data" / f"{name}.json"
         if path.is_file():
             out[name] = json.loads(path.read_text())
-            _checked(lp_fp.data(config, res, geometry), out[name].get("fingerprint"), path, seen)
+            _checked(lp_fp.data(config, res, geometry), out[name].get("fingerprint"), path, seen,
+                     out[name].get("versions"))
     return out
 
 

@@ -51,6 +51,28 @@ def results_dates(results: Path) -> str:
     return f"{_stamp(min(times))} … {_stamp(max(times))}"
 
 
+def software_facts(recorded: dict[str, dict[str, str]]) -> tuple[list[tuple[str, str]], list[str]]:
+    """(the versions the results were made with, per package, and warnings): a package whose
+    results were made with several versions, or with another than the report's."""
+    from ..provenance import differences, versions
+
+    now = versions()
+    found: dict[str, dict[str, int]] = {}
+    for record in recorded.values():
+        for package, version in record.items():
+            found.setdefault(package, {}).setdefault(version, 0)
+            found[package][version] += 1
+    facts = [(f"{package} (results)", ", ".join(f"{v} ({n})" for v, n in sorted(counts.items())))
+             for package, counts in sorted(found.items())]
+    warnings = [f"results were made with {package} " + " and ".join(f"{v} ({len(where)}, e.g. {where[0]})"
+                                                                    for v, where in sorted(seen.items()))
+                for package, seen in sorted(differences(recorded).items())]
+    warnings += [f"results were made with {package} {only}, this report with {now[package]}"
+                 for package, counts in sorted(found.items()) if len(counts) == 1
+                 for only in counts if package in now and only != now[package]]
+    return facts, warnings
+
+
 def run_facts(results: Path) -> list[tuple[str, str]]:
     source = Path(__file__).resolve().parents[3]  # the repo root when installed in development mode
     facts = [("report built", _stamp(dt.datetime.now(dt.timezone.utc).timestamp())),

@@ -13,7 +13,7 @@ from matplotlib.figure import Figure
 from .. import config as lp_config
 from . import figures, qualitative, tables
 from .collect import Results, Store, model_data
-from .facts import run_facts
+from .facts import run_facts, software_facts
 from .figures import IDENTICAL, plt, store_label
 from .html import EmbeddedFigure, box, details, esc, figure, section, table
 
@@ -278,7 +278,10 @@ def resources_section(results: Results) -> str:
 
 
 def facts_section(results: Results) -> str:
-    facts = "".join(f"<tr><th>{esc(k)}</th><td>{esc(v)}</td></tr>" for k, v in run_facts(results.root))
+    software, warnings = software_facts(results.versions)
+    facts = "".join(f"<tr><th>{esc(k)}</th><td>{esc(v)}</td></tr>" for k, v in run_facts(results.root) + software)
+    warned = "".join(box(f"<b>Versions differ:</b> {esc(w)}. Results are not rerun for a new version; "
+                         "rerun with <code>--forcerun</code> where a change matters.") for w in warnings)
     config = yaml.dump(results.config, Dumper=_ConfigDumper, sort_keys=False, allow_unicode=True,
                        default_flow_style=None, width=110)
     prints = "".join(f"<tr><td><code>{esc(path)}</code></td><td><code>{esc(fp)}</code></td></tr>"
@@ -289,7 +292,7 @@ def facts_section(results: Results) -> str:
                            "and the report refuses one that differs from the config's.</p>"
                            f"<table><tr><th>result</th><th>fingerprint</th></tr>{prints}</table>")
     return section("facts", "Run facts and config",
-                   f"<table>{facts}</table>" + details("Config (validated, defaults filled in)",
+                   warned + f"<table>{facts}</table>" + details("Config (validated, defaults filled in)",
                                                        f"<pre>{esc(config)}</pre>") + fingerprints)
 
 
