@@ -2,14 +2,16 @@
 output equals what a from-scratch run with the edited config produces.
 
 One small base run (tests/configs/edit_matrix.yaml). Per edit, the dry run's jobs on a copy of it
-(.snakemake metadata included) equal the set written here. Then the edits are applied and run,
-in two groups that together hold every edit (one Snakemake run plus a from-scratch run costs
-about a minute, so one pair per edit would take 20): the store-layout edits (extend a store, new
-store, a {category} prompt with its control, new probe variants, removal, scan settings) and the
-edits that discard and redo (prompt text, model weights, chunking, probe settings, data). After
-each group's run a second dry run has nothing to do, and a from-scratch run of the edited config
-in a fresh directory gives identical feature bytes, metrics, epochs.csv, predictions and scan
-tables. Then a control fill added to a prompt that has run plans that control's jobs only.
+(.snakemake metadata included) equal the set written here. An edit changes the config, or files
+the config names without changing it (weights replaced at the same path, a hub cache's main moved
+to another commit). Then the edits are applied and run, in two groups that together hold every
+edit (one Snakemake run plus a from-scratch run costs about a minute, so one pair per edit would
+take 20): the store-layout edits (extend a store, new store, a {category} prompt with its control,
+new probe variants, removal, scan settings, machine settings that rerun nothing) and the edits
+that discard and redo (prompt text, the three kinds of weights, chunking, probe settings, data).
+After each group's run a second dry run has nothing to do, and a from-scratch run of the edited
+config in a fresh directory gives identical feature bytes, metrics, epochs.csv, predictions and
+scan tables. Then a control fill added to a prompt that has run plans that control's jobs only.
 """
 
 from __future__ import annotations
@@ -18,6 +20,7 @@ import copy
 import json
 import re
 import shutil
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
 
@@ -34,6 +37,11 @@ from tests.conftest import ROOT, copy_repo, snakemake
 BASE = yaml.safe_load((ROOT / "tests/configs/edit_matrix.yaml").read_text())
 CONFIG = "config/edit_matrix.yaml"
 Jobs = dict[str, set[str]]
+# Weights the user brought (built by the `sources` fixture): what the weights edits replace.
+VIT_WEIGHTS, LLAVA_DIR, ALT = "models/tiny_vit.pt", "models/tiny_llava", "models/alt"
+HUB_REPO, COMMIT_A, COMMIT_B = "layerprobe-test/tiny-llava", "a" * 40, "b" * 40
+HUB_FOLDER = "hubcache/models--layerprobe-test--tiny-llava"
+SOURCES = ("models", "hubcache")
 
 pytestmark = pytest.mark.slow
 
@@ -70,6 +78,9 @@ def jobs(*parts: Jobs) -> Jobs:
     return out
 
 
+NOTHING: Jobs = {}  # an edit of a machine setting: not even the report reruns
+
+
 def store(model: str, prompt: str) -> Jobs:
     ids = f"{model}/{prompt}"
     return {"prepare_store": {ids}, "extract": {f"{ids}/0", f"{ids}/1"}, "finalize_store": {ids}}
@@ -84,10 +95,11 @@ def scan(model: str, prompt: str) -> Jobs:
     return {"scan": {f"{model}/{prompt}"}}  # the base config scans tiny_vit only
 
 
-VIT, LLAVA = ("tiny_vit", "none"), ("tiny_llava", "describe")
+VIT, LLAVA, HUB = ("tiny_vit", "none"), ("tiny_llava", "describe"), ("hub_llava", "describe")
 VIT_PROBES = probes(*VIT, "layer_01", "layer_03")
 LLAVA_PROBES = probes(*LLAVA, "vision_02", "layer_01", "layer_03")
-ALL_STORES_AND_PROBES = jobs(store(*VIT), store(*LLAVA), VIT_PROBES, LLAVA_PROBES)
+HUB_PROBES = probes(*HUB, "layer_01")
+ALL_STORES_AND_PROBES = jobs(store(*VIT), store(*LLAVA), store(*HUB), VIT_PROBES, LLAVA_PROBES, HUB_PROBES)
 
 
 def _add_prompt(c: dict) -> None:
@@ -105,47 +117,78 @@ def _new_data(c: dict) -> None:
     c["dataset"]["synthetic"]["seed"] = 1  # new images and labels under the same file names
 
 
-EDITS: dict[str, tuple[Callable[[dict], None], Jobs]] = {
-    "add an LLM layer": (lambda c: c["models"]["tiny_llava"]["layers"].insert(1, 2),
-                         jobs(store(*LLAVA), probes(*LLAVA, "layer_02"))),
-    "add a vision layer": (lambda c: c["models"]["tiny_llava"]["vision_layers"].insert(0, 1),
-                           jobs(store(*LLAVA), probes(*LLAVA, "vision_01"))),
-    "remove a layer": (lambda c: c["models"]["tiny_vit"]["layers"].remove(1), jobs()),
-    "add a prompt": (_add_prompt, jobs(store("tiny_llava", "describe_category"),
-                                       probes("tiny_llava", "describe_category", "vision_02", "layer_01", "layer_03"))),
-    "change a prompt's text": (lambda c: c["models"]["tiny_llava"]["prompts"][0].update(text="Describe this picture"),
-                               jobs(store(*LLAVA), LLAVA_PROBES)),
-    "change probe.lr and epochs": (lambda c: c["probe"].update(lr=0.05, epochs=3), jobs(VIT_PROBES, LLAVA_PROBES)),
-    "add a {category} prompt with its shuffled control": (
-        _add_prompt_with_control,
+def _replace_vit_weights(workdir: Path) -> None:
+    """Other weights (another seed) written over the ViT's weights file; the config is unchanged."""
+    shutil.copyfile(workdir / ALT / "tiny_vit.pt", workdir / VIT_WEIGHTS)
+
+
+def _replace_llava_weights(workdir: Path) -> None:
+    shutil.copyfile(workdir / ALT / "tiny_llava/model.safetensors", workdir / LLAVA_DIR / "model.safetensors")
+
+
+def _move_hub_snapshot(workdir: Path) -> None:
+    """A re-fetch moved the cache's main to another commit (its snapshot was fetched beside)."""
+    (workdir / HUB_FOLDER / "refs/main").write_text(COMMIT_B)
+
+
+@dataclass
+class Edit:
+    jobs: Jobs
+    config: Callable[[dict], Any] | None = None  # edits the config dict
+    files: Callable[[Path], None] | None = None  # edits files in a working directory
+
+
+EDITS: dict[str, Edit] = {
+    "add an LLM layer": Edit(jobs(store(*LLAVA), probes(*LLAVA, "layer_02")),
+                             lambda c: c["models"]["tiny_llava"]["layers"].insert(1, 2)),
+    "add a vision layer": Edit(jobs(store(*LLAVA), probes(*LLAVA, "vision_01")),
+                               lambda c: c["models"]["tiny_llava"]["vision_layers"].insert(0, 1)),
+    "remove a layer": Edit(jobs(), lambda c: c["models"]["tiny_vit"]["layers"].remove(1)),
+    "add a prompt": Edit(jobs(store("tiny_llava", "describe_category"),
+                              probes("tiny_llava", "describe_category", "vision_02", "layer_01", "layer_03")),
+                         _add_prompt),
+    "change a prompt's text": Edit(jobs(store(*LLAVA), LLAVA_PROBES),
+                                   lambda c: c["models"]["tiny_llava"]["prompts"][0].update(text="Describe this picture")),
+    "change probe.lr and epochs": Edit(jobs(VIT_PROBES, LLAVA_PROBES, HUB_PROBES),
+                                       lambda c: c["probe"].update(lr=0.05, epochs=3)),
+    "add a {category} prompt with its shuffled control": Edit(
         jobs(*(part for prompt in ("find_category", "find_category+shuffled")
                for part in (store("tiny_llava", prompt), probes("tiny_llava", prompt, "vision_02", "layer_01",
-                                                                "layer_03"))))),
-    "switch concat_cls to both": (lambda c: c["models"]["tiny_vit"].update(concat_cls=[False, True]),
-                                  jobs(probes(*VIT, "layer_01+cls", "layer_03+cls"))),
-    "change the scan's lambdas": (lambda c: c["scan"].update(lambdas=[0.01, 1.0]), jobs(scan(*VIT))),
-    "add a probe seed": (lambda c: c["probe"].update(seeds=[0, 3]),
-                         jobs(probes(*VIT, "layer_01-seed3", "layer_03-seed3"),
-                              probes(*LLAVA, "vision_02-seed3", "layer_01-seed3", "layer_03-seed3"))),
-    "change dataset.max_images": (lambda c: c["dataset"].update(max_images={"training": 12}),
-                                  jobs(ALL_STORES_AND_PROBES, {"preprocess": {"32"}}, scan(*VIT))),
-    "change images and labels under the same names": (
-        _new_data, jobs(ALL_STORES_AND_PROBES, {"synthetic_dataset": {""}, "preprocess": {"32"}}, scan(*VIT))),
-    "change the model's weights": (lambda c: c["models"]["tiny_vit"]["tiny"].update(seed=1),
-                                   jobs(store(*VIT), VIT_PROBES, scan(*VIT), {"build_tiny_model": {"tiny_vit"}})),
-    "change store.chunk_images": (lambda c: c["store"].update(chunk_images=8), ALL_STORES_AND_PROBES),
+                                                                "layer_03")))),
+        _add_prompt_with_control),
+    "switch concat_cls to both": Edit(jobs(probes(*VIT, "layer_01+cls", "layer_03+cls")),
+                                      lambda c: c["models"]["tiny_vit"].update(concat_cls=[False, True])),
+    "change the scan's lambdas": Edit(jobs(scan(*VIT)), lambda c: c["scan"].update(lambdas=[0.01, 1.0])),
+    "add a probe seed": Edit(jobs(probes(*VIT, "layer_01-seed3", "layer_03-seed3"),
+                                  probes(*LLAVA, "vision_02-seed3", "layer_01-seed3", "layer_03-seed3"),
+                                  probes(*HUB, "layer_01-seed3")),
+                             lambda c: c["probe"].update(seeds=[0, 3])),
+    "change dataset.max_images": Edit(jobs(ALL_STORES_AND_PROBES, {"preprocess": {"32"}}, scan(*VIT)),
+                                      lambda c: c["dataset"].update(max_images={"training": 12})),
+    "change images and labels under the same names": Edit(
+        jobs(ALL_STORES_AND_PROBES, {"synthetic_dataset": {""}, "preprocess": {"32"}}, scan(*VIT)), _new_data),
+    "replace the ViT's weights file": Edit(jobs(store(*VIT), VIT_PROBES, scan(*VIT)), files=_replace_vit_weights),
+    "replace the LLaVA directory's weights": Edit(jobs(store(*LLAVA), LLAVA_PROBES), files=_replace_llava_weights),
+    "move the hub snapshot to another commit": Edit(
+        jobs(store(*HUB), HUB_PROBES, {"fetch_weights": {"layerprobe-test--tiny-llava"}}), files=_move_hub_snapshot),
+    "change store.chunk_images": Edit(ALL_STORES_AND_PROBES, lambda c: c["store"].update(chunk_images=8)),
+    # Settings of the machine: how bytes reach a probe, never its order or numbers.
+    "raise probe.ram_budget_mb": Edit(NOTHING, lambda c: c["probe"].update(ram_budget_mb=1024)),
+    "switch probe.loader_mode to resident": Edit(NOTHING, lambda c: c["probe"].update(loader_mode="resident")),
     # Extending a store masks its probes in Snakemake's needrun propagation; the fingerprint
     # files must still rerun every probe whose settings changed.
-    "add a layer and change probe.lr at once": (
-        lambda c: (c["models"]["tiny_llava"]["layers"].insert(1, 2), c["probe"].update(lr=0.05)),
-        jobs(store(*LLAVA), VIT_PROBES, LLAVA_PROBES, probes(*LLAVA, "layer_02"))),
+    "add a layer and change probe.lr at once": Edit(
+        jobs(store(*LLAVA), VIT_PROBES, LLAVA_PROBES, HUB_PROBES, probes(*LLAVA, "layer_02")),
+        lambda c: (c["models"]["tiny_llava"]["layers"].insert(1, 2), c["probe"].update(lr=0.05))),
 }
 GROUPS = {
     "layout edits": ["add an LLM layer", "add a vision layer", "remove a layer", "add a prompt",
                      "add a {category} prompt with its shuffled control", "switch concat_cls to both",
-                     "change the scan's lambdas", "add a probe seed"],
-    "discard-and-redo edits": ["change a prompt's text", "change the model's weights", "change store.chunk_images",
-                               "change probe.lr and epochs", "change dataset.max_images",
+                     "change the scan's lambdas", "add a probe seed", "raise probe.ram_budget_mb",
+                     "switch probe.loader_mode to resident"],
+    "discard-and-redo edits": ["change a prompt's text", "replace the ViT's weights file",
+                               "replace the LLaVA directory's weights", "move the hub snapshot to another commit",
+                               "change store.chunk_images", "change probe.lr and epochs", "change dataset.max_images",
                                "change images and labels under the same names"],
 }
 assert {e for g in GROUPS.values() for e in g} | {"add a layer and change probe.lr at once"} == set(EDITS)
@@ -154,8 +197,15 @@ assert {e for g in GROUPS.values() for e in g} | {"add a layer and change probe.
 def edited(*names: str) -> dict[str, Any]:
     config = copy.deepcopy(BASE)
     for name in names:
-        EDITS[name][0](config)
+        if EDITS[name].config is not None:
+            EDITS[name].config(config)
     return config
+
+
+def edit_files(workdir: Path, *names: str) -> None:
+    for name in names:
+        if EDITS[name].files is not None:
+            EDITS[name].files(workdir)
 
 
 # --------------------------------------------------------------------------------------------
@@ -222,8 +272,38 @@ def assert_adding_a_fill_plans_only_its_store(done: Path, config: dict[str, Any]
 # --------------------------------------------------------------------------------------------
 
 @pytest.fixture(scope="module")
-def base(tmp_path_factory) -> Path:
-    workdir = copy_repo(tmp_path_factory.mktemp("matrix_base"))
+def sources(tmp_path_factory) -> Path:
+    """The weights the base config names, and other weights for the replace edits: a tiny ViT
+    saved as a file with its architecture beside it, a tiny LLaVA directory, and a hub cache
+    with two snapshots of a tiny LLaVA (commits A and B, main at A)."""
+    from layerprobe.backbones.tiny_clip import build
+    from layerprobe.backbones.tiny_llava import build_tiny_llava
+
+    root = tmp_path_factory.mktemp("matrix_sources")
+    vit = {"image_size": 32, "patch_size": 8, "width": 32, "layers": 3, "heads": 2, "mixing": 1, "seed": 0}
+    llava = dict(image_size=32, patch_size=8, vision_width=32, vision_layers=2, text_width=32, text_layers=3,
+                 heads=2, mixing=1)
+    for folder, seed in (("models", 0), (ALT, 1)):
+        build("lp-matrix-vit", root / folder / "tiny_vit.pt", {**vit, "seed": seed})
+        build_tiny_llava(root / folder / "tiny_llava", seed=seed, **llava)
+    for commit, seed in ((COMMIT_A, 2), (COMMIT_B, 3)):
+        build_tiny_llava(root / HUB_FOLDER / "snapshots" / commit, seed=seed, **llava)
+    (root / HUB_FOLDER / "refs").mkdir()
+    (root / HUB_FOLDER / "refs/main").write_text(COMMIT_A)
+    return root
+
+
+def workdir_with_sources(dest: Path, sources: Path) -> Path:
+    """A clean working copy with the base's weights in place (the edits' files not applied)."""
+    workdir = copy_repo(dest)
+    for name in SOURCES:
+        shutil.copytree(sources / name, workdir / name)
+    return workdir
+
+
+@pytest.fixture(scope="module")
+def base(sources, tmp_path_factory) -> Path:
+    workdir = workdir_with_sources(tmp_path_factory.mktemp("matrix_base"), sources)
     write_config(workdir, BASE)
     run(workdir)
     return workdir
@@ -231,37 +311,54 @@ def base(tmp_path_factory) -> Path:
 
 @pytest.fixture(scope="module")
 def planner(base, tmp_path_factory) -> Path:
-    """A copy of the base run for dry runs (they change nothing, so one copy serves every edit)."""
+    """A copy of the base run for dry runs (they change nothing, so one copy serves every config
+    edit; a file edit is undone after its dry run)."""
     workdir = tmp_path_factory.mktemp("matrix_plans") / "w"
     shutil.copytree(base, workdir, symlinks=True)
     return workdir
 
 
 @pytest.mark.parametrize("edit", list(EDITS))
-def test_dry_run_plans_exactly_the_jobs_an_edit_changes(planner, edit):
+def test_dry_run_plans_exactly_the_jobs_an_edit_changes(planner, sources, edit):
     write_config(planner, edited(edit))
-    assert planned_jobs(planner) == EDITS[edit][1]
+    edit_files(planner, edit)
+    try:
+        assert planned_jobs(planner) == EDITS[edit].jobs
+    finally:
+        for name in SOURCES:  # the base's weights again
+            shutil.rmtree(planner / name)
+            shutil.copytree(sources / name, planner / name)
+
+
+# A checkpoint left by a killed probe made under other settings, planted in each group at a
+# probe that group reruns or adds: it must be discarded (its log names the differing key), never resumed.
+STALE = {"discard-and-redo edits": ("tiny_vit", "none", "layer_03", lambda c: None, "probe.lr: 0.1 -> 0.05"),
+         "layout edits": ("tiny_llava", "describe", "layer_02", lambda c: c["probe"].update(lr=0.3),
+                          "probe.lr: 0.3 -> 0.1")}
 
 
 @pytest.mark.parametrize("group", list(GROUPS))
-def test_edited_run_equals_a_from_scratch_run(base, tmp_path, group):
+def test_edited_run_equals_a_from_scratch_run(base, sources, tmp_path, group):
     config = edited(*GROUPS[group])
     done = tmp_path / "incremental"
     shutil.copytree(base, done, symlinks=True)
     write_config(done, config)
-    stale = done / "results/checkpoints/tiny_vit/none/layer_03.pt"
-    if group == "discard-and-redo edits":  # a checkpoint left by a killed probe of the old config
-        stale.parent.mkdir(parents=True, exist_ok=True)
-        old = lp_fp.probe(lp_config.validate(BASE), "tiny_vit", "none", "layer_03")
-        torch.save({"fingerprint": old.record(), "epoch": 1, "batch": 0}, stale)
+    edit_files(done, *GROUPS[group])
+    model, prompt, probe, other, named = STALE[group]
+    stale = done / f"results/checkpoints/{model}/{prompt}/{probe}.pt"
+    stale.parent.mkdir(parents=True, exist_ok=True)
+    old_config = copy.deepcopy(BASE if group == "discard-and-redo edits" else config)
+    other(old_config)
+    old = lp_fp.probe(lp_config.validate(old_config), model, prompt, probe)
+    torch.save({"fingerprint": old.record(), "epoch": 1, "batch": 0}, stale)
     run(done)
     assert planned_jobs(done) == {}, "a second run still has work: the edits did not converge"
     assert not stale.exists()
-    if group == "discard-and-redo edits":
-        log = (done / "results/logs/probe/tiny_vit/none/layer_03.log").read_text()
-        assert "discarding checkpoint" in log and "probe.lr: 0.1 -> 0.05" in log and "resumed" not in log
-    scratch = copy_repo(tmp_path / "scratch")
+    log = (done / f"results/logs/probe/{model}/{prompt}/{probe}.log").read_text()
+    assert "discarding checkpoint" in log and named in log and "resumed" not in log
+    scratch = workdir_with_sources(tmp_path / "scratch", sources)
     write_config(scratch, config)
+    edit_files(scratch, *GROUPS[group])
     run(scratch)
     assert_same_results(done, scratch, config)
     if group == "layout edits":
