@@ -72,7 +72,8 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
                              "(a detached process on this machine) or debug (in this process); "
                              "default: %(default)s")
     parser.add_argument("--wait", action="store_true",
-                        help="block until the controller finishes and return its exit code")
+                        help="block until the controller finishes; exit 0 when its Snakemake run succeeded, "
+                             "1 when it failed")
     parser.add_argument("--requeue-before-min", type=float, default=DEFAULT_REQUEUE_BEFORE_MIN,
                         help="on SLURM, stop Snakemake and requeue the head job this many minutes before its time "
                              "limit (default: %(default)s)")
