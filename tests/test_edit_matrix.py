@@ -338,10 +338,11 @@ STALE = {"discard-and-redo edits": ("tiny_vit", "none", "layer_03", lambda c: No
 
 
 @pytest.mark.parametrize("group", list(GROUPS))
-def test_edited_run_equals_a_from_scratch_run(base, sources, tmp_path, group):
+def test_edited_run_equals_a_from_scratch_run(base, sources, tmp_path, group, monkeypatch):
     config = edited(*GROUPS[group])
     done = tmp_path / "incremental"
     shutil.copytree(base, done, symlinks=True)
+    monkeypatch.chdir(done)  # the config names its weights relative to the working directory
     write_config(done, config)
     edit_files(done, *GROUPS[group])
     model, prompt, probe, other, named = STALE[group]
