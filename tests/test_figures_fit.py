@@ -87,37 +87,42 @@ def fit_problems(name: str, fig: Figure) -> list[str]:
     fig.canvas.draw()
     renderer = fig.canvas.get_renderer()
     canvas = fig.bbox
+    boxes: dict[int, Bbox] = {}
+
+    def box(artist: object) -> Bbox:  # measured once: text extents are most of this check's time
+        if id(artist) not in boxes:
+            boxes[id(artist)] = artist.get_window_extent(renderer)
+        return boxes[id(artist)]
+
     problems = []
     axes = [ax for ax in fig.axes if ax.get_visible()]
     labels = {ax: _axes_labels(ax) for ax in axes}
-    named = [*_figure_level(fig)] + [a for ax in axes for a in labels[ax] + ([ax.legend_] if ax.legend_ else [])]
+    figure_level = _figure_level(fig)
+    named = figure_level + [a for ax in axes for a in labels[ax] + ([ax.legend_] if ax.legend_ else [])]
     for artist in named:
-        box = artist.get_window_extent(renderer)
-        if _outside(box, canvas):
-            problems.append(f"{name}: {_name(artist)} at {_box(box)} reaches past the canvas {_box(canvas)}")
+        if _outside(box(artist), canvas):
+            problems.append(f"{name}: {_name(artist)} at {_box(box(artist))} reaches past the canvas {_box(canvas)}")
     tight = fig.get_tightbbox(renderer).transformed(fig.dpi_scale_trans)  # inches -> pixels
     if _outside(tight, canvas) and not problems:
         problems.append(f"{name}: tight bbox {_box(tight)} reaches past the canvas {_box(canvas)}")
     # Within one axes: x tick labels side by side, y tick labels stacked.
     for ax in axes:
         for which in ("x", "y"):
-            ticks = _tick_labels(ax, which)
-            for a, b in combinations(ticks, 2):
-                if _overlap(a.get_window_extent(renderer), b.get_window_extent(renderer)):
+            for a, b in combinations(_tick_labels(ax, which), 2):
+                if _overlap(box(a), box(b)):
                     problems.append(f"{name}: {which} tick labels {a.get_text()!r} and {b.get_text()!r} of axes "
                                     f"{ax.get_title()!r} overlap")
     # Across axes (neighbouring panels, a colour bar, a twin axis) and against figure legends/titles.
     for ax, other in combinations(axes, 2):
         for a in labels[ax]:
             for b in labels[other]:
-                if _overlap(a.get_window_extent(renderer), b.get_window_extent(renderer)):
+                if _overlap(box(a), box(b)):
                     problems.append(f"{name}: {_name(a)} of axes {ax.get_title()!r} overlaps {_name(b)} of axes "
                                     f"{other.get_title()!r}")
-    for part in _figure_level(fig):
-        box = part.get_window_extent(renderer)
+    for part in figure_level:
         for ax in axes:
             for a in labels[ax]:
-                if _overlap(box, a.get_window_extent(renderer)):
+                if _overlap(box(part), box(a)):
                     problems.append(f"{name}: {_name(part)} overlaps {_name(a)} of axes {ax.get_title()!r}")
     return problems
 
