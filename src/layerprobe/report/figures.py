@@ -3,6 +3,10 @@
 Conventions shared by all figures: one colour per (model, prompt) everywhere, CLIP dashed and
 LLaVA solid, the layer axis of `axis.LayerAxis` with its segment borders, legends outside the
 data area (below or above the axes) so they never cover a curve.
+
+The page embeds each PNG at its natural size, so nothing may reach past the canvas: figure
+legends take as many columns as fit the figure's width (`fit_legend`), and long titles and axis
+labels are broken into lines no wider than their axes once the layout is known (`wrap_to_axes`).
 """
 
 from __future__ import annotations
@@ -16,9 +20,13 @@ matplotlib.use("Agg")  # no display on cluster nodes; must precede pyplot
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
+from matplotlib.artist import Artist  # noqa: E402
+from matplotlib.backend_bases import RendererBase  # noqa: E402
 from matplotlib.figure import Figure  # noqa: E402
+from matplotlib.legend import Legend  # noqa: E402
 from matplotlib.lines import Line2D  # noqa: E402
 from matplotlib.patches import Patch  # noqa: E402
+from matplotlib.text import Text  # noqa: E402
 from matplotlib.transforms import blended_transform_factory  # noqa: E402
 
 from .. import config as lp_config  # noqa: E402
@@ -101,6 +109,67 @@ def decorate_layer_axis(ax: plt.Axes, axis: LayerAxis, rows: list[tuple[str, str
         ax.set_xlabel(layer_xlabel(axis), fontsize=9)
 
 
+# --------------------------------------------------------------------------------------------
+# Fitting text into the canvas
+# --------------------------------------------------------------------------------------------
+
+LEGEND_MARGIN = 0.1  # inches kept free between a figure legend and the canvas's left/right edge
+
+
+def fit_legend(fig: Figure, handles: list[Artist], max_ncol: int, **kwargs: Any) -> Legend:
+    """A figure legend with the most columns (up to `max_ncol`) whose width fits the figure, so
+    no entry is cut off at the canvas's edge; the widths are measured, not guessed."""
+    renderer = fig.canvas.get_renderer()
+    room = fig.bbox.width - 2 * LEGEND_MARGIN * fig.dpi
+    for ncol in range(min(max_ncol, len(handles)), 1, -1):
+        legend = fig.legend(handles=handles, ncol=ncol, **kwargs)
+        if legend.get_window_extent(renderer).width <= room:
+            return legend
+        legend.remove()
+    return fig.legend(handles=handles, ncol=1, **kwargs)
+
+
+def wrap_text(text: Text, width: float, renderer: RendererBase) -> None:
+    """Break a horizontal text at spaces into lines at most `width` pixels wide (a single word
+    wider than that stays whole). A line preferably ends after ';', ',' or ')' or before '(' when
+    it is at least 40% full, so "… (ground-truth class in the prompt)" stays one phrase."""
+    if not text.get_text() or text.get_rotation() % 180 or text.get_window_extent(renderer).width <= width:
+        return
+    lines, rest = [], text.get_text()
+    while rest:
+        words = rest.split(" ")
+        fits, preferred = 1, 0  # words on this line
+        for n in range(1, len(words) + 1):
+            text.set_text(" ".join(words[:n]))
+            line_width = text.get_window_extent(renderer).width
+            if line_width > width and n > 1:
+                break
+            fits = n
+            phrase_end = n < len(words) and (words[n - 1].endswith((";", ",", ")")) or words[n].startswith("("))
+            if phrase_end and line_width >= 0.4 * width:
+                preferred = n
+        if fits == len(words):
+            lines.append(rest)
+            break
+        n = preferred or fits
+        lines.append(" ".join(words[:n]).rstrip())
+        rest = " ".join(words[n:]).lstrip()
+    text.set_text("\n".join(lines))
+
+
+def wrap_to_axes(fig: Figure) -> None:
+    """Titles and x-axis labels no wider than their axes (as laid out), so a long store label
+    is not cut at the canvas's edge and neighbouring panels' labels do not run into each other.
+    The layout engine then makes room for the extra lines at the next draw."""
+    fig.draw_without_rendering()  # the layout: where the axes are
+    renderer = fig.canvas.get_renderer()
+    for ax in fig.axes:
+        if ax.get_visible():
+            width = ax.get_window_extent(renderer).width
+            for text in (ax.title, ax._left_title, ax._right_title, ax.xaxis.label):
+                wrap_text(text, width, renderer)
+
+
 def _best_row(frame: pd.DataFrame, column: str = "miou") -> pd.Series | None:
     valid = frame.dropna(subset=[column])
     return None if valid.empty else valid.loc[valid[column].idxmax()]
@@ -133,9 +202,8 @@ def headline(results: Results) -> Figure:
                           label="best layer (by mIoU)"))
     if results.axis.segmented and any(_is_clip(results, s) for s in stores):
         handles.append(Line2D([], [], color="0.3", linestyle=":", label="CLIP best, carried across (reference)"))
-    longest = max(len(h.get_label()) for h in handles)
-    ncol = max(1, min(len(handles), int(fig.get_figwidth() * 100 / (6.2 * longest + 60))))
-    fig.legend(handles=handles, loc="outside lower center", ncol=ncol, frameon=False)
+    fit_legend(fig, handles, len(handles), loc="outside lower center", frameon=False)
+    wrap_to_axes(fig)  # the layer label is as wide as a panel: two lines, not into the other panel
     return fig
 
 
@@ -287,7 +355,8 @@ def prompt_comparison(results: Results, deltas: pd.DataFrame, model: str, better
     if frame["seed_deltas"].map(len).max() > 1:
         handles.append(Line2D([], [], color="#5b3a8c", marker="o", markersize=4, linestyle="none",
                               label="Δ per probe seed (training noise)"))
-    fig.legend(handles=handles, loc="outside lower center", ncol=3, frameon=False)
+    fit_legend(fig, handles, 3, loc="outside lower center", frameon=False)
+    wrap_to_axes(fig)  # "<store label> minus “<base>”" is often wider than the chart
     return fig
 
 
@@ -343,10 +412,18 @@ def training_curves(results: Results, store: Store, ncols: int = 5) -> Figure:
     axis = results.model_axis(store[0])
     ncols = min(ncols, len(layers))
     nrows = math.ceil(len(layers) / ncols)
-    width, height = 2.7 * ncols + 0.8, 2.3 * nrows + 0.9
-    fig, axes = plt.subplots(nrows, ncols, figsize=(width, height), squeeze=False, sharey=True)
-    # Fixed margins in inches (constrained layout is slow with a twin axis per panel).
-    fig.subplots_adjust(left=0.6 / width, right=1 - 0.45 / width, bottom=0.5 / height, top=1 - 0.7 / height,
+    width = 2.7 * ncols + 0.8
+    fig, axes = plt.subplots(nrows, ncols, figsize=(width, 2.3 * nrows + 0.9), squeeze=False, sharey=True)
+    handles = [Line2D([], [], color="C0", label="test mIoU"), Line2D([], [], color="C0", linestyle="--", label="running train mIoU"),
+               Line2D([], [], color="0.55", linewidth=1, label="loss (right axis)"),
+               Line2D([], [], color="C3", marker="*", linestyle=":", markersize=9, label="best epoch (test mIoU)")]
+    legend = fit_legend(fig, handles, 4, loc="upper center", bbox_to_anchor=(0.5, 1.0), frameon=False)
+    # Fixed margins in inches (constrained layout is slow with a twin axis per panel); the top one
+    # holds the legend (more rows when a narrow figure cannot take its four entries side by side).
+    top_margin = max(0.7, legend.get_window_extent(fig.canvas.get_renderer()).height / fig.dpi + 0.42)
+    height = 2.3 * nrows + 0.2 + top_margin
+    fig.set_figheight(height)
+    fig.subplots_adjust(left=0.6 / width, right=1 - 0.45 / width, bottom=0.5 / height, top=1 - top_margin / height,
                         wspace=0.42, hspace=0.6)
     top = max(0.05, float(frame[["running_train_miou", "test_miou"]].max().max()) * 1.12) if not frame.empty else 1.0
     loss_top = float(frame["loss"].max()) * 1.08 if not frame.empty else 1.0
@@ -363,10 +440,6 @@ def training_curves(results: Results, store: Store, ncols: int = 5) -> Figure:
             ax.set_xlabel("epoch")
     for j in range(len(layers), nrows * ncols):
         axes[j // ncols, j % ncols].set_visible(False)
-    handles = [Line2D([], [], color="C0", label="test mIoU"), Line2D([], [], color="C0", linestyle="--", label="running train mIoU"),
-               Line2D([], [], color="0.55", linewidth=1, label="loss (right axis)"),
-               Line2D([], [], color="C3", marker="*", linestyle=":", markersize=9, label="best epoch (test mIoU)")]
-    fig.legend(handles=handles, loc="upper center", bbox_to_anchor=(0.5, 1.0), ncol=4, frameon=False)
     return fig
 
 
@@ -414,8 +487,20 @@ def per_class_heatmap(results: Results, store: Store, classes: list[int], freque
     label_w = 0.068 * max(len(n) for n in names) + 0.3
     map_w, map_h = max(2.4, 0.62 * len(layers)), 0.24 * len(classes)
     top, bottom, right = (1.35 if tall else 0.85), (0.45 if tall else 0.2), (0.3 if tall else 1.05)
-    width, height = label_w + map_w + right, top + map_h + bottom
-    fig = plt.figure(figsize=(width, height))
+    width = label_w + map_w + right
+    fig = plt.figure(figsize=(width, top + map_h + bottom))
+    # The store label, centred over the map; broken into lines (with room made on top for them)
+    # when wider than the figure, as with one or two layers and a long prompt id.
+    title = fig.text(0, 0, store_label(store, results.config), ha="center", va="top", fontsize=10)
+    renderer = fig.canvas.get_renderer()
+    one_line = title.get_window_extent(renderer).height
+    wrap_text(title, (width - 0.2) * fig.dpi, renderer)
+    extra = (title.get_window_extent(renderer).height - one_line) / fig.dpi
+    top += extra
+    height = top + map_h + bottom
+    fig.set_figheight(height)
+    half = title.get_window_extent(renderer).width / fig.dpi / 2
+    title.set_position((min(max(label_w + map_w / 2, half + 0.1), width - half - 0.1) / width, 1 - 0.08 / height))
     ax = fig.add_axes((label_w / width, bottom / height, map_w / width, map_h / height))
     cmap = plt.get_cmap("viridis").with_extremes(bad="0.85")
     image = ax.imshow(np.ma.masked_invalid(values), cmap=cmap, vmin=0, vmax=1, aspect="auto", interpolation="nearest")
@@ -431,7 +516,7 @@ def per_class_heatmap(results: Results, store: Store, classes: list[int], freque
         _annotate_cells(ax, values)
     if tall:  # a tall map is scrolled: colour scale on top, layer labels top and bottom
         bar_w = min(map_w, 3.0)
-        cax = fig.add_axes(((label_w + (map_w - bar_w) / 2) / width, (height - 0.55) / height, bar_w / width,
+        cax = fig.add_axes(((label_w + (map_w - bar_w) / 2) / width, (height - 0.55 - extra) / height, bar_w / width,
                             0.12 / height))
         fig.colorbar(image, cax=cax, orientation="horizontal")
         cax.set_ylabel("IoU", rotation=0, ha="right", va="center", fontsize=9)
@@ -440,7 +525,6 @@ def per_class_heatmap(results: Results, store: Store, classes: list[int], freque
     else:
         cax = fig.add_axes(((label_w + map_w + 0.15) / width, bottom / height, 0.15 / width, map_h / height))
         fig.colorbar(image, cax=cax, label="IoU")
-    fig.text((label_w + map_w / 2) / width, 1 - 0.08 / height, store_label(store, results.config), ha="center", va="top", fontsize=10)
     return fig
 
 
@@ -518,5 +602,6 @@ def scan_figure(results: Results, stores: list[Store], ncols: int = 2) -> Figure
                Line2D([], [], color="0.4", linewidth=2, marker="o", markersize=4, label="linear probe (trained)"),
                Line2D([], [], color="0.4", marker="P", linestyle="none", markersize=8, label="scan's best layer"),
                Line2D([], [], color="0.4", marker="*", linestyle="none", markersize=11, label="probe's best layer")]
-    fig.legend(handles=handles, loc="outside lower center", ncol=4, frameon=False)
+    fit_legend(fig, handles, 4, loc="outside lower center", frameon=False)
+    wrap_to_axes(fig)
     return fig
