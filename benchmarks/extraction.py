@@ -13,7 +13,7 @@ side by side, in a rotating order, so a busy stretch of a shared machine hits al
 - read:    what extract_part spends reading those images and labels from the data store (`_gather`);
 - capture: `backbone.extract(images, None, keys)` for every requested layer, output discarded
            (hooks, CLS/patch split, fp32 copies);
-- extract: `layerprobe.extract.extract_part(part=p)` into a real feature store (data reads, forward,
+- extract: `layerprobe.features.extract.extract_part(part=p)` into a real feature store (data reads, forward,
            fp16 conversion, writer thread writing every array + the chunk's completion marker).
            The store's empty arrays are created (`store.prepare`) before each round (timed apart:
            a once-per-store job) and deleted after it.
@@ -25,7 +25,7 @@ t(k)/t(L) <= k/L + 0.05 for each k > 0 (t(0) = normalisation + patch embedding +
 part, is reported). Then a tiny LLaVA (vision tower + projector + LLM, prompts filled per image)
 through the same throughput cases (bare = the model forward on precomputed processor outputs).
 Peak RSS is VmHWM, reset before every run (see _common.py). `--diagnose` adds variants of
-extract_part that emulate possible changes to layerprobe.extract (monkeypatched here, src untouched).
+extract_part that emulate possible changes to layerprobe.features.extract (monkeypatched here, src untouched).
 
     .venv/bin/python benchmarks/extraction.py [--quick] [--no-llava] [--diagnose]
 """
@@ -47,14 +47,15 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import _common as C  # noqa: E402
 
-from layerprobe import extract as X  # noqa: E402
-from layerprobe import store  # noqa: E402
-from layerprobe.backbones import load_backbone, tiny_clip  # noqa: E402
-from layerprobe.data import open_data, preprocess  # noqa: E402
+from layerprobe.features import extract as X  # noqa: E402
+from layerprobe.features import store  # noqa: E402
+from layerprobe.models.backbones import load_backbone  # noqa: E402
+from layerprobe.models.tiny import openclip as tiny_clip  # noqa: E402
+from layerprobe.data.preprocess import open_data, preprocess  # noqa: E402
 from layerprobe.fingerprint import Fingerprint  # noqa: E402
-from layerprobe.layers import layer_key  # noqa: E402
-from layerprobe.specs import requested_keys  # noqa: E402
-from layerprobe.synthetic import write_dataset  # noqa: E402
+from layerprobe.models.layers import layer_key  # noqa: E402
+from layerprobe.models.specs import requested_keys  # noqa: E402
+from layerprobe.data.synthetic import write_dataset  # noqa: E402
 
 THROUGHPUT = 0.9  # extract images/s >= THROUGHPUT x bare forward images/s
 SLACK = 0.05  # early stop: t(k)/t(L) <= k/L + SLACK
@@ -104,8 +105,8 @@ def build_clip(args: argparse.Namespace, work: Path) -> tuple[Any, dict[str, Any
 
 
 def build_llava(args: argparse.Namespace, work: Path) -> tuple[Any, dict[str, Any]]:
-    from layerprobe.backbones.llava import LlavaBackbone
-    from layerprobe.backbones.tiny_llava import build_tiny_llava
+    from layerprobe.models.backbones.llava import LlavaBackbone
+    from layerprobe.models.tiny.llava import build_tiny_llava
 
     tiny = {"image_size": args.image_size, "patch_size": args.patch_size, "width": args.width // 2,
             "layers": args.layers // 2, "heads": args.heads, "text_width": args.width,

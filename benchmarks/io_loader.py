@@ -115,9 +115,9 @@ def measure_floor(store: Path, group: str = "training", steady: str = "", passes
 def _loader(store: Path, budget_mb: int, batch: int, threads: int | None = None, group: str = "training"):
     import zarr
 
-    from layerprobe.loader import ChunkShuffleLoader
+    from layerprobe.features.loader import ChunkShuffleLoader
 
-    from layerprobe.epoch_order import largest_window
+    from layerprobe.features.epoch_order import largest_window
 
     g = zarr.open_group(store, mode="r")[group]
     arrays = (g["layer_01"], g["labels"])
@@ -138,7 +138,7 @@ def measure_loader(store: Path, budget_mb: int, batch: int, threads: int | None 
     import torch  # noqa: F401 - imported before the baseline: the interpreter's cost, not the loader's
     import zarr  # noqa: F401
 
-    import layerprobe.loader  # noqa: F401
+    import layerprobe.features.loader  # noqa: F401
 
     baseline = C.rss_bytes()
     C.reset_peak_rss()
@@ -191,7 +191,7 @@ def _probe_step(dim: int, grid: int, side: int):
     import torch
     import torch.nn.functional as F
 
-    from layerprobe.probe import LinearHead
+    from layerprobe.probing.probe import LinearHead
 
     torch.manual_seed(0)
     head = LinearHead(dim, grid)

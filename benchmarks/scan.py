@@ -2,7 +2,7 @@
 
 A tiny random ViT (open_clip, built like the demo's) on a synthetic ADE20K-layout dataset. The
 bare forward runs the whole image tower over train+val with no hooks and no capture; the scan
-runs `layerprobe.scan.run_scan` on every layer (fit pass over train but its held-out share, solve,
+runs `layerprobe.scan.run.run_scan` on every layer (fit pass over train but its held-out share, solve,
 a pass scoring every lambda on the held-out share, a validation pass at each layer's chosen one).
 Both read images from the same preprocessed Zarr store. Runs alternate (bare, scan) `--repeats`
 times; PASS when min(scan) / min(bare) <= 1.3: the fastest run of each is the one least slowed
@@ -25,11 +25,12 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from layerprobe.backbones import load_backbone, tiny_clip
-from layerprobe.data import open_data, preprocess
-from layerprobe.scan_cost import stats_bytes
-from layerprobe.scan import _batches, run_scan, score_pass, tune_malloc
-from layerprobe.synthetic import write_dataset
+from layerprobe.models.backbones import load_backbone
+from layerprobe.models.tiny import openclip as tiny_clip
+from layerprobe.data.preprocess import open_data, preprocess
+from layerprobe.scan.cost import stats_bytes
+from layerprobe.scan.run import _batches, run_scan, score_pass, tune_malloc
+from layerprobe.data.synthetic import write_dataset
 
 LAMBDAS = [0.001, 0.01, 0.1, 1.0, 10.0, 100.0]  # the config default grid
 THRESHOLD = 1.3

@@ -34,8 +34,8 @@ import zarr
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import _common as C  # noqa: E402
 
-from layerprobe import store  # noqa: E402
-from layerprobe.extract import ChunkWriter, _forward_chunk  # noqa: E402
+from layerprobe.features import store  # noqa: E402
+from layerprobe.features.extract import ChunkWriter, _forward_chunk  # noqa: E402
 
 # name: (tokens, dim, layers written, CLS arrays, images per chunk, chunks, batch size, label side)
 SIZES = {"ViT-B/16": (196, 768, 8, True, 16, 24, 64, 224), "LLaVA-7B": (576, 4096, 2, False, 16, 6, 8, 336)}

@@ -19,11 +19,11 @@ import zarr
 
 from layerprobe import config as lp_config
 from layerprobe import fingerprint as lp_fp
-from layerprobe.ade20k import CLASS_NAMES
-from layerprobe.intervals import miou_interval
-from layerprobe.metrics import ImageCounts
-from layerprobe.layers import parse_probe_id, split_seed
-from layerprobe.specs import model_spec, requested_keys
+from layerprobe.data.ade20k import CLASS_NAMES
+from layerprobe.probing.intervals import miou_interval
+from layerprobe.probing.metrics import ImageCounts
+from layerprobe.models.layers import parse_probe_id, split_seed
+from layerprobe.models.specs import model_spec, requested_keys
 
 CLASSES = [0, 2, 3, 4, 6, 12, 20, 26]  # wall, sky, floor, tree, road, person, car, sea
 EPOCHS = 6
@@ -204,7 +204,7 @@ def _scan(results: Path, model: str, prompt: str, spec: Any, rng: np.random.Gene
 
 
 def _all_keys(spec: Any) -> list[str]:
-    from layerprobe.layers import sort_keys
+    from layerprobe.models.layers import sort_keys
 
     return sort_keys(list(spec.dims()))
 

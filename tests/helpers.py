@@ -6,9 +6,10 @@ from pathlib import Path
 
 from layerprobe import config as lp_config
 from layerprobe import fingerprint as lp_fp
-from layerprobe.backbones import load_backbone, tiny_clip
-from layerprobe.data import open_data, preprocess
-from layerprobe.synthetic import write_dataset
+from layerprobe.models.backbones import load_backbone
+from layerprobe.models.tiny import openclip as tiny_clip
+from layerprobe.data.preprocess import open_data, preprocess
+from layerprobe.data.synthetic import write_dataset
 
 TINY = {"image_size": 32, "patch_size": 8, "width": 32, "layers": 4, "heads": 2, "mixing": 1.0, "seed": 0}
 KEYS = [f"layer_{i:02d}" for i in range(5)]
@@ -44,7 +45,7 @@ def tiny_data(tmp: Path, resolution: int = 32, training: int = 20, validation: i
 
 
 def tiny_layout(cfg: dict, data, name: str = "tiny", prompt: str = "none"):
-    from layerprobe.extract import make_layout
+    from layerprobe.features.extract import make_layout
 
     return make_layout(name, cfg["models"][name], prompt, data, cfg["store"]["chunk_images"],
                        cfg["store"]["shuffle_seed"], lp_fp.store(cfg, name, prompt))
@@ -52,7 +53,7 @@ def tiny_layout(cfg: dict, data, name: str = "tiny", prompt: str = "none"):
 
 def tiny_feature_store(tmp: Path, training: int, validation: int):
     """A finalized feature store of the tiny ViT (chunks of 4); returns (model, backbone, data, path)."""
-    from layerprobe.extract import build_store
+    from layerprobe.features.extract import build_store
 
     cfg = tiny_config(tmp, training, validation)
     model, backbone = cfg["models"]["tiny"], load_backbone("tiny", cfg["models"]["tiny"], "cpu")

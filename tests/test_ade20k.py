@@ -2,8 +2,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from layerprobe import ade20k
-from layerprobe.synthetic import write_dataset
+from layerprobe.data.preprocess import ade20k
+from layerprobe.data.synthetic import write_dataset
 
 
 def test_label_mapping_reduce_zero_label():

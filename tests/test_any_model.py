@@ -17,12 +17,12 @@ import yaml
 
 from layerprobe import config as lp_config
 from layerprobe import plan as lp_plan
-from layerprobe.backbones.llava import LlavaBackbone
-from layerprobe.backbones.tiny_llava import build_tiny_llava
-from layerprobe.fetch_configs import hub_models
-from layerprobe.layers import layer_key
-from layerprobe.specs import UnknownModel, model_spec
-from layerprobe.specs.hub import pinned_dir
+from layerprobe.models.backbones.llava import LlavaBackbone
+from layerprobe.models.tiny.llava import build_tiny_llava
+from layerprobe.cli.fetch_configs import hub_models
+from layerprobe.models.layers import layer_key
+from layerprobe.models.specs import UnknownModel, model_spec
+from layerprobe.models.specs.hub import pinned_dir
 from tests.conftest import ROOT
 from tests.test_llava import _reference
 

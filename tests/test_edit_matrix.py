@@ -31,7 +31,7 @@ import yaml
 
 from layerprobe import config as lp_config
 from layerprobe import fingerprint as lp_fp
-from layerprobe.specs import requested_keys
+from layerprobe.models.specs import requested_keys
 from tests.conftest import ROOT, copy_repo, snakemake
 
 BASE = yaml.safe_load((ROOT / "tests/configs/edit_matrix.yaml").read_text())
@@ -276,8 +276,8 @@ def sources(tmp_path_factory) -> Path:
     """The weights the base config names, and other weights for the replace edits: a tiny ViT
     saved as a file with its architecture beside it, a tiny LLaVA directory, and a hub cache
     with two snapshots of a tiny LLaVA (commits A and B, main at A)."""
-    from layerprobe.backbones.tiny_clip import build
-    from layerprobe.backbones.tiny_llava import build_tiny_llava
+    from layerprobe.models.tiny.openclip import build
+    from layerprobe.models.tiny.llava import build_tiny_llava
 
     root = tmp_path_factory.mktemp("matrix_sources")
     vit = {"image_size": 32, "patch_size": 8, "width": 32, "layers": 3, "heads": 2, "mixing": 1, "seed": 0}

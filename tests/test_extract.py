@@ -11,9 +11,9 @@ import torch
 import zarr
 
 from layerprobe import fingerprint as lp_fp
-from layerprobe import store
-from layerprobe.backbones import load_backbone
-from layerprobe.extract import build_store, extract_part
+from layerprobe.features import store
+from layerprobe.models.backbones import load_backbone
+from layerprobe.features.extract import build_store, extract_part
 from tests.helpers import KEYS, tiny_backbone, tiny_config, tiny_data, tiny_layout
 
 
@@ -255,7 +255,7 @@ def test_a_probe_refuses_features_of_another_config(setup):
 def test_raw_chunk_writes_are_the_bytes_zarr_writes(tmp_path):
     """The writer's raw chunk files (full chunks and the padded edge chunk) equal zarr's own.
     No `store.make_chunk_dirs` here: the writer makes a missing chunk directory itself."""
-    from layerprobe.extract import RawChunks
+    from layerprobe.features.extract import RawChunks
 
     group = zarr.open_group(tmp_path / "w.zarr", mode="w")
     values = np.random.default_rng(0).standard_normal((10, 3, 5)).astype(np.float16)
@@ -294,7 +294,7 @@ LLAVA_TINY = {"image_size": 32, "patch_size": 8, "width": 32, "layers": 2, "head
 def fill_stores(tmp_path_factory):
     """A tiny LLaVA's dominant and shuffled stores of one {category} prompt, each in two parts."""
     from layerprobe import config as lp_config
-    from layerprobe.backbones.tiny_llava import build_tiny_llava
+    from layerprobe.models.tiny.llava import build_tiny_llava
 
     tmp = tmp_path_factory.mktemp("fills")
     tiny = {k: LLAVA_TINY[k] for k in ("image_size", "patch_size", "heads", "text_width", "text_layers", "seed")}
@@ -315,7 +315,7 @@ def fill_stores(tmp_path_factory):
 
 
 def test_shuffled_store_is_conditioned_on_a_donors_class(fill_stores):
-    from layerprobe.prompts import donor_rows, split_dominant_classes
+    from layerprobe.models.prompts import donor_rows, split_dominant_classes
 
     cfg, data, paths = fill_stores
     assert sorted(paths) == ["describe_category", "describe_category+shuffled"]

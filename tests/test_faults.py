@@ -13,8 +13,8 @@ from pathlib import Path
 
 import pytest
 
-from layerprobe import store
-from layerprobe.extract import ChunkWriter, build_store, extract_part
+from layerprobe.features import store
+from layerprobe.features.extract import ChunkWriter, build_store, extract_part
 from tests.helpers import KEYS, tiny_config, tiny_feature_store, tiny_layout
 from tests.test_extract import _chunk_files, _store_bytes
 
@@ -33,9 +33,9 @@ SCRIPT = textwrap.dedent("""
     import sys, time
     sys.path.insert(0, {root!r})
     from tests.helpers import tiny_backbone, tiny_config, tiny_layout
-    from layerprobe import store
-    from layerprobe.data import open_data
-    from layerprobe.extract import extract_part
+    from layerprobe.features import store
+    from layerprobe.data.preprocess import open_data
+    from layerprobe.features.extract import extract_part
     from pathlib import Path
     tmp = Path({tmp!r})
     model, backbone = tiny_backbone(tmp)

@@ -9,8 +9,8 @@ import yaml
 
 from layerprobe import config as lp_config
 from layerprobe import fingerprint as lp_fp
-from layerprobe.digest import dataset_digest
-from layerprobe.synthetic import write_dataset
+from layerprobe.data.digest import dataset_digest
+from layerprobe.data.synthetic import write_dataset
 from tests.conftest import ROOT
 
 

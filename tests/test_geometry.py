@@ -9,13 +9,13 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
-from layerprobe import ade20k
-from layerprobe.data import OriginalAnnotations, open_data, preprocess, resize_crop
-from layerprobe.geometry import (PAD_FILL, fill_padding, pad_box, pad_offsets, pad_resize, padding_mask,
+from layerprobe.data.preprocess import ade20k
+from layerprobe.data.preprocess import OriginalAnnotations, open_data, preprocess, resize_crop
+from layerprobe.data.geometry import (PAD_FILL, fill_padding, pad_box, pad_offsets, pad_resize, padding_mask,
                                  predict_original)
-from layerprobe.metrics import SegmentationMeter
-from layerprobe.synthetic import write_dataset
-from layerprobe.wholeimage import evaluate, score_image
+from layerprobe.probing.metrics import SegmentationMeter
+from layerprobe.data.synthetic import write_dataset
+from layerprobe.probing.wholeimage import evaluate, score_image
 
 IGNORE = ade20k.IGNORE
 

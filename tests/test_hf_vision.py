@@ -20,13 +20,13 @@ import pytest
 import torch
 from transformers import ViTConfig, ViTImageProcessor, ViTModel
 
-from layerprobe.backbones import load_backbone
-from layerprobe.backbones.hf_vision import HfVisionBackbone
-from layerprobe.backbones.tiny_hf_vision import (CLIP_MEAN, CLIP_STD, IMAGENET_MEAN, IMAGENET_STD, build_clip_vision,
+from layerprobe.models.backbones import load_backbone
+from layerprobe.models.backbones.hf_vision import HfVisionBackbone
+from layerprobe.models.tiny.hf_vision import (CLIP_MEAN, CLIP_STD, IMAGENET_MEAN, IMAGENET_STD, build_clip_vision,
                                                  build_dinov2, build_siglip)
-from layerprobe.layers import layer_key
-from layerprobe.specs import UnknownModel, model_spec
-from layerprobe.specs.hub import pinned_dir
+from layerprobe.models.layers import layer_key
+from layerprobe.models.specs import UnknownModel, model_spec
+from layerprobe.models.specs.hub import pinned_dir
 
 FAMILIES = ["dinov2_with_registers", "dinov2", "siglip", "clip", "clip_full"]
 # What each tiny model is built as: (image_size fed, patch_size, layers, width, has_cls, registers).
@@ -269,7 +269,7 @@ def test_padding_is_the_mean_colour(backbones) -> None:
 
 
 def test_hub_ids_are_fetched_like_llava(saved) -> None:
-    from layerprobe.weights import needs_fetch, source_id
+    from layerprobe.models.weights import needs_fetch, source_id
 
     hub = {"kind": "hf_vision", "hub_id": "facebook/dinov2-large", "layers": [12]}
     assert needs_fetch(hub) and source_id(hub) == "facebook--dinov2-large"

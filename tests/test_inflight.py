@@ -3,7 +3,7 @@
 import numpy as np
 import pytest
 
-from layerprobe.inflight import InFlightTuner
+from layerprobe.features.inflight import InFlightTuner
 
 
 def run(tuner: InFlightTuner, rate_of, windows: int, noise: float = 0.05, seed: int = 0) -> list[int]:

@@ -5,8 +5,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from layerprobe import intervals
-from layerprobe.metrics import ImageCounts, SegmentationMeter
+from layerprobe.probing import intervals
+from layerprobe.probing.metrics import ImageCounts, SegmentationMeter
 
 
 def _counts(ids, inter, union):

@@ -12,10 +12,10 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from layerprobe.backbones.llava import LlavaBackbone, image_positions
-from layerprobe.backbones.tiny_llava import build_tiny_llava
-from layerprobe.layers import PROJECTOR, layer_key, vision_key
-from layerprobe.prompts import IMAGE_FIRST, PROMPT_FIRST, wrap_prompt
+from layerprobe.models.backbones.llava import LlavaBackbone, image_positions
+from layerprobe.models.tiny.llava import build_tiny_llava
+from layerprobe.models.layers import PROJECTOR, layer_key, vision_key
+from layerprobe.models.prompts import IMAGE_FIRST, PROMPT_FIRST, wrap_prompt
 
 TINY = {"image_size": 32, "patch_size": 8, "vision_width": 32, "vision_layers": 3, "text_width": 32,
         "text_layers": 3, "heads": 2, "seed": 0}
@@ -186,7 +186,7 @@ def test_prompt_count_and_image_size_are_checked(backbones) -> None:
 def test_padding_outside_the_box_is_the_processors_mean(backbones) -> None:
     """Pad geometry: pixel values wholly outside each content box are 0 (the processor's
     image_mean, normalised), inside untouched; so tokens do not depend on the padding bytes."""
-    from layerprobe.geometry import padding_mask
+    from layerprobe.data.geometry import padding_mask
 
     bb = backbones[PROMPT_FIRST]
     images, boxes = _images(2, seed=3), torch.tensor([[8.0, 0.0, 16.0, 32.0], [0.0, 4.5, 32.0, 20.0]])

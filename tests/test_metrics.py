@@ -1,7 +1,7 @@
 import numpy as np
 import pytest
 
-from layerprobe.metrics import mean_iou
+from layerprobe.probing.metrics import mean_iou
 
 I = 255
 
@@ -39,7 +39,7 @@ def test_predicted_but_absent_class_counts_as_zero():
 
 
 def test_per_image_counts_sum_to_the_split_counts_and_select_pairs_images():
-    from layerprobe.metrics import SegmentationMeter
+    from layerprobe.probing.metrics import SegmentationMeter
     import torch
 
     rng = np.random.default_rng(0)
@@ -63,7 +63,7 @@ def test_per_image_counts_sum_to_the_split_counts_and_select_pairs_images():
 
 
 def test_image_counts_round_trip_through_npz(tmp_path):
-    from layerprobe.metrics import ImageCounts
+    from layerprobe.probing.metrics import ImageCounts
 
     counts = ImageCounts(["a", "b"], np.array([[1, 0], [2, 3]]), np.array([[2, 1], [2, 4]]), np.array([3, 5]))
     counts.save(tmp_path / "c.npz")

@@ -12,9 +12,9 @@ import open_clip
 import pytest
 import torch
 
-from layerprobe.backbones import load_backbone
-from layerprobe.specs import UnknownModel, model_spec
-from layerprobe.specs import openclip as spec_oc
+from layerprobe.models.backbones import load_backbone
+from layerprobe.models.specs import UnknownModel, model_spec
+from layerprobe.models.specs import openclip as spec_oc
 
 SRC = str(Path(__file__).resolve().parents[1] / "src")
 TEXT = {"context_length": 16, "vocab_size": 64, "width": 32, "heads": 2, "layers": 1}
@@ -66,7 +66,7 @@ def test_native_params_match_the_model_open_clip_builds():
 def test_native_spec_reads_no_open_clip_and_registry_matches():
     """DAG time: a native arch with a pretrained tag costs neither torch nor open_clip imports; the
     pretrained registry read from open_clip's source equals the one open_clip builds."""
-    code = ("import sys; from layerprobe.specs import model_spec\n"
+    code = ("import sys; from layerprobe.models.specs import model_spec\n"
             "for a in ['ViT-B-16-quickgelu', 'ViT-L-14-quickgelu', 'ViT-L-14-336-quickgelu']:\n"
             "    model_spec('m', {'kind': 'open_clip', 'arch': a, 'pretrained': 'openai'})\n"
             "assert 'open_clip' not in sys.modules and 'torch' not in sys.modules, 'imported'\n")

@@ -11,7 +11,7 @@ import pytest
 from layerprobe import config as lp_config
 from layerprobe import plan as lp_plan
 from layerprobe import resources
-from layerprobe.specs import model_spec
+from layerprobe.models.specs import model_spec
 
 ROOT = Path(__file__).resolve().parents[1]
 

@@ -13,9 +13,9 @@ import pandas as pd
 import pytest
 import torch
 
-from layerprobe.metrics import ImageCounts
-from layerprobe.probe import Interrupted, LinearHead, ProbeSettings, ProbeTrainer, train_probe
-from layerprobe.store import open_store
+from layerprobe.probing.metrics import ImageCounts
+from layerprobe.probing.probe import Interrupted, LinearHead, ProbeSettings, ProbeTrainer, train_probe
+from layerprobe.features.store import open_store
 from tests.helpers import tiny_feature_store
 
 
@@ -126,7 +126,7 @@ def test_checkpoint_of_other_settings_is_discarded_not_resumed(feature_store, tm
 KILL_SCRIPT = """
 import sys, time
 sys.path.insert(0, {root!r})
-from layerprobe.probe import ProbeTrainer, train_probe
+from layerprobe.probing.probe import ProbeTrainer, train_probe
 from tests.test_probe import settings
 original = ProbeTrainer.evaluate
 def slow_final(self, keep_rows=None, **kw):
@@ -165,7 +165,7 @@ def test_sigkill_after_the_last_epoch_before_outputs_finishes_on_rerun(feature_s
 def test_sigterm_mid_epoch_checkpoints_and_resumes_identically(feature_store, tmp_path):
     reference = _run(feature_store, tmp_path, "ref2")
     ck = tmp_path / "sig.pt"
-    from layerprobe.store import open_store
+    from layerprobe.features.store import open_store
 
     trainer = ProbeTrainer(open_store(feature_store), "layer_03", settings(), ck)
     original = trainer.opt.step
@@ -251,13 +251,13 @@ def test_pad_probe_is_also_scored_on_whole_original_annotations(tmp_path):
     """A pad store's probe scores every validation image at its original 40 x 48 on its whole
     annotation, image by image: the per-image counts cover exactly each image's labelled pixels
     and give whole_image_miou."""
-    from layerprobe import ade20k
-    from layerprobe.backbones import load_backbone
-    from layerprobe.data import open_data, preprocess
-    from layerprobe.extract import build_store
-    from layerprobe.metrics import ImageCounts
-    from layerprobe.store import open_store
-    from layerprobe.synthetic import write_dataset
+    from layerprobe.data.preprocess import ade20k
+    from layerprobe.models.backbones import load_backbone
+    from layerprobe.data.preprocess import open_data, preprocess
+    from layerprobe.features.extract import build_store
+    from layerprobe.probing.metrics import ImageCounts
+    from layerprobe.features.store import open_store
+    from layerprobe.data.synthetic import write_dataset
     from tests.helpers import KEYS, tiny_config, tiny_layout
 
     cfg = tiny_config(tmp_path, 16, 6, geometry="pad")

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 import zarr
 
-from layerprobe.prompts import (IMAGE_FIRST, NO_CATEGORY, PROMPT_FIRST, category_classes, dominant_class,
+from layerprobe.models.prompts import (IMAGE_FIRST, NO_CATEGORY, PROMPT_FIRST, category_classes, dominant_class,
                                 dominant_classes, donor_rows, fill_prompt, fill_template, placeholders,
                                 prompt_filler, split_dominant_classes, validate_prompt, wrap_prompt)
 
@@ -163,7 +163,7 @@ def test_dominant_fill_is_the_oracle_and_a_template_without_category_is_kept() -
 
 
 def test_split_classes_are_read_once_per_data_store(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    import layerprobe.prompts as prompts
+    import layerprobe.models.prompts as prompts
 
     data = _data_store(tmp_path / "data.zarr", {"training": 10})
     calls = []

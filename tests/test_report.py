@@ -19,8 +19,8 @@ from layerprobe.report.axis import LayerAxis
 from layerprobe.plan import requested
 from layerprobe.report.benchmarks import read_benchmarks
 from layerprobe.report.collect import collect
-from layerprobe.scan_agreement import rank_agreement
-from layerprobe.store import human_bytes
+from layerprobe.scan.agreement import rank_agreement
+from layerprobe.features.store import human_bytes
 
 ROOT = Path(__file__).resolve().parents[1]
 

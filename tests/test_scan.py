@@ -14,10 +14,13 @@ import torch
 import torch.nn.functional as F
 import zarr
 
-from layerprobe import ridge, scan, scan_agreement, scan_cost
-from layerprobe import upsample as ups
-from layerprobe.backbones.base import Backbone
-from layerprobe.metrics import SegmentationMeter
+from layerprobe.scan import ridge
+from layerprobe.scan import run as scan
+from layerprobe.scan import agreement as scan_agreement
+from layerprobe.scan import cost as scan_cost
+from layerprobe.probing import upsample as ups
+from layerprobe.models.backbones.base import Backbone
+from layerprobe.probing.metrics import SegmentationMeter
 
 from .helpers import tiny_backbone, tiny_data
 
@@ -365,8 +368,8 @@ def test_scan_in_groups_and_with_prompts(tmp_path: Path, caplog: pytest.LogCaptu
 def test_scan_fills_prompts_as_extraction_does(tmp_path: Path) -> None:
     """The scan's prompt per image is the one its extraction store records: same rows, same fill,
     whatever the batching (here the shuffled control: each image gets a donor's class)."""
-    from layerprobe.ade20k import CLASS_NAMES
-    from layerprobe.prompts import prompt_filler
+    from layerprobe.data.ade20k import CLASS_NAMES
+    from layerprobe.models.prompts import prompt_filler
 
     data = _fake_store(tmp_path / "data.zarr", {"training": 16, "validation": 8})
     backbone = FakeBackbone()

@@ -17,8 +17,8 @@ import pytest
 from layerprobe import config as lp_config
 from layerprobe.plan import layer_bytes, requested
 from layerprobe.report.benchmarks import read_benchmarks
-from layerprobe.specs import model_spec, requested_keys
-from layerprobe.store import open_store
+from layerprobe.models.specs import model_spec, requested_keys
+from layerprobe.features.store import open_store
 from tests.conftest import copy_repo, snakemake
 
 pytestmark = pytest.mark.slow

@@ -16,9 +16,10 @@ from pathlib import Path
 import pytest
 import yaml
 
-from layerprobe import download, weights
-from layerprobe.ade20k import check_layout
-from layerprobe.synthetic import write_dataset
+from layerprobe.data import download
+from layerprobe.models import weights
+from layerprobe.data.ade20k import check_layout
+from layerprobe.data.synthetic import write_dataset
 from tests.conftest import ROOT, copy_repo, snakemake
 
 REVISION = "0123456789abcdef0123456789abcdef01234567"
@@ -124,8 +125,8 @@ def offline(monkeypatch):
 
 
 def test_llava_weights_fetched_into_the_cache_load_offline(tmp_path, offline, monkeypatch):
-    from layerprobe.backbones import load_backbone
-    from layerprobe.backbones.tiny_llava import build_tiny_llava
+    from layerprobe.models.backbones import load_backbone
+    from layerprobe.models.tiny.llava import build_tiny_llava
 
     cache = tmp_path / "cache"
     build_tiny_llava(_hub_snapshot(cache, "llava-hf/llava-1.5-7b-hf"), image_size=32, patch_size=8,
@@ -171,8 +172,8 @@ def test_open_clip_tag_fetched_into_the_cache_loads_offline(tmp_path, offline, m
     import torch
     from open_clip import pretrained as registry
 
-    from layerprobe.backbones.clip import OpenClipBackbone
-    from layerprobe.backbones.tiny_clip import build
+    from layerprobe.models.backbones.openclip import OpenClipBackbone
+    from layerprobe.models.tiny.openclip import build
 
     tiny = {"image_size": 32, "patch_size": 8, "width": 32, "layers": 2, "heads": 2, "mixing": 0.0, "seed": 0}
     built = build("lp-staging-vit", tmp_path / "built" / "w.pt", tiny)

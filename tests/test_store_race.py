@@ -13,8 +13,8 @@ from pathlib import Path
 
 import pytest
 
-from layerprobe import store
-from layerprobe.extract import build_store
+from layerprobe.features import store
+from layerprobe.features.extract import build_store
 from tests.helpers import KEYS, tiny_config, tiny_data, tiny_layout
 from tests.test_extract import _store_bytes
 
@@ -25,9 +25,9 @@ ROUNDS = 10
 def _worker(tmp: str, part: int, barrier, jobs, results) -> None:  # noqa: ANN001 - mp primitives
     """One part per round: load once, then wait for the barrier and write this part's chunks."""
     try:
-        from layerprobe.backbones import load_backbone
-        from layerprobe.data import open_data
-        from layerprobe.extract import extract_part
+        from layerprobe.models.backbones import load_backbone
+        from layerprobe.data.preprocess import open_data
+        from layerprobe.features.extract import extract_part
 
         cfg = tiny_config(Path(tmp))
         backbone = load_backbone("tiny", cfg["models"]["tiny"], "cpu")
@@ -52,7 +52,7 @@ def pool(tmp_path_factory):
     cfg = tiny_config(tmp)
     data = tiny_data(tmp)
     layout = tiny_layout(cfg, data)
-    from layerprobe.backbones import load_backbone
+    from layerprobe.models.backbones import load_backbone
 
     backbone = load_backbone("tiny", cfg["models"]["tiny"], "cpu")
     reference = tmp / "one_part.zarr"

@@ -17,7 +17,7 @@ from pathlib import Path
 
 import pytest
 
-from layerprobe import submit
+from layerprobe.cli import submit_head as submit
 from tests.conftest import BIN, ROOT, copy_repo, snakemake
 from tests.slurm_cluster import memory_mb, minutes, portable_profile_args, scontrol_job, slurm  # noqa: F401
 

@@ -10,8 +10,8 @@ from pathlib import Path
 import pytest
 import yaml
 
-from layerprobe.backbones.tiny_hf_vision import build_dinov2, build_siglip
-from layerprobe.store import read_attrs
+from layerprobe.models.tiny.hf_vision import build_dinov2, build_siglip
+from layerprobe.features.store import read_attrs
 from tests.conftest import copy_repo, snakemake
 
 pytestmark = pytest.mark.slow

@@ -88,7 +88,7 @@ def test_missing_dataset_fails_before_any_job(workdir, tmp_path):
 
 
 def test_empty_split_fails_at_dag_build(workdir, tmp_path):
-    from layerprobe.synthetic import write_dataset
+    from layerprobe.data.synthetic import write_dataset
 
     root = write_dataset(tmp_path / "ADEChallengeData2016", training=2, validation=1)
     for f in (root / "images" / "validation").iterdir():
@@ -103,7 +103,7 @@ def test_empty_split_fails_at_dag_build(workdir, tmp_path):
 def test_duplicate_image_stems_fail_at_dag_build_naming_both_files(workdir, tmp_path):
     from PIL import Image
 
-    from layerprobe.synthetic import write_dataset
+    from layerprobe.data.synthetic import write_dataset
 
     root = write_dataset(tmp_path / "ADEChallengeData2016", training=2, validation=1)
     jpg = root / "images/validation/ADE_val_00000001.jpg"

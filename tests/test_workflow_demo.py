@@ -5,7 +5,7 @@ import json
 import pandas as pd
 
 from layerprobe import config as lp_config
-from layerprobe.specs import requested_keys
+from layerprobe.models.specs import requested_keys
 from tests.conftest import ROOT
 
 
@@ -41,7 +41,7 @@ def test_demo_epoch_log_line_has_the_users_shape(demo_run):
 
 
 def test_demo_llava_probes_per_prompt_and_filled_prompts(demo_run):
-    from layerprobe.store import open_store
+    from layerprobe.features.store import open_store
 
     for prompt in ("describe", "describe_category", "describe_category+shuffled"):
         assert (demo_run / f"results/probes/tiny_llava/{prompt}/layer_02/metrics.json").is_file()
@@ -68,7 +68,7 @@ def test_demo_scan_ranking_agrees_with_probes(demo_run):
     """Issue 7: the scan ranks layers as the cross-entropy probes do (Spearman >= 0.8 per model
     and prompt, on the layers both ran). The tiny models' `mixing` makes deeper layers lose
     spatial detail, so their layers truly differ."""
-    from layerprobe.scan_agreement import rank_agreement
+    from layerprobe.scan.agreement import rank_agreement
 
     rows = [json.loads(p.read_text()) for p in (demo_run / "results/probes").glob("*/*/*/metrics.json")]
     probes = pd.DataFrame(rows)[["model", "prompt", "layer", "miou"]]
@@ -80,7 +80,7 @@ def test_demo_scan_ranking_agrees_with_probes(demo_run):
 def test_demo_report_has_an_interval_on_every_miou_and_delta(demo_run):
     """Issue 11: every probe's metrics.json brackets its mIoU; the report's tables carry the
     bounds, and every prompt delta has its paired interval."""
-    from layerprobe.metrics import ImageCounts
+    from layerprobe.probing.metrics import ImageCounts
 
     results = demo_run / "results"
     for path in results.glob("probes/*/*/*/metrics.json"):

@@ -13,8 +13,8 @@ import numpy as np
 import pytest
 import yaml
 
-from layerprobe import ade20k
-from layerprobe.metrics import ImageCounts
+from layerprobe.data.preprocess import ade20k
+from layerprobe.probing.metrics import ImageCounts
 from tests.conftest import ROOT, copy_repo, snakemake
 
 BASE = yaml.safe_load((ROOT / "tests/configs/geometry.yaml").read_text())

@@ -13,9 +13,9 @@ from typing import Any
 import jsonschema
 import yaml
 
-from .layers import parse_key, probe_id
-from .prompts import DOMINANT, FILLS, IMAGE_TOKEN, placeholders, validate_prompt
-from .specs import ModelSpec, UnknownModel, model_spec, requested_keys
+from .models.layers import parse_key, probe_id
+from .models.prompts import DOMINANT, FILLS, IMAGE_TOKEN, placeholders, validate_prompt
+from .models.specs import ModelSpec, UnknownModel, model_spec, requested_keys
 
 SPLITS = ("training", "validation")
 # A control fill's store id is `{prompt id}+{fill}` (like `+cls` probes); `dominant` keeps the
@@ -98,7 +98,7 @@ def validate(raw: dict[str, Any]) -> dict[str, Any]:
 def _check_probe_memory(config: dict[str, Any]) -> None:
     """probe.ram_budget_mb must hold one shuffle window of every probed layer (the loader's own
     arithmetic, epoch_order); the split's size is not known here, so a full window is assumed."""
-    from .epoch_order import fits, min_budget, window_bytes
+    from .features.epoch_order import fits, min_budget, window_bytes
 
     probe, chunk = config["probe"], config["store"]["chunk_images"]
     budget, window = probe["ram_budget_mb"] * 2**20, probe["shuffle_window_chunks"]

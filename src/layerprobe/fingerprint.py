@@ -29,8 +29,8 @@ from pathlib import Path
 from typing import Any
 
 from . import config as lp_config
-from .layers import parse_probe_id, probe_seed
-from .prompts import SEEDED_FILLS
+from .models.layers import parse_probe_id, probe_seed
+from .models.prompts import SEEDED_FILLS
 
 # Bump a stage's number when a code change alters what that stage writes.
 # data 2: images read with their EXIF orientation applied, as mmseg does.
@@ -139,7 +139,7 @@ def _pristine_archive(ds: dict[str, Any]) -> bool:
     """Download mode: the root is still to be fetched, or holds exactly what fetch_ade20k unpacked
     from the archive with this checksum. A root put there otherwise, or edited since, is
     identified by its content, as without download."""
-    from .download import unpacked_archive
+    from .data.download import unpacked_archive
 
     root = Path(ds["root"])
     if not root.exists():
@@ -150,8 +150,8 @@ def _pristine_archive(ds: dict[str, Any]) -> bool:
 
 
 def _content(root: str, max_images: dict[str, int | None]) -> str:
-    from .ade20k import DatasetError
-    from .digest import dataset_digest
+    from .data.ade20k import DatasetError
+    from .data.digest import dataset_digest
 
     try:
         return _memo(("content", root, tuple(sorted(max_images.items()))), lambda: dataset_digest(root, max_images))
@@ -171,7 +171,7 @@ def _memo(key: Any, compute: Any) -> Any:
 
 def forget() -> None:
     """Drop memoized digests and commits (for a long-lived process whose data or weights changed)."""
-    from . import weights as lp_weights
+    from .models import weights as lp_weights
 
     _MEMO.clear()
     lp_weights.forget_commits()
@@ -209,8 +209,8 @@ def _model(config: dict[str, Any], name: str) -> dict[str, Any]:
 
 
 def weights(config: dict[str, Any], name: str) -> dict[str, str]:
-    """The weights' identity (a hub commit, a content digest, a URL; `layerprobe.weights`), once per process."""
-    from . import weights as lp_weights
+    """The weights' identity (a hub commit, a content digest, a URL; `layerprobe.models.weights`), once per process."""
+    from .models import weights as lp_weights
 
     model = config["models"][name]
     cache_dir = config["weights"]["cache_dir"]

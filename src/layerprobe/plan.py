@@ -24,10 +24,10 @@ import pandas as pd
 from . import config as lp_config
 from . import resources
 from .fingerprint import Fingerprint
-from .scan_cost import host_stats_mb, plan_groups, select_keys
-from .layers import CLS_SUFFIX
-from .specs import ModelSpec, requested_keys
-from .store import SPLITS, Layout, human_bytes
+from .scan.cost import host_stats_mb, plan_groups, select_keys
+from .models.layers import CLS_SUFFIX
+from .models.specs import ModelSpec, requested_keys
+from .features.store import SPLITS, Layout, human_bytes
 
 # ADE20K SceneParsing (ADEChallengeData2016) split sizes, used when the data is not on this machine.
 ADE20K_SIZES = {"training": 20210, "validation": 2000}

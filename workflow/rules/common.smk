@@ -11,10 +11,10 @@ from snakemake.exceptions import WorkflowError
 from layerprobe import config as lp_config
 from layerprobe import fingerprint as lp_fp
 from layerprobe import resources as lp_resources
-from layerprobe import store as lp_store
-from layerprobe import weights as lp_weights
-from layerprobe.ade20k import DatasetError, check_layout
-from layerprobe.specs import requested_keys
+from layerprobe.features import store as lp_store
+from layerprobe.models import weights as lp_weights
+from layerprobe.data.ade20k import DatasetError, check_layout
+from layerprobe.models.specs import requested_keys
 
 
 def _is_dry_run():

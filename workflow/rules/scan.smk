@@ -1,7 +1,7 @@
 # Stage 3b: the layer scan. Closed-form ridge probes for every layer of a (model, prompt), fitted
 # while the model runs (no feature store): one CSV ranking the layers per (model, prompt), and a
 # JSON sidecar with its fingerprint (data, model, prompt and scan settings).
-from layerprobe import scan_cost as lp_scan_cost
+from layerprobe.scan import cost as lp_scan_cost
 
 
 def scan_mem_mb(wildcards, attempt):

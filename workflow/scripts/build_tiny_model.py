@@ -3,8 +3,8 @@ import json
 from pathlib import Path
 
 from layerprobe import config as lp_config
-from layerprobe import weights
-from layerprobe.backbones import tiny_clip
+from layerprobe.models import weights
+from layerprobe.models.tiny import openclip as tiny_clip
 from layerprobe.logs import redirect_output
 
 with redirect_output(snakemake.log[0]):
@@ -13,12 +13,12 @@ with redirect_output(snakemake.log[0]):
     if model["kind"] == "open_clip":
         path = tiny_clip.build(model["arch"], model["pretrained"], tiny)
     elif tiny.get("preset"):
-        from layerprobe.backbones.tiny_llava import build_preset_llava
+        from layerprobe.models.tiny.llava import build_preset_llava
 
         path = build_preset_llava(Path(model["hub_id"]), tiny["preset"], text_layers=tiny["text_layers"],
                                   seed=tiny["seed"])
     else:
-        from layerprobe.backbones.tiny_llava import build_tiny_llava
+        from layerprobe.models.tiny.llava import build_tiny_llava
 
         path = build_tiny_llava(Path(model["hub_id"]), image_size=tiny["image_size"], patch_size=tiny["patch_size"],
                                 vision_width=tiny["width"], vision_layers=tiny["layers"],

@@ -4,10 +4,10 @@ import time
 
 from layerprobe import config as lp_config
 from layerprobe import fingerprint as lp_fp
-from layerprobe import weights
-from layerprobe.backbones import compute_precision, load_backbone, resolve_device
-from layerprobe.data import open_data
-from layerprobe.extract import extract_part, make_layout
+from layerprobe.models import weights
+from layerprobe.models.backbones import compute_precision, load_backbone, resolve_device
+from layerprobe.data.preprocess import open_data
+from layerprobe.features.extract import extract_part, make_layout
 from layerprobe.logs import redirect_output
 
 with redirect_output(snakemake.log[0]):

@@ -2,8 +2,8 @@
 import json
 from pathlib import Path
 
-from layerprobe.ade20k import check_layout
-from layerprobe.download import fetch_ade20k
+from layerprobe.data.ade20k import check_layout
+from layerprobe.data.download import fetch_ade20k
 from layerprobe.logs import redirect_output
 
 with redirect_output(snakemake.log[0]):

@@ -3,7 +3,7 @@ import json
 from pathlib import Path
 
 from layerprobe import config as lp_config
-from layerprobe import weights
+from layerprobe.models import weights
 from layerprobe.logs import redirect_output
 
 with redirect_output(snakemake.log[0]):

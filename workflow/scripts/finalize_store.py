@@ -2,7 +2,7 @@
 import json
 
 from layerprobe.logs import redirect_output
-from layerprobe.store import finalize
+from layerprobe.features.store import finalize
 
 with redirect_output(snakemake.log[0]):
     keys = json.load(open(snakemake.input.layout))["keys"]

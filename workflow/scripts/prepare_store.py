@@ -3,9 +3,9 @@ import json
 
 from layerprobe import config as lp_config
 from layerprobe import fingerprint as lp_fp
-from layerprobe import store
-from layerprobe.data import open_data
-from layerprobe.extract import make_layout
+from layerprobe.features import store
+from layerprobe.data.preprocess import open_data
+from layerprobe.features.extract import make_layout
 from layerprobe.logs import redirect_output
 
 with redirect_output(snakemake.log[0]):

@@ -1,7 +1,7 @@
 """Rule preprocess: resize/crop images and labels to one resolution, into a uint8 Zarr store."""
 from layerprobe import config as lp_config
 from layerprobe import fingerprint as lp_fp
-from layerprobe.data import preprocess
+from layerprobe.data.preprocess import preprocess
 from layerprobe.logs import redirect_output
 
 with redirect_output(snakemake.log[0]):

@@ -1,9 +1,9 @@
-"""Rule preprocess_pad: images and labels padded to a square at one resolution (layerprobe.geometry),
+"""Rule preprocess_pad: images and labels padded to a square at one resolution (layerprobe.data.geometry),
 with content boxes and the validation annotations at original size, into a uint8 Zarr store.
 A script of its own so that the centre-crop rule's script, and with it its jobs, stay as they were."""
 from layerprobe import config as lp_config
 from layerprobe import fingerprint as lp_fp
-from layerprobe.data import preprocess
+from layerprobe.data.preprocess import preprocess
 from layerprobe.logs import redirect_output
 
 with redirect_output(snakemake.log[0]):

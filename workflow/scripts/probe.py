@@ -5,11 +5,11 @@ import torch
 
 from layerprobe import config as lp_config
 from layerprobe import fingerprint as lp_fp
-from layerprobe.backbones import resolve_device
-from layerprobe.layers import parse_probe_id, probe_seed
+from layerprobe.models.backbones import resolve_device
+from layerprobe.models.layers import parse_probe_id, probe_seed
 from layerprobe.logs import redirect_output
-from layerprobe.probe import ProbeSettings, train_probe
-from layerprobe.store import check_layer, open_store
+from layerprobe.probing.probe import ProbeSettings, train_probe
+from layerprobe.features.store import check_layer, open_store
 
 torch.set_num_threads(snakemake.threads)  # see the rule: same reductions under every executor
 

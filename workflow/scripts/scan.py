@@ -3,12 +3,12 @@ import json
 
 from layerprobe import config as lp_config
 from layerprobe import fingerprint as lp_fp
-from layerprobe import weights
-from layerprobe.backbones import load_backbone, resolve_device
-from layerprobe.data import open_data
+from layerprobe.models import weights
+from layerprobe.models.backbones import load_backbone, resolve_device
+from layerprobe.data.preprocess import open_data
 from layerprobe.logs import redirect_output
-from layerprobe.scan import prompts_filler, run_scan, tune_malloc
-from layerprobe.scan_cost import scan_keys
+from layerprobe.scan.run import prompts_filler, run_scan, tune_malloc
+from layerprobe.scan.cost import scan_keys
 
 with redirect_output(snakemake.log[0]):
     tune_malloc()  # reuse freed memory instead of page-faulting it back every batch (see docstring)

@@ -2,7 +2,7 @@
 import json
 
 from layerprobe.logs import redirect_output
-from layerprobe.synthetic import write_dataset
+from layerprobe.data.synthetic import write_dataset
 
 with redirect_output(snakemake.log[0]):
     params = snakemake.params.synthetic

@@ -22,10 +22,10 @@ import pandas as pd
 
 from .. import config as lp_config
 from .. import fingerprint as lp_fp
-from ..ade20k import CLASS_NAMES
-from ..layers import CLS_SUFFIX, parse_probe_id, probe_seed, split_seed
-from ..intervals import Interval, paired_difference
-from ..metrics import ImageCounts
+from ..data.ade20k import CLASS_NAMES
+from ..models.layers import CLS_SUFFIX, parse_probe_id, probe_seed, split_seed
+from ..probing.intervals import Interval, paired_difference
+from ..probing.metrics import ImageCounts
 from .axis import LayerAxis
 from .benchmarks import read_benchmarks
 

@@ -30,9 +30,9 @@ from matplotlib.text import Text  # noqa: E402
 from matplotlib.transforms import blended_transform_factory  # noqa: E402
 
 from .. import config as lp_config  # noqa: E402
-from ..layers import CLS_SUFFIX  # noqa: E402
+from ..models.layers import CLS_SUFFIX  # noqa: E402
 from .axis import LayerAxis  # noqa: E402
-from ..intervals import Interval  # noqa: E402
+from ..probing.intervals import Interval  # noqa: E402
 from .collect import Results, Store  # noqa: E402
 
 IDENTICAL = 1e-4  # |delta mIoU| below this is "identical" (fp16 features, same probe seed)

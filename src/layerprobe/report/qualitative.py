@@ -17,7 +17,7 @@ import zarr
 from matplotlib.figure import Figure
 from matplotlib.patches import Patch
 
-from ..ade20k import CLASS_NAMES, IGNORE, NUM_CLASSES
+from ..data.ade20k import CLASS_NAMES, IGNORE, NUM_CLASSES
 from .collect import Results, Store, model_data
 from .figures import plt, store_label
 

@@ -10,8 +10,8 @@ import numpy as np
 import pandas as pd
 
 from .. import config as lp_config
-from ..scan_agreement import rank_agreement
-from ..store import human_bytes
+from ..scan.agreement import rank_agreement
+from ..features.store import human_bytes
 from .collect import Results, Store
 from .figures import IDENTICAL, delta_colour, interval_columns, prompt_deltas, store_label
 

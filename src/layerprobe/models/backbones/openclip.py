@@ -17,7 +17,7 @@ from typing import Any
 import open_clip
 import torch
 
-from ..geometry import fill_padding
+from ...data.geometry import fill_padding
 from ..layers import layer_key, parse_key
 from .base import Backbone, capture_blocks
 

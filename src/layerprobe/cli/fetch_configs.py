@@ -15,8 +15,8 @@ from typing import Any
 
 import yaml
 
-from .specs.hub import find_json
-from .weights import HUB_KINDS
+from ..models.specs.hub import find_json
+from ..models.weights import HUB_KINDS
 
 SPEC_FILES = {"llava": ["config.json"], "hf_vision": ["config.json", "preprocessor_config.json"]}
 DEFAULT_CACHE_DIR = "results/weights/cache"  # the schema's weights.cache_dir default

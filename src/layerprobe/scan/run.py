@@ -28,13 +28,13 @@ import numpy as np
 import pandas as pd
 import torch
 
-from .backbones.base import Backbone
-from .layers import sort_keys
-from .metrics import SegmentationMeter
-from .progress import progress
+from ..models.backbones.base import Backbone
+from ..models.layers import sort_keys
+from ..probing.metrics import SegmentationMeter
+from ..progress import progress
 from .ridge import RidgeStats, token_label_distribution
-from .scan_cost import NUM_CLASSES, plan_groups, stats_bytes
-from .upsample import CellLabels, UpsampleArgmax, count_sparse
+from .cost import NUM_CLASSES, plan_groups, stats_bytes
+from ..probing.upsample import CellLabels, UpsampleArgmax, count_sparse
 
 log = logging.getLogger("layerprobe.scan")
 
@@ -326,6 +326,6 @@ def prompts_filler(text: str | None, class_names: list[str] | None, fill: str | 
     shuffled fill takes donors from the whole split)."""
     if text is None:
         return None
-    from .prompts import prompt_filler  # imported lazily: only LLaVA needs it
+    from ..models.prompts import prompt_filler  # imported lazily: only LLaVA needs it
 
     return prompt_filler(text, fill, class_names or [], seed, data)

@@ -19,7 +19,7 @@ class SegmentationMeter:
     """Accumulates per-class intersection/union/label areas over a split.
 
     With `per_image=True` it also keeps every image's own counts (`ImageCounts`), from which
-    `layerprobe.intervals` resamples images for bootstrap intervals.
+    `layerprobe.probing.intervals` resamples images for bootstrap intervals.
     """
 
     def __init__(self, num_classes: int = 150, ignore: int = IGNORE, per_image: bool = False) -> None:

@@ -22,15 +22,15 @@ import numpy as np
 import torch
 
 from . import store
-from .ade20k import CLASS_NAMES
-from .backbones.base import Backbone
+from ..data.ade20k import CLASS_NAMES
+from ..models.backbones.base import Backbone
 from .chunkfiles import ChunkPaths
-from .config import prompt_text, store_fill
-from .fingerprint import Fingerprint
-from .progress import progress
-from .provenance import versions
-from .prompts import PromptFiller, prompt_filler
-from .specs import model_spec
+from ..config import prompt_text, store_fill
+from ..fingerprint import Fingerprint
+from ..progress import progress
+from ..provenance import versions
+from ..models.prompts import PromptFiller, prompt_filler
+from ..models.specs import model_spec
 
 log = logging.getLogger("layerprobe.extract")
 

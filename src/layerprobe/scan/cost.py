@@ -10,8 +10,8 @@ import logging
 import math
 from typing import Any
 
-from . import config as lp_config
-from .layers import sort_keys
+from .. import config as lp_config
+from ..models.layers import sort_keys
 
 NUM_CLASSES = 150
 log = logging.getLogger("layerprobe.scan")

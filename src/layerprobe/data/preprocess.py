@@ -2,7 +2,7 @@
 
 center_crop: shorter side resized to `resolution` (bicubic), centre crop. Labels: the same
 geometry with nearest neighbour, so probes are scored against labels at the model's input
-resolution. pad (layerprobe.geometry): padded to a square and resized, with each image's content
+resolution. pad (layerprobe.data.geometry): padded to a square and resized, with each image's content
 box; the validation split also keeps every original annotation, for whole-image scoring.
 """
 
@@ -19,9 +19,9 @@ import zarr
 from PIL import Image
 
 from . import ade20k
-from .provenance import versions
+from ..provenance import versions
 from .geometry import pad_resize
-from .progress import progress
+from ..progress import progress
 
 log = logging.getLogger("layerprobe.data")
 # Images per chunk of the data store: an IO detail of this store only (feature stores have their

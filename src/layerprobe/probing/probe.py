@@ -27,13 +27,13 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .ade20k import CLASS_NAMES, IGNORE, NUM_CLASSES
-from .fingerprint import Fingerprint
+from ..data.ade20k import CLASS_NAMES, IGNORE, NUM_CLASSES
+from ..fingerprint import Fingerprint
 from .intervals import LEVEL, RESAMPLES, miou_interval
-from .loader import DEFAULT_WINDOW_CHUNKS, ChunkShuffleLoader
+from ..features.loader import DEFAULT_WINDOW_CHUNKS, ChunkShuffleLoader
 from .metrics import SegmentationMeter
-from .progress import progress
-from .provenance import versions
+from ..progress import progress
+from ..provenance import versions
 
 log = logging.getLogger("layerprobe.probe")
 # running_train_*: accumulated over the epoch's batches in train mode while the head changes: a
@@ -76,8 +76,8 @@ class ProbeSettings:
     ram_budget_bytes: int
     device: str = "cpu"
     checkpoint_every_batches: int = 200
-    loader_mode: str = "auto"  # auto | resident | chunks (see layerprobe.loader)
-    shuffle_window_chunks: int = DEFAULT_WINDOW_CHUNKS  # shapes the epoch order (layerprobe.epoch_order)
+    loader_mode: str = "auto"  # auto | resident | chunks (see layerprobe.features.loader)
+    shuffle_window_chunks: int = DEFAULT_WINDOW_CHUNKS  # shapes the epoch order (layerprobe.features.epoch_order)
 
     # Settings of the machine: they decide speed and memory, never a number, so no fingerprint holds them.
     MACHINE = ("ram_budget_bytes", "loader_mode", "checkpoint_every_batches")
@@ -276,7 +276,7 @@ def train_probe(store_path: str | Path, key: str, settings: ProbeSettings, out_d
     is also scored on whole images, against the original annotations in `data_store` (default:
     the data store it was made from, in its attrs).
     """
-    from .store import open_store
+    from ..features.store import open_store
 
     out_dir, checkpoint = Path(out_dir), Path(checkpoint)
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -318,7 +318,7 @@ def train_probe(store_path: str | Path, key: str, settings: ProbeSettings, out_d
 def _whole_image(trainer: ProbeTrainer, group: Any, data_store: str | Path | None, out_dir: Path) -> dict[str, float]:
     """Pad geometry: every validation image scored at its original size on its whole annotation
     (mmseg's protocol); per-image counts to whole_image_per_image.npz, before metrics.json."""
-    from .data import OriginalAnnotations, open_data
+    from ..data.preprocess import OriginalAnnotations, open_data
     from .wholeimage import evaluate
 
     data_store = data_store or group.attrs.get("data_store")

@@ -15,7 +15,7 @@ from tokenizers import AddedToken, Tokenizer, models, normalizers, pre_tokenizer
 from transformers import (CLIPImageProcessor, CLIPVisionConfig, LlamaConfig, LlavaConfig,
                           LlavaForConditionalGeneration, LlavaProcessor, PreTrainedTokenizerFast)
 
-from ..ade20k import CLASS_NAMES
+from ...data.ade20k import CLASS_NAMES
 
 SPECIALS = ["<unk>", "<s>", "</s>", "<pad>", "<image>"]
 CHAT_TOKENS = ["USER:", "ASSISTANT:"]  # kept whole (added tokens), as in a chat-tuned vocabulary

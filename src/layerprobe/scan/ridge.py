@@ -18,7 +18,7 @@ from collections.abc import Sequence
 import numpy as np
 import torch
 
-from .scan_cost import NUM_CLASSES, stats_nbytes
+from .cost import NUM_CLASSES, stats_nbytes
 
 
 def token_label_distribution(labels: torch.Tensor | np.ndarray, grid: int,

@@ -36,13 +36,13 @@ def load_backbone(name: str, model: dict[str, Any], device: str = "auto", cache_
     """Load a configured model by its real loading code (hub id / 'openai' / local path).
 
     `cache_dir`: where fetched weights live (config `weights.cache_dir`); `offline`: read only
-    from there (see layerprobe.weights), never download; `revision`: the hub commit to load (the
+    from there (see layerprobe.models.weights), never download; `revision`: the hub commit to load (the
     one the fingerprint names).
     """
     device = resolve_device(device)
     if model["kind"] == "open_clip":
-        from . import tiny_clip
-        from .clip import OpenClipBackbone
+        from ..tiny import openclip as tiny_clip
+        from .openclip import OpenClipBackbone
 
         if model.get("tiny") is not None or tiny_clip.has_config(model["arch"], model["pretrained"]):
             tiny_clip.register(model["arch"], model["pretrained"])  # an architecture saved beside its weights

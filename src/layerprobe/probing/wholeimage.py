@@ -3,7 +3,7 @@
 Each validation image's grid logits go back through its content box to its original H x W
 (`geometry.predict_original`: bilinear, align_corners=False, in row blocks) and are scored
 against the whole original annotation. Counts are added image by image (`add_image`), so the
-per-image counts serve `layerprobe.intervals` as those at model resolution do.
+per-image counts serve `layerprobe.probing.intervals` as those at model resolution do.
 """
 
 from __future__ import annotations
@@ -13,8 +13,8 @@ from collections.abc import Iterable
 import numpy as np
 import torch
 
-from .data import OriginalAnnotations
-from .geometry import predict_original
+from ..data.preprocess import OriginalAnnotations
+from ..data.geometry import predict_original
 from .metrics import IGNORE, SegmentationMeter
 
 

@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from . import ade20k
-from .data import select
+from .preprocess import select
 
 CACHE = Path("results/.layerprobe/file-digests.json")  # relative to the Snakemake working directory
 

@@ -20,7 +20,7 @@ import torch
 from torch import nn
 from transformers import AutoProcessor, LlavaForConditionalGeneration
 
-from ..geometry import fill_padding
+from ...data.geometry import fill_padding
 from ..layers import PROJECTOR, layer_key, parse_key, vision_key
 from ..prompts import DEFAULT_FORMAT, wrap_prompt
 from .base import Backbone, StopForward

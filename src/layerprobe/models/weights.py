@@ -148,7 +148,7 @@ def _hub_repo(hf_hub: str) -> str:
 
 def _open_clip_config(model: dict[str, Any]) -> list[Path]:
     """An open_clip model config stored beside a weights file (`<stem>.config/<arch>.json`)."""
-    from .backbones.tiny_clip import config_path
+    from .tiny.openclip import config_path
 
     path = config_path(model["pretrained"]) / f"{model['arch']}.json"
     return [path] if path.is_file() else []
@@ -169,7 +169,7 @@ def weight_files(path: str | Path, extra: list[Path] | None = None) -> list[Path
 def local_digest(path: str | Path, extra: list[Path] | None = None) -> str:
     """sha256 over (relative name, content sha256) of a local model's files; "missing" if none.
     Per-file digests are cached by size, mtime and inode (`digest.DigestCache`)."""
-    from .digest import CACHE, DigestCache
+    from ..data.digest import CACHE, DigestCache
 
     files = weight_files(path, extra)
     if not files:

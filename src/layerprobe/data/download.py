@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from .ade20k import check_layout
-from .progress import progress
+from ..progress import progress
 
 log = logging.getLogger("layerprobe.download")
 # The official archive and the SHA-1 published with it by GluonCV's and Segmenter's ADE20K

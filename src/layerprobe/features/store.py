@@ -33,9 +33,9 @@ import numpy as np
 import zarr
 
 from .chunkfiles import ChunkPaths
-from .fingerprint import Fingerprint
-from .layers import sort_keys
-from .prompts import DOMINANT, SEEDED_FILLS
+from ..fingerprint import Fingerprint
+from ..models.layers import sort_keys
+from ..models.prompts import DOMINANT, SEEDED_FILLS
 
 SPLITS = ("training", "validation")
 LABELS = "labels"
@@ -69,7 +69,7 @@ class Layout:
     orders: dict[str, list[int]]  # split -> data-store indices in store order
     image_ids: dict[str, list[str]]  # split -> ids in store order
     fingerprint: Fingerprint  # fingerprint.store(): a change discards the whole store
-    geometry: str = "center_crop"  # the data store's (layerprobe.geometry); labels are in it
+    geometry: str = "center_crop"  # the data store's (layerprobe.data.geometry); labels are in it
     data_store: str | None = None  # pad: where whole-image scoring finds the original annotations
     category_fill: str | None = None  # how `{category}` is filled (None: the prompt has none)
     category_seed: int = 0  # seeds the shuffled and random fills
@@ -449,7 +449,7 @@ def open_store(path: str | Path) -> zarr.Group:
 
 def check_layer(group: zarr.Group, key: str, expected: Fingerprint, where: str) -> None:
     """A probe's guard: the layer exists, is complete and was made under the expected fingerprint."""
-    from .fingerprint import StaleResultError
+    from ..fingerprint import StaleResultError
 
     if key not in group.attrs.get("complete_layers", []):
         raise RuntimeError(f"{where}: layer {key} is not complete in this store "

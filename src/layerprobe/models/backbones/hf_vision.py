@@ -20,7 +20,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from ..geometry import fill_padding
+from ...data.geometry import fill_padding
 from ..layers import layer_key, parse_key
 from ..specs.core import UnknownModel
 from ..specs.hf_vision import FAMILIES, HAS_CLS, check_resolution, preprocessing, supported_types
