@@ -1,10 +1,10 @@
-# One command each on a fresh machine: `make demo` (set-up + demo run), `make test` (set-up + tests).
+# One command each on a fresh machine: `make demo` (set-up + demo run), `make test` (set-up, lint, tests).
 PY ?= python3.11
 VENV := .venv
 BIN := $(VENV)/bin
 CORES ?= 2
 
-.PHONY: setup demo smoke test dryrun plan clean
+.PHONY: setup demo smoke lint test dryrun plan clean
 
 $(BIN)/.installed: requirements.txt pyproject.toml
 	$(PY) -m venv $(VENV)
@@ -18,13 +18,18 @@ setup: $(BIN)/.installed
 
 demo: setup
 	PATH=$(CURDIR)/$(BIN):$$PATH $(BIN)/snakemake --profile profiles/local --cores $(CORES)
-	@echo "Open results/report.html"
+	@echo "Open results/demo/report.html"
 
 # The real architectures (random weights) on a few real-size images: ~3 min on 2 CPUs, ~8 GB RAM.
 smoke: setup
 	PATH=$(CURDIR)/$(BIN):$$PATH $(BIN)/snakemake --profile profiles/local --cores $(CORES) --configfile config/smoke.yaml
 
-test: setup
+# Snakemake's own linter on the workflow, ruff (pyproject.toml's [tool.ruff]) on the Python.
+lint: setup
+	$(BIN)/snakemake --lint
+	$(BIN)/ruff check src tests workflow/scripts benchmarks
+
+test: lint
 	PATH=$(CURDIR)/$(BIN):$$PATH $(BIN)/python -m pytest -q
 
 dryrun: setup

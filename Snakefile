@@ -1,8 +1,9 @@
-# layerprobe: images -> per-layer Zarr features -> linear probes -> results/report.html
-# Without --configfile this runs the embedded demo (synthetic ADE20K, tiny local models).
+# layerprobe: images -> per-layer Zarr features -> linear probes -> <results>/report.html
+# Without --configfile this runs the embedded demo (synthetic ADE20K, tiny local models, under
+# results/demo/). `<results>` is the config's results root (pathvars).
 from snakemake.utils import min_version
 
-min_version("9.0")
+min_version("9.27")
 
 if not config:
     configfile: "config/demo.yaml"
@@ -19,5 +20,5 @@ include: "workflow/rules/report.smk"
 
 rule all:
     input:
-        "results/report.html",
+        "<results>/report.html",
     default_target: True

@@ -32,14 +32,14 @@ import _common as C  # noqa: E402
 
 from layerprobe import config as lp_config  # noqa: E402
 from layerprobe import fingerprint as lp_fp  # noqa: E402
+from layerprobe.data.preprocess import open_data, preprocess  # noqa: E402
+from layerprobe.data.synthetic import write_dataset  # noqa: E402
 from layerprobe.features import store  # noqa: E402
+from layerprobe.features.extract import build_store, make_layout  # noqa: E402
 from layerprobe.models.backbones import load_backbone  # noqa: E402
+from layerprobe.models.specs import model_spec, requested_keys  # noqa: E402
 from layerprobe.models.tiny import openclip as tiny_clip  # noqa: E402
 from layerprobe.models.tiny.llava import build_tiny_llava  # noqa: E402
-from layerprobe.data.preprocess import open_data, preprocess  # noqa: E402
-from layerprobe.features.extract import build_store, make_layout  # noqa: E402
-from layerprobe.models.specs import model_spec, requested_keys  # noqa: E402
-from layerprobe.data.synthetic import write_dataset  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 # (model, prompt, layer to add): the demo's LLaVA leaves out vision_00; for the ViT, whose demo

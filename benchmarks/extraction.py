@@ -47,15 +47,15 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import _common as C  # noqa: E402
 
-from layerprobe.features import extract as X  # noqa: E402
-from layerprobe.features import store  # noqa: E402
-from layerprobe.models.backbones import load_backbone  # noqa: E402
-from layerprobe.models.tiny import openclip as tiny_clip  # noqa: E402
 from layerprobe.data.preprocess import open_data, preprocess  # noqa: E402
+from layerprobe.data.synthetic import write_dataset  # noqa: E402
+from layerprobe.features import extract as X  # noqa: E402
+from layerprobe.features import markers, store  # noqa: E402
 from layerprobe.fingerprint import Fingerprint  # noqa: E402
+from layerprobe.models.backbones import load_backbone  # noqa: E402
 from layerprobe.models.layers import layer_key  # noqa: E402
 from layerprobe.models.specs import requested_keys  # noqa: E402
-from layerprobe.data.synthetic import write_dataset  # noqa: E402
+from layerprobe.models.tiny import openclip as tiny_clip  # noqa: E402
 
 THROUGHPUT = 0.9  # extract images/s >= THROUGHPUT x bare forward images/s
 SLACK = 0.05  # early stop: t(k)/t(L) <= k/L + SLACK
@@ -168,7 +168,7 @@ class Target:
         """Forget a part: its markers and its chunk files, so the next run writes new files as a
         first extraction does (overwriting existing files costs more on ext4)."""
         for split, chunk in store.part_chunks(self.layout, part, self.parts):
-            store.marker(self.path, split, chunk).unlink(missing_ok=True)
+            markers.marker(self.path, split, chunk).unlink(missing_ok=True)
             for array in (self.path / split).iterdir():
                 shutil.rmtree(array / "c" / str(chunk), ignore_errors=True)
 
@@ -182,7 +182,7 @@ class Target:
         for part in range(self.parts):
             self.extract(part)()
         written = store.finalize(self.path, self.path.with_suffix(".manifest.json"), self.keys)
-        assert not store.missing_work(self.path, self.layout.all_chunks(), self.keys)
+        assert not markers.missing_work(self.path, self.layout.all_chunks(), self.keys)
         return f"{written['bytes'] / C.MB:.1f} MB on disk, {len(written['layers'])} arrays x " \
                f"{sum(written['images'].values())} images"
 
@@ -250,7 +250,7 @@ def _cached_write(self: X.ChunkWriter, split: str, chunk: int, start: int, array
         if key not in handles:
             handles[key] = self.group[key]
         handles[key][start:stop] = values
-    store.write_marker(self.store_path, split, chunk, info)
+    markers.write_marker(self.store_path, split, chunk, info)
 
 
 def _gathered_write(self: X.ChunkWriter, split: str, chunk: int, start: int, arrays: dict, info: dict) -> None:
@@ -270,7 +270,7 @@ def _gathered_write(self: X.ChunkWriter, split: str, chunk: int, start: int, arr
                                for name, values in arrays.items()))
 
     sync(write_all())
-    store.write_marker(self.store_path, split, chunk, info)
+    markers.write_marker(self.store_path, split, chunk, info)
 
 
 def _raw_write(self: X.ChunkWriter, split: str, chunk: int, start: int, arrays: dict, info: dict) -> None:
@@ -286,7 +286,7 @@ def _raw_write(self: X.ChunkWriter, split: str, chunk: int, start: int, arrays: 
         path = path.joinpath(*["0"] * (values.ndim - 1))
         path.parent.mkdir(parents=True, exist_ok=True)
         path.write_bytes(np.ascontiguousarray(values, dtype=values.dtype.newbyteorder("<")).tobytes())
-    store.write_marker(self.store_path, split, chunk, info)
+    markers.write_marker(self.store_path, split, chunk, info)
 
 
 def _inline_put(self: X.ChunkWriter, item: tuple) -> None:

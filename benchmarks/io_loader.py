@@ -30,12 +30,10 @@ import sys
 import tempfile
 import time
 from pathlib import Path
-
 from typing import Any
 
-import numpy as np
-
 import _common as C  # benchmarks/ is the script's directory, so first on sys.path
+import numpy as np
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -115,9 +113,8 @@ def measure_floor(store: Path, group: str = "training", steady: str = "", passes
 def _loader(store: Path, budget_mb: int, batch: int, threads: int | None = None, group: str = "training"):
     import zarr
 
-    from layerprobe.features.loader import ChunkShuffleLoader
-
     from layerprobe.features.epoch_order import largest_window
+    from layerprobe.features.loader import ChunkShuffleLoader
 
     g = zarr.open_group(store, mode="r")[group]
     arrays = (g["layer_01"], g["labels"])
@@ -259,7 +256,8 @@ def run_child(name: str, cold: bool, **kwargs) -> dict:
         drop_caches()
     cmd = [sys.executable, __file__, "--child", name, json.dumps({k: str(v) if isinstance(v, Path) else v
                                                                     for k, v in kwargs.items()})]
-    out = subprocess.run(cmd, check=True, capture_output=True, text=True, env={**os.environ, "PYTHONPATH": str(ROOT / "src")})
+    env = {**os.environ, "PYTHONPATH": str(ROOT / "src")}
+    out = subprocess.run(cmd, check=True, capture_output=True, text=True, env=env)
     return json.loads(out.stdout.strip().splitlines()[-1])
 
 
@@ -369,7 +367,7 @@ def report(runs: dict[str, list[dict]], size: int, budget_mb: int, images: int, 
     shard_per_batch = med["shards"] / runs["shards"][0]["batches"]
     shard_epoch = shard_per_batch * batches
     lp = {k: float(np.median([r[k] for r in runs["loader_probe"]])) for k in ("seconds", "compute_only_seconds")}
-    print(f"\n| measure | seconds | GB/s | per batch | peak RSS MiB |\n|---|---|---|---|---|")
+    print("\n| measure | seconds | GB/s | per batch | peak RSS MiB |\n|---|---|---|---|---|")
     print(f"| IO floor (raw sequential chunk reads) | {med['floor']:.3f} | {size / med['floor'] / 1e9:.2f} | | {rss['floor']:.0f} |")
     print(f"| shuffled epoch, loader alone | {med['loader']:.3f} | {size / med['loader'] / 1e9:.2f} | "
           f"{med['loader'] / batches * 1e3:.1f} ms | {rss['loader']:.0f} |")

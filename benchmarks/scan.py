@@ -25,12 +25,12 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from layerprobe.data.preprocess import open_data, preprocess
+from layerprobe.data.synthetic import write_dataset
 from layerprobe.models.backbones import load_backbone
 from layerprobe.models.tiny import openclip as tiny_clip
-from layerprobe.data.preprocess import open_data, preprocess
 from layerprobe.scan.cost import stats_bytes
 from layerprobe.scan.run import _batches, run_scan, score_pass, tune_malloc
-from layerprobe.data.synthetic import write_dataset
 
 LAMBDAS = [0.001, 0.01, 0.1, 1.0, 10.0, 100.0]  # the config default grid
 THRESHOLD = 1.3

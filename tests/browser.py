@@ -221,7 +221,8 @@ class Chromium:
         for event in self.events:
             method, params = event.get("method"), event.get("params", {})
             if method == "Runtime.consoleAPICalled" and params.get("type") in ("error", "assert"):
-                out.append("console: " + " ".join(str(a.get("value", a.get("description", ""))) for a in params["args"]))
+                values = (str(a.get("value", a.get("description", ""))) for a in params["args"])
+                out.append("console: " + " ".join(values))
             elif method == "Runtime.exceptionThrown":
                 details = params.get("exceptionDetails", {})
                 out.append("exception: " + str(details.get("exception", {}).get("description") or details.get("text")))

@@ -12,7 +12,7 @@ import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
 BIN = Path(sys.executable).parent
-COPY = ["Snakefile", "workflow", "config", "profiles", "src", "pyproject.toml"]
+COPY = ["Snakefile", "workflow", "config", "profiles", "envs", "src", "pyproject.toml"]
 
 
 def copy_repo(dest: Path) -> Path:

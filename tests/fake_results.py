@@ -20,10 +20,12 @@ import zarr
 from layerprobe import config as lp_config
 from layerprobe import fingerprint as lp_fp
 from layerprobe.data.ade20k import CLASS_NAMES
-from layerprobe.probing.intervals import miou_interval
-from layerprobe.probing.metrics import ImageCounts
 from layerprobe.models.layers import parse_probe_id, split_seed
 from layerprobe.models.specs import model_spec, requested_keys
+from layerprobe.probing.intervals import miou_interval
+from layerprobe.probing.metrics import ImageCounts
+from layerprobe.report.inputs import ProbeFiles, ReportInputs, data_keys, probe_keys, scan_keys, store_keys
+from layerprobe.report.page import build_report
 
 CLASSES = [0, 2, 3, 4, 6, 12, 20, 26]  # wall, sky, floor, tree, road, person, car, sea
 EPOCHS = 6
@@ -186,7 +188,8 @@ def _epochs(final: float, rng: np.random.Generator, epochs: int) -> list[dict[st
             test = top - (top - final) * (e - peak) / (epochs - peak)
         t = rise[e - 1]
         rows.append({"epoch": e, "loss": 2.5 * (1 - t) + 0.6, "running_train_miou": min(1, final * t * 1.15),
-                     "running_train_acc": min(1, (final + 0.4) * t), "test_miou": test, "test_acc": min(1, (final + 0.35) * t)})
+                     "running_train_acc": min(1, (final + 0.4) * t), "test_miou": test,
+                     "test_acc": min(1, (final + 0.35) * t)})
     return rows
 
 
@@ -243,3 +246,23 @@ def _benchmarks(results: Path, config: dict[str, Any], rng: np.random.Generator)
     first = next(iter(config["models"]))
     (results / "benchmarks" / "scan" / first / f"{lp_config.prompt_ids(config['models'][first])[0]}.tsv").write_text(
         BENCH_HEADER + "1.2\t0:00:01\tNA\tNA\tNA\tNA\tNA\tNA\tNA\tNA\n")  # too short to sample
+
+
+def tree_inputs(config: dict[str, Any], results: Path) -> ReportInputs:
+    """The report's inputs as the report rule names them, for a results tree laid out as the rules
+    write it (results/probes/..., results/scan/..., ...): what tests hand build_report and collect."""
+    results = Path(results)
+    probes = {(m, p, k): ProbeFiles(*(results / "probes" / m / p / k / f for f in
+                                      ("metrics.json", "epochs.csv", "predictions.npz", "per_image.npz")))
+              for m, p, k in probe_keys(config)}
+    scans = {(m, p): (results / "scan" / m / f"{p}.csv", results / "scan" / m / f"{p}.json")
+             for m, p in scan_keys(config)}
+    return ReportInputs(probes=probes, scans=scans,
+                        stores={(m, p): results / "features" / m / f"{p}.manifest.json" for m, p in store_keys(config)},
+                        data={name: results / "data" / f"{name}.json" for name in data_keys(config)},
+                        benchmarks=results / "benchmarks", workdir=results.parent)
+
+
+def build_tree_report(config: dict[str, Any], results: Path, out_html: Path) -> None:
+    """build_report over a results tree, its figures beside the page (as the report rule puts them)."""
+    build_report(config, tree_inputs(config, results), out_html, Path(out_html).parent / "report_files")

@@ -6,10 +6,10 @@ from pathlib import Path
 
 from layerprobe import config as lp_config
 from layerprobe import fingerprint as lp_fp
-from layerprobe.models.backbones import load_backbone
-from layerprobe.models.tiny import openclip as tiny_clip
 from layerprobe.data.preprocess import open_data, preprocess
 from layerprobe.data.synthetic import write_dataset
+from layerprobe.models.backbones import load_backbone
+from layerprobe.models.tiny import openclip as tiny_clip
 
 TINY = {"image_size": 32, "patch_size": 8, "width": 32, "layers": 4, "heads": 2, "mixing": 1.0, "seed": 0}
 KEYS = [f"layer_{i:02d}" for i in range(5)]

@@ -135,4 +135,5 @@ def slurm() -> SlurmCluster:
     host = subprocess.run(["hostname", "-s"], capture_output=True, text=True, check=True).stdout.strip()
     partition = subprocess.run(["sinfo", "-h", "-o", "%P"], capture_output=True, text=True,
                                check=True).stdout.split()[0].rstrip("*")
-    return SlurmCluster(host=host, partition=partition, log_dir=Path(os.environ.get("LP_SLURM_DIR", "/var/lib/layerprobe-slurm")) / "log")
+    spool = Path(os.environ.get("LP_SLURM_DIR", "/var/lib/layerprobe-slurm"))
+    return SlurmCluster(host=host, partition=partition, log_dir=spool / "log")

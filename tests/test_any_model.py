@@ -6,9 +6,6 @@ from __future__ import annotations
 
 import copy
 import json
-import shutil
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
@@ -16,13 +13,13 @@ import torch
 import yaml
 
 from layerprobe import config as lp_config
-from layerprobe import plan as lp_plan
-from layerprobe.models.backbones.llava import LlavaBackbone
-from layerprobe.models.tiny.llava import build_tiny_llava
 from layerprobe.cli.fetch_configs import hub_models
+from layerprobe.models.backbones.llava import LlavaBackbone
 from layerprobe.models.layers import layer_key
 from layerprobe.models.specs import UnknownModel, model_spec
 from layerprobe.models.specs.hub import pinned_dir
+from layerprobe.models.tiny.llava import build_tiny_llava
+from layerprobe.plan import estimates as lp_plan
 from tests.conftest import ROOT
 from tests.test_llava import _reference
 

@@ -17,9 +17,8 @@ import pytest
 from PIL import Image
 
 from layerprobe import config as lp_config
-from layerprobe.report import build_report
 from tests.browser import Rendered, ensure_chromium, render
-from tests.fake_results import fabricate
+from tests.fake_results import build_tree_report, fabricate
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -58,7 +57,7 @@ def _check(rendered: Rendered, html: Path) -> None:
 
 
 def test_demo_report_in_chromium(chromium: str, demo_run: Path, tmp_path: Path) -> None:
-    html = demo_run / "results" / "report.html"
+    html = demo_run / "results/demo/report.html"
     assert html.is_file(), "the demo run did not write results/report.html"
     rendered = render(html, tmp_path / "demo_report.png", expanded=tmp_path / "demo_report_expanded.png")
     _keep([rendered.screenshot, rendered.expanded_screenshot])
@@ -70,7 +69,7 @@ def test_full_config_report_in_chromium(chromium: str, tmp_path: Path) -> None:
     config = lp_config.load(ROOT / "config" / "config.yaml")
     config["probe"]["epochs"] = 6  # fabricated curves; keeps the build short
     results = fabricate(tmp_path, config, classes=list(range(150)))
-    build_report(config, results, results / "report.html")
+    build_tree_report(config, results, results / "report.html")
     rendered = render(results / "report.html", tmp_path / "full_report.png")
     _keep([rendered.screenshot])
     _check(rendered, results / "report.html")

@@ -148,7 +148,8 @@ EDITS: dict[str, Edit] = {
                               probes("tiny_llava", "describe_category", "vision_02", "layer_01", "layer_03")),
                          _add_prompt),
     "change a prompt's text": Edit(jobs(store(*LLAVA), LLAVA_PROBES),
-                                   lambda c: c["models"]["tiny_llava"]["prompts"][0].update(text="Describe this picture")),
+                                   lambda c: c["models"]["tiny_llava"]["prompts"][0].update(
+                                       text="Describe this picture")),
     "change probe.lr and epochs": Edit(jobs(VIT_PROBES, LLAVA_PROBES, HUB_PROBES),
                                        lambda c: c["probe"].update(lr=0.05, epochs=3)),
     "add a {category} prompt with its shuffled control": Edit(
@@ -276,8 +277,8 @@ def sources(tmp_path_factory) -> Path:
     """The weights the base config names, and other weights for the replace edits: a tiny ViT
     saved as a file with its architecture beside it, a tiny LLaVA directory, and a hub cache
     with two snapshots of a tiny LLaVA (commits A and B, main at A)."""
-    from layerprobe.models.tiny.openclip import build
     from layerprobe.models.tiny.llava import build_tiny_llava
+    from layerprobe.models.tiny.openclip import build
 
     root = tmp_path_factory.mktemp("matrix_sources")
     vit = {"image_size": 32, "patch_size": 8, "width": 32, "layers": 3, "heads": 2, "mixing": 1, "seed": 0}

@@ -11,9 +11,9 @@ import torch
 import zarr
 
 from layerprobe import fingerprint as lp_fp
-from layerprobe.features import store
-from layerprobe.models.backbones import load_backbone
+from layerprobe.features import markers, store
 from layerprobe.features.extract import build_store, extract_part
+from layerprobe.models.backbones import load_backbone
 from tests.helpers import KEYS, tiny_backbone, tiny_config, tiny_data, tiny_layout
 
 
@@ -112,7 +112,7 @@ def test_interrupted_extraction_resumes_to_identical_store(setup, tmp_path):
     with pytest.raises(RuntimeError, match="incomplete store"):
         store.finalize(broken, tmp_path / "broken.json", KEYS)
     assert not (tmp_path / "broken.json").exists()
-    unmarked = len(store.missing_work(broken, layout.all_chunks(), KEYS))
+    unmarked = len(markers.missing_work(broken, layout.all_chunks(), KEYS))
     assert 0 < unmarked < 7
     stats = extract_part(backbone, data, broken, layout, KEYS, 0, 1, 4)
     assert stats["chunks"] == unmarked  # only unfinished chunks were redone
@@ -233,7 +233,7 @@ def test_resume_with_two_parts_redoes_exactly_the_unmarked_chunks(setup, tmp_pat
     extract_part(backbone, data, path, layout, KEYS, 0, 2, 4)
     with crash_on_forward(backbone, 3), pytest.raises(_Crash):
         extract_part(backbone, data, path, layout, KEYS, 1, 2, 4)
-    unmarked = store.missing_work(path, store.part_chunks(layout, 1, 2), KEYS)
+    unmarked = markers.missing_work(path, store.part_chunks(layout, 1, 2), KEYS)
     assert len(unmarked) == len(store.part_chunks(layout, 1, 2)) - 2
     with caplog.at_level("INFO", logger="layerprobe.extract"):
         again = [extract_part(backbone, data, path, layout, KEYS, p, 2, 4)["chunks"] for p in (0, 1)]
@@ -248,7 +248,8 @@ def test_a_probe_refuses_features_of_another_config(setup):
     group = store.open_store(whole)
     store.check_layer(group, "layer_02", lp_fp.layer(cfg, "tiny", "none", "layer_02"), str(whole))
     other = tiny_config(whole.parent / "other", batch_size=2)
-    with pytest.raises(lp_fp.StaleResultError, match=r"layer_02: features made with another config.*batch_size: 4 -> 2"):
+    with pytest.raises(lp_fp.StaleResultError,
+                       match=r"layer_02: features made with another config.*batch_size: 4 -> 2"):
         store.check_layer(group, "layer_02", lp_fp.layer(other, "tiny", "none", "layer_02"), str(whole))
 
 
@@ -266,7 +267,8 @@ def test_raw_chunk_writes_are_the_bytes_zarr_writes(tmp_path):
     for chunk in range(3):
         raw.write(chunk, values[chunk * 4:(chunk + 1) * 4])
     for chunk in range(3):
-        assert (tmp_path / f"w.zarr/raw/c/{chunk}/0/0").read_bytes() == (tmp_path / f"w.zarr/zarr/c/{chunk}/0/0").read_bytes()
+        raw, written = (tmp_path / f"w.zarr/{name}/c/{chunk}/0/0" for name in ("raw", "zarr"))
+        assert raw.read_bytes() == written.read_bytes()
     np.testing.assert_array_equal(arrays["raw"][:], values)
     # A chunk given as its forward batches (parts of 3 + 1 rows; the edge chunk as 1 + 1) is one
     # gathered write of the same bytes.
@@ -301,7 +303,8 @@ def fill_stores(tmp_path_factory):
     hub = build_tiny_llava(tmp / "tiny_llava", vision_width=32, vision_layers=2, **tiny)
     model = {"kind": "llava", "hub_id": str(hub), "tiny": LLAVA_TINY, "layers": [1], "batch_size": 4,
              "prompt_format": "USER: {prompt}\n<image> ASSISTANT:",
-             "prompts": [{"id": "describe_category", "text": CATEGORY_PROMPT, "category_fill": ["dominant", "shuffled"]}]}
+             "prompts": [{"id": "describe_category", "text": CATEGORY_PROMPT,
+                          "category_fill": ["dominant", "shuffled"]}]}
     cfg = lp_config.validate({"dataset": {"root": str(tmp / "ADEChallengeData2016"), "synthetic": {}},
                               "store": {"chunk_images": 4}, "models": {"tiny_llava": model}})
     backbone = load_backbone("tiny_llava", cfg["models"]["tiny_llava"], "cpu")

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from layerprobe.features import store
+from layerprobe.features import markers, store
 from layerprobe.features.extract import ChunkWriter, build_store, extract_part
 from tests.helpers import KEYS, tiny_config, tiny_feature_store, tiny_layout
 from tests.test_extract import _chunk_files, _store_bytes
@@ -71,7 +71,7 @@ def test_sigkill_then_rerun_redoes_only_unfinished_chunks(setup, tmp_path, kill_
     out = tmp_path / "killed.zarr"
     _run_and_kill(tmp, out, KEYS, lambda: len(list((out / ".progress").rglob("*.json"))) if out.exists() else 0,
                   kill_after_chunks)
-    missing = store.missing_work(out, layout.all_chunks(), KEYS)
+    missing = markers.missing_work(out, layout.all_chunks(), KEYS)
     assert 0 < len(missing) < len(layout.all_chunks())
     with pytest.raises(RuntimeError, match="incomplete store"):
         store.finalize(out, tmp_path / "killed.json", KEYS)
@@ -91,10 +91,10 @@ def test_sigkill_in_the_middle_of_an_extension(setup, tmp_path):
     old = {k: _chunk_files(out, k) for k in ("layer_00", "layer_04", "labels")}
 
     def extended() -> int:
-        return sum("layer_02" in store.chunk_layers(out, s, c) for s, c in layout.all_chunks())
+        return sum("layer_02" in markers.chunk_layers(out, s, c) for s, c in layout.all_chunks())
 
     _run_and_kill(tmp, out, KEYS, extended, 3)
-    left = store.missing_work(out, layout.all_chunks(), KEYS)
+    left = markers.missing_work(out, layout.all_chunks(), KEYS)
     assert 0 < len(left) < len(layout.all_chunks())
     assert all(sorted(missing) == ["layer_01", "layer_02", "layer_03"] for _, _, missing in left)
     stats = extract_part(backbone, data, out, layout, KEYS, 0, 1, 4)
@@ -161,7 +161,7 @@ def test_a_killed_writers_temporary_files_are_removed_and_never_counted(setup, t
     chunk_dir = out / "training" / "layer_02" / "c" / "3" / "0"
     redone = chunk_dir / ".0.deadbeef.partial"  # chunk 3 has no marker: the part rewrites it
     redone.write_bytes(b"x" * 1000)
-    marker_tmp = store.marker(out, "validation", 1).with_name("000001.json.cafe.tmp")
+    marker_tmp = markers.marker(out, "validation", 1).with_name("000001.json.cafe.tmp")
     marker_tmp.parent.mkdir(parents=True, exist_ok=True)
     marker_tmp.write_text("{")
     extract_part(backbone, data, out, layout, KEYS, 0, 1, 4)
@@ -183,12 +183,12 @@ def test_a_part_refuses_chunks_of_another_precision(setup, tmp_path):
     store.prepare(out, layout, KEYS)
     cpu, gpu = {"dtype": "float32", "device": "cpu"}, {"dtype": "float16", "device": "cuda"}
     extract_part(backbone, data, out, layout, KEYS, 0, 2, 4, precision=cpu)
-    with pytest.raises(store.PrecisionMismatch, match=rf"{out}.*float32 on cpu.*float16 on cuda"):
+    with pytest.raises(markers.PrecisionMismatch, match=rf"{out}.*float32 on cpu.*float16 on cuda"):
         extract_part(backbone, data, out, layout, KEYS, 1, 2, 4, precision=gpu)
     extract_part(backbone, data, out, layout, KEYS, 1, 2, 4, precision=cpu)
     assert store.finalize(out, tmp_path / "mixed.json", KEYS)["precision"] == cpu
     # two parts that started at once on different nodes: finalize refuses the store
-    info = store.read_marker(out, "training", 0)
-    store.write_marker(out, "training", 0, {**info, **gpu})
-    with pytest.raises(store.PrecisionMismatch, match="different precisions"):
+    info = markers.read_marker(out, "training", 0)
+    markers.write_marker(out, "training", 0, {**info, **gpu})
+    with pytest.raises(markers.PrecisionMismatch, match="different precisions"):
         store.finalize(out, tmp_path / "mixed.json", KEYS)

@@ -20,8 +20,8 @@ from matplotlib.text import Text
 from matplotlib.transforms import Bbox
 
 from layerprobe import config as lp_config
-from layerprobe.report import build_report, sections
-from tests.fake_results import fabricate
+from layerprobe.report import sections
+from tests.fake_results import build_tree_report, fabricate
 
 ROOT = Path(__file__).resolve().parents[1]
 TOLERANCE = 1.0  # pixels: antialiasing and rounding of text extents
@@ -148,7 +148,7 @@ def test_every_report_figure_fits_its_canvas(demo_like: tuple[dict, Path], monke
         return add(self, fig, name, caption, alt)
 
     monkeypatch.setattr(sections.FigureSink, "add", checking_add)
-    build_report(config, results, results / "report.html")
+    build_tree_report(config, results, results / "report.html")
     stores = ["tiny_vit.none", "tiny_llava.describe", "tiny_llava.describe_category",
               "tiny_llava.describe_category+shuffled"]
     expected = {"headline", "prompts_tiny_llava", "oracle_tiny_llava", "scan"}

@@ -98,7 +98,7 @@ def test_data_edits_change_everything_downstream(demo):
 
 
 def test_real_dataset_content_changed_in_place_changes_the_data_fingerprint(tmp_path, monkeypatch):
-    monkeypatch.chdir(tmp_path)  # the digest cache lives in ./results/
+    monkeypatch.chdir(tmp_path)  # the digest cache lives in ./.snakemake/
     root = write_dataset(tmp_path / "ADEChallengeData2016", training=3, validation=2, height=20, width=24)
     raw = {"dataset": {"root": str(root)}, "models": {"m": {"kind": "open_clip", "arch": "ViT-B-16-quickgelu",
                                                             "pretrained": "openai", "layers": [1]}}}
@@ -115,7 +115,7 @@ def test_real_dataset_content_changed_in_place_changes_the_data_fingerprint(tmp_
     assert dataset_digest(root, {}, cache) != before
     lp_fp.forget()
     assert lp_fp.data(lp_config.validate(raw), 224).hash != first
-    assert (tmp_path / "results/.layerprobe/file-digests.json").is_file()
+    assert (tmp_path / ".snakemake/layerprobe/file-digests.json").is_file()
     # Only the first training image is read with max_images 1: later files do not matter.
     assert dataset_digest(root, {"training": 1, "validation": 1}, None) == dataset_digest(
         root, {"training": 1, "validation": 1}, cache)

@@ -9,12 +9,18 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
-from layerprobe.data.preprocess import ade20k
-from layerprobe.data.preprocess import OriginalAnnotations, open_data, preprocess, resize_crop
-from layerprobe.data.geometry import (PAD_FILL, fill_padding, pad_box, pad_offsets, pad_resize, padding_mask,
-                                 predict_original)
-from layerprobe.probing.metrics import SegmentationMeter
+from layerprobe.data.geometry import (
+    PAD_FILL,
+    fill_padding,
+    pad_box,
+    pad_offsets,
+    pad_resize,
+    padding_mask,
+    predict_original,
+)
+from layerprobe.data.preprocess import OriginalAnnotations, ade20k, open_data, preprocess, resize_crop
 from layerprobe.data.synthetic import write_dataset
+from layerprobe.probing.metrics import SegmentationMeter
 from layerprobe.probing.wholeimage import evaluate, score_image
 
 IGNORE = ade20k.IGNORE

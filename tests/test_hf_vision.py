@@ -22,11 +22,18 @@ from transformers import ViTConfig, ViTImageProcessor, ViTModel
 
 from layerprobe.models.backbones import load_backbone
 from layerprobe.models.backbones.hf_vision import HfVisionBackbone
-from layerprobe.models.tiny.hf_vision import (CLIP_MEAN, CLIP_STD, IMAGENET_MEAN, IMAGENET_STD, build_clip_vision,
-                                                 build_dinov2, build_siglip)
 from layerprobe.models.layers import layer_key
 from layerprobe.models.specs import UnknownModel, model_spec
 from layerprobe.models.specs.hub import pinned_dir
+from layerprobe.models.tiny.hf_vision import (
+    CLIP_MEAN,
+    CLIP_STD,
+    IMAGENET_MEAN,
+    IMAGENET_STD,
+    build_clip_vision,
+    build_dinov2,
+    build_siglip,
+)
 
 FAMILIES = ["dinov2_with_registers", "dinov2", "siglip", "clip", "clip_full"]
 # What each tiny model is built as: (image_size fed, patch_size, layers, width, has_cls, registers).

@@ -95,8 +95,8 @@ def _true_difference(delta, skill=1.5, images=20000, seed=12345):
 @pytest.mark.parametrize("delta", [0.15, 0.0])
 def test_paired_interval_covers_the_true_difference_and_flags_the_null(delta, record_property):
     """>= 50 seeded replicates of 150 validation images each: B's features carry `delta` more signal
-    than A's (0: the null), read by the same fixed linear probe. The paired 95% interval must cover the population difference
-    in >= 90% of replicates, and in the null case flag it not significant in >= 90%."""
+    than A's (0: the null), read by the same fixed linear probe. The paired 95% interval must cover the
+    population difference in >= 90% of replicates, and in the null case flag it not significant in >= 90%."""
     import time
 
     start = time.perf_counter()

@@ -13,9 +13,9 @@ import torch
 from safetensors.torch import load_file
 
 from layerprobe.models.backbones.llava import LlavaBackbone, image_positions
-from layerprobe.models.tiny.llava import build_tiny_llava
 from layerprobe.models.layers import PROJECTOR, layer_key, vision_key
 from layerprobe.models.prompts import IMAGE_FIRST, PROMPT_FIRST, wrap_prompt
+from layerprobe.models.tiny.llava import build_tiny_llava
 
 TINY = {"image_size": 32, "patch_size": 8, "vision_width": 32, "vision_layers": 3, "text_width": 32,
         "text_layers": 3, "heads": 2, "seed": 0}

@@ -11,8 +11,14 @@ import zarr
 
 from layerprobe.features import loader as loader_mod
 from layerprobe.features.chunkfiles import ChunkFiles
-from layerprobe.features.loader import (BATCH_BUFFERS, MARGIN_FRACTION, ChunkShuffleLoader, LoaderBudgetError, chunk_file,
-                               read_chunk_into)
+from layerprobe.features.loader import (
+    BATCH_BUFFERS,
+    MARGIN_FRACTION,
+    ChunkShuffleLoader,
+    LoaderBudgetError,
+    chunk_file,
+    read_chunk_into,
+)
 
 N, TOKENS, DIM, SIDE, CHUNK = 203, 4, 6, 5, 8  # 203: the last chunk is partial
 

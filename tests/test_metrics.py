@@ -39,8 +39,9 @@ def test_predicted_but_absent_class_counts_as_zero():
 
 
 def test_per_image_counts_sum_to_the_split_counts_and_select_pairs_images():
-    from layerprobe.probing.metrics import SegmentationMeter
     import torch
+
+    from layerprobe.probing.metrics import SegmentationMeter
 
     rng = np.random.default_rng(0)
     label = rng.integers(0, 6, (5, 7, 9))

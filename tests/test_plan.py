@@ -9,9 +9,11 @@ from pathlib import Path
 import pytest
 
 from layerprobe import config as lp_config
-from layerprobe import plan as lp_plan
 from layerprobe import resources
+from layerprobe.cli import plan as plan_cli
 from layerprobe.models.specs import model_spec
+from layerprobe.plan import estimates as lp_plan
+from layerprobe.plan import text as plan_text
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -105,7 +107,7 @@ def test_scan_savings(real_config: dict) -> None:
 def test_format_and_cli(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
     path = tmp_path / "config.yaml"
     path.write_text((ROOT / "config" / "config.yaml").read_text().replace("disk_quota_gb: 5000", "disk_quota_gb: 10"))
-    assert lp_plan.main(["--configfile", str(path)]) == 0
+    assert plan_cli.main(["--configfile", str(path)]) == 0
     out = capsys.readouterr().out
     for text in ("Feature stores", "Per rule", "Layer scan", "Total disk", "Assumed throughputs", "WARNING"):
         assert text in out
@@ -113,7 +115,7 @@ def test_format_and_cli(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
     with pytest.raises(SystemExit):
         bad = tmp_path / "bad.yaml"
         bad.write_text("dataset: {root: x}\nmodels: {m: {kind: nope, layers: [1]}}\n")
-        lp_plan.main(["--configfile", str(bad)])
+        plan_cli.main(["--configfile", str(bad)])
 
 
 def test_plan_matches_demo_store_sizes(demo_results: Path) -> None:
@@ -121,7 +123,7 @@ def test_plan_matches_demo_store_sizes(demo_results: Path) -> None:
     config = lp_config.load(demo_results / "config" / "demo.yaml")
     planned = lp_plan.plan(config).stores.set_index(["model", "prompt"])["bytes"]
     for (model, prompt), expected in planned.items():
-        manifest = demo_results / "results" / "features" / model / f"{prompt}.manifest.json"
+        manifest = demo_results / "results/demo/features" / model / f"{prompt}.manifest.json"
         written = json.loads(manifest.read_text())["bytes"]
         assert expected <= written <= expected * 1.05 + 64_000, (model, prompt, expected, written)
 
@@ -160,8 +162,8 @@ def test_readme_command_and_dry_run_summary(tmp_path: Path, capsys: pytest.Captu
     assert cli.main(["plan", "--configfile", str(ROOT / "config" / "config.yaml"), "--training", "100"]) == 0
     out = capsys.readouterr().out
     assert "100 training + 2000 validation = 2100" in out
-    line = lp_plan.summary(lp_config.load(ROOT / "config" / "config.yaml"))
+    line = plan_text.summary(lp_config.load(ROOT / "config" / "config.yaml"))
     assert "feature store(s)" in line and "GPU-hours" in line and "WARNING" not in line
     small = copy.deepcopy(lp_config.load(ROOT / "config" / "config.yaml"))
     small["store"]["disk_quota_gb"] = 100
-    assert "WARNING" in lp_plan.summary(small)
+    assert "WARNING" in plan_text.summary(small)

@@ -13,9 +13,9 @@ import pandas as pd
 import pytest
 import torch
 
+from layerprobe.features.store import open_store
 from layerprobe.probing.metrics import ImageCounts
 from layerprobe.probing.probe import Interrupted, LinearHead, ProbeSettings, ProbeTrainer, train_probe
-from layerprobe.features.store import open_store
 from tests.helpers import tiny_feature_store
 
 
@@ -68,8 +68,8 @@ def test_probe_learns_separable_classes(feature_store, tmp_path):
 
 
 def test_concat_cls_doubles_input(feature_store, tmp_path):
-    metrics = train_probe(feature_store, "layer_04", settings(epochs=1, concat_cls=True, ram_budget_bytes=96 * 2**10), tmp_path, tmp_path / "c.pt",
-                          name="layer_04+cls")
+    metrics = train_probe(feature_store, "layer_04", settings(epochs=1, concat_cls=True, ram_budget_bytes=96 * 2**10),
+                          tmp_path, tmp_path / "c.pt", name="layer_04+cls")
     assert 0 <= metrics["miou"] <= 1 and metrics["concat_cls"] and metrics["probe"] == "layer_04+cls"
 
 
@@ -119,7 +119,7 @@ def test_checkpoint_of_other_settings_is_discarded_not_resumed(feature_store, tm
     assert ck.exists()
     with caplog.at_level("INFO", logger="layerprobe.probe"):
         train_probe(feature_store, "layer_03", settings(lr=0.05, epochs=5), out, ck)
-    assert "discarding checkpoint" in caplog.text and "settings.lr: 0.1 -> 0.05" in caplog.text
+    assert "discarding checkpoint" in caplog.text and "probe.lr: 0.1 -> 0.05" in caplog.text
     pd.testing.assert_frame_equal(pd.read_csv(out / "epochs.csv"), reference)
 
 
@@ -191,8 +191,8 @@ def test_chunk_shuffle_matches_full_permutation_within_noise(feature_store, tmp_
     """Same probe, chunk-window shuffling (windows of one chunk, the smallest) vs a full random
     permutation (a window covering the split): same quality."""
     chunked = train_probe(feature_store, "layer_02", settings(epochs=15), tmp_path / "a", tmp_path / "a.pt")
-    full = train_probe(feature_store, "layer_02", settings(epochs=15, shuffle_window_chunks=1000, loader_mode="resident"),
-                       tmp_path / "b", tmp_path / "b.pt")
+    whole_split = settings(epochs=15, shuffle_window_chunks=1000, loader_mode="resident")
+    full = train_probe(feature_store, "layer_02", whole_split, tmp_path / "b", tmp_path / "b.pt")
     assert (chunked["run"]["loader_mode"], full["run"]["loader_mode"]) == ("chunks", "resident")
     assert abs(chunked["miou"] - full["miou"]) <= 0.05, (chunked["miou"], full["miou"])
 
@@ -232,8 +232,8 @@ def test_the_same_probe_whatever_the_ram_budget_or_the_loader_mode(feature_store
     with monkeypatch.context() as patch:
         _kill_after_epoch(patch, 3)
         with pytest.raises(_Killed):
-            train_probe(feature_store, "layer_02", settings(epochs=5, shuffle_window_chunks=window, **runs["one window"]),
-                        out, ck)
+            train_probe(feature_store, "layer_02",
+                        settings(epochs=5, shuffle_window_chunks=window, **runs["one window"]), out, ck)
     train_probe(feature_store, "layer_02", settings(epochs=5, shuffle_window_chunks=window, **runs["two windows"]),
                 out, ck)
     results["killed after epoch 3, resumed with two windows"] = _outputs(out)
@@ -251,13 +251,12 @@ def test_pad_probe_is_also_scored_on_whole_original_annotations(tmp_path):
     """A pad store's probe scores every validation image at its original 40 x 48 on its whole
     annotation, image by image: the per-image counts cover exactly each image's labelled pixels
     and give whole_image_miou."""
-    from layerprobe.data.preprocess import ade20k
-    from layerprobe.models.backbones import load_backbone
-    from layerprobe.data.preprocess import open_data, preprocess
-    from layerprobe.features.extract import build_store
-    from layerprobe.probing.metrics import ImageCounts
-    from layerprobe.features.store import open_store
+    from layerprobe.data.preprocess import ade20k, open_data, preprocess
     from layerprobe.data.synthetic import write_dataset
+    from layerprobe.features.extract import build_store
+    from layerprobe.features.store import open_store
+    from layerprobe.models.backbones import load_backbone
+    from layerprobe.probing.metrics import ImageCounts
     from tests.helpers import KEYS, tiny_config, tiny_layout
 
     cfg = tiny_config(tmp_path, 16, 6, geometry="pad")

@@ -10,9 +10,22 @@ import numpy as np
 import pytest
 import zarr
 
-from layerprobe.models.prompts import (IMAGE_FIRST, NO_CATEGORY, PROMPT_FIRST, category_classes, dominant_class,
-                                dominant_classes, donor_rows, fill_prompt, fill_template, placeholders,
-                                prompt_filler, split_dominant_classes, validate_prompt, wrap_prompt)
+from layerprobe.models.prompts import (
+    IMAGE_FIRST,
+    NO_CATEGORY,
+    PROMPT_FIRST,
+    category_classes,
+    dominant_class,
+    dominant_classes,
+    donor_rows,
+    fill_prompt,
+    fill_template,
+    placeholders,
+    prompt_filler,
+    split_dominant_classes,
+    validate_prompt,
+    wrap_prompt,
+)
 
 NAMES = ["wall", "building", "sky", "chest of drawers"]
 

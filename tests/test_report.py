@@ -5,22 +5,22 @@ from __future__ import annotations
 import json
 import re
 from pathlib import Path
-from types import SimpleNamespace
 
 import numpy as np
 import pandas as pd
 import pytest
 
-from tests.fake_results import CLASSES, fabricate, fake_config
 from layerprobe import config as lp_config
 from layerprobe import resources
-from layerprobe.report import build_report, figures, qualitative, sections, tables
-from layerprobe.report.axis import LayerAxis
+from layerprobe.formatting import human_bytes
 from layerprobe.plan import requested
+from layerprobe.report import figures, qualitative, sections, style, tables
+from layerprobe.report.axis import LayerAxis
 from layerprobe.report.benchmarks import read_benchmarks
 from layerprobe.report.collect import collect
+from layerprobe.report.deltas import best_worst_classes, general_prompt, oracle_deltas, prompt_deltas
 from layerprobe.scan.agreement import rank_agreement
-from layerprobe.features.store import human_bytes
+from tests.fake_results import CLASSES, build_tree_report, fabricate, fake_config, tree_inputs
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -37,7 +37,7 @@ def built(tmp_path_factory: pytest.TempPathFactory) -> tuple[dict, Path, str]:
     root = tmp_path_factory.mktemp("built")
     config = fake_config(root)
     results = fabricate(root, config)
-    build_report(config, results, results / "report.html")
+    build_tree_report(config, results, results / "report.html")
     return config, results, (results / "report.html").read_text()
 
 
@@ -70,7 +70,7 @@ def test_partial_results_are_reported_not_fatal(fake_run: tuple[dict, Path]) -> 
     config, results = fake_run
     missing = results / "probes" / "tiny_llava" / "describe" / "layer_02" / "metrics.json"
     missing.unlink()
-    build_report(config, results, results / "report.html")
+    build_tree_report(config, results, results / "report.html")
     html = (results / "report.html").read_text()
     assert "Incomplete results" in html and str(missing) in html
 
@@ -79,7 +79,7 @@ def test_without_data_stores_qualitative_is_skipped(fake_run: tuple[dict, Path])
     config, results = fake_run
     for manifest in (results / "data").glob("*.json"):
         manifest.unlink()
-    build_report(config, results, results / "report.html")
+    build_tree_report(config, results, results / "report.html")
     html = (results / "report.html").read_text()
     assert "No predictions or data store found" in html
     assert list((results / "report_files").glob("per_class_*.png"))  # classes with an IoU instead
@@ -88,7 +88,7 @@ def test_without_data_stores_qualitative_is_skipped(fake_run: tuple[dict, Path])
 def test_no_probe_results_is_an_error(tmp_path: Path) -> None:
     config = fake_config(tmp_path)
     with pytest.raises(RuntimeError, match="no probe results"):
-        build_report(config, tmp_path / "results", tmp_path / "results" / "report.html")
+        build_tree_report(config, tmp_path / "results", tmp_path / "results" / "report.html")
 
 
 # --------------------------------------------------------------------------------------------
@@ -97,7 +97,7 @@ def test_no_probe_results_is_an_error(tmp_path: Path) -> None:
 
 def test_summary_best_layer_by_miou(fake_run: tuple[dict, Path]) -> None:
     config, results = fake_run
-    found = collect(config, results)
+    found = collect(config, tree_inputs(config, results))
     summary = tables.summary(found).set_index("model / prompt")
     for label, row in summary.iterrows():
         model, _, prompt = label.partition(" · ")
@@ -115,19 +115,19 @@ def test_summary_best_layer_by_miou(fake_run: tuple[dict, Path]) -> None:
 def test_prompt_deltas_identical_before_the_llm(fake_run: tuple[dict, Path]) -> None:
     """Vision-tower and projector probes cannot depend on the prompt: grey 'identical' bars."""
     config, results = fake_run
-    deltas = figures.prompt_deltas(collect(config, results))
+    deltas = prompt_deltas(collect(config, tree_inputs(config, results)))
     assert set(deltas["prompt"]) == {"describe_category"} and set(deltas["base"]) == {"describe"}
     reordered = {**config["models"]["tiny_llava"], "prompts": config["models"]["tiny_llava"]["prompts"][::-1]}
-    assert figures.general_prompt(reordered) == "describe"  # the prompt without {category}, wherever it is
+    assert general_prompt(reordered) == "describe"  # the prompt without {category}, wherever it is
     before = deltas[deltas["segment"] != "llm"]
-    assert len(before) == 3 and all(figures.delta_colour(d) == figures.GREY for d in before["delta"])
+    assert len(before) == 3 and all(style.delta_colour(d) == style.GREY for d in before["delta"])
     llm = deltas[(deltas["segment"] == "llm") & (deltas["layer"] != "layer_00")]
     assert llm["significant"].all() and (llm["low"] > 0).all() and (llm["low"] <= llm["high"]).all()
-    assert all(figures.delta_colour(d, s) == figures.GREEN for d, s in zip(llm["delta"], llm["significant"]))
-    assert figures.delta_colour(-0.01) == figures.RED
+    assert all(style.delta_colour(d, s) == style.GREEN for d, s in zip(llm["delta"], llm["significant"]))
+    assert style.delta_colour(-0.01) == style.RED
     # a difference whose interval contains 0 is never drawn as better or worse
-    assert figures.delta_colour(0.05, significant=False) == figures.delta_colour(-0.05, significant=False) \
-        == figures.LIGHT_GREY
+    assert style.delta_colour(0.05, significant=False) == style.delta_colour(-0.05, significant=False) \
+        == style.LIGHT_GREY
 
 
 def test_layer_axis_orders_vision_projector_llm(fake_run: tuple[dict, Path]) -> None:
@@ -155,20 +155,20 @@ def test_axis_without_llava_is_the_block_index(tmp_path: Path) -> None:
 
 def test_per_class_uses_classes_present_in_validation(fake_run: tuple[dict, Path]) -> None:
     config, results = fake_run
-    found = collect(config, results)
+    found = collect(config, tree_inputs(config, results))
     frequency = qualitative.class_frequency(found, "32px")
     assert frequency is not None and frequency.sum() == pytest.approx(1.0)
     present = qualitative.present_classes(found, ("tiny_vit", "none"), frequency)
     assert sorted(present) == sorted(CLASSES)
     assert list(frequency[present]) == sorted(frequency[present], reverse=True)  # most frequent first
-    info = figures.best_worst_classes(found, ("tiny_vit", "none"), present, n=3)
+    info = best_worst_classes(found, ("tiny_vit", "none"), present, n=3)
     assert info["worst"][0] == ("sea", 0.0)  # the fabricated never-right class
     assert not {n for n, _ in info["best"]} & {n for n, _ in info["worst"]}
 
 
 def test_qualitative_layers_and_palette(fake_run: tuple[dict, Path]) -> None:
     config, results = fake_run
-    found = collect(config, results)
+    found = collect(config, tree_inputs(config, results))
     roles = qualitative.chosen_layers(found, ("tiny_vit", "none"))
     assert roles == [("shallowest", "layer_00"), ("best", "layer_03"), ("deepest", "layer_04")]
     colours = qualitative.palette()
@@ -182,7 +182,7 @@ def test_qualitative_layers_and_palette(fake_run: tuple[dict, Path]) -> None:
 
 def test_scan_agreement(fake_run: tuple[dict, Path]) -> None:
     config, results = fake_run
-    found = collect(config, results)
+    found = collect(config, tree_inputs(config, results))
     table = tables.scan_agreement(found).set_index("model / prompt")
     assert set(table.index) == {"tiny_vit", "tiny_llava · describe",
                                 "tiny_llava · describe_category (ground-truth class in the prompt)"}
@@ -197,7 +197,7 @@ def test_scan_agreement(fake_run: tuple[dict, Path]) -> None:
 def test_scan_disabled_drops_the_section(tmp_path: Path) -> None:
     config = fake_config(tmp_path, scan=False)
     results = fabricate(tmp_path, config)
-    build_report(config, results, results / "report.html")
+    build_tree_report(config, results, results / "report.html")
     assert '<section id="scan"' not in (results / "report.html").read_text()
 
 
@@ -207,15 +207,15 @@ def test_scan_disabled_drops_the_section(tmp_path: Path) -> None:
 
 def test_requested_resources_follow_the_config() -> None:
     config = lp_config.load(ROOT / "config" / "config.yaml")
-    assert requested("probe", config, "llava15_7b")["mem_mb"] == config["probe"]["ram_budget_mb"] + resources.OVERHEAD_MB
+    probe_mb = config["probe"]["ram_budget_mb"] + resources.OVERHEAD_MB
+    assert requested("probe", config, "llava15_7b")["mem_mb"] == probe_mb
     assert requested("extract", config, "llava15_7b")["mem_mb"] == 8192
     assert requested("extract", config, "clip_l14")["mem_mb"] == 4096
     assert requested("extract", config, "llava15_7b")["gpus"] == 1
     assert requested("probe", config, "llava15_7b", attempt=3)["runtime_min"] == \
         3 * requested("probe", config, "llava15_7b")["runtime_min"]
     demo = lp_config.load(ROOT / "config" / "demo.yaml")  # CPU only: the scan's statistics are in host RAM
-    model = SimpleNamespace(model="tiny_llava")
-    assert requested("scan", demo, "tiny_llava")["mem_mb"] > resources.mem_mb("scan", demo, model)
+    assert resources.mem_mb("scan", demo, "tiny_llava") > resources.mem_mb("extract", demo, "tiny_llava")
     assert requested("scan", demo, "tiny_llava")["gpus"] == 0
     smoke = lp_config.load(ROOT / "config" / "smoke.yaml")  # CPU: weights in host RAM, sized by the model
     assert requested("extract", smoke, "llava15_7b")["mem_mb"] > requested("extract", smoke, "clip_l14")["mem_mb"] \
@@ -224,7 +224,7 @@ def test_requested_resources_follow_the_config() -> None:
 
 def test_read_benchmarks(fake_run: tuple[dict, Path]) -> None:
     config, results = fake_run
-    bench = read_benchmarks(results, config)
+    bench = read_benchmarks(results / "benchmarks", config)
     assert {"synthetic_dataset", "preprocess", "extract", "probe", "scan", "finalize_store"} <= set(bench["rule"])
     probe = bench[bench["rule"] == "probe"]
     assert (probe["model"].isin(["tiny_vit", "tiny_llava"])).all()
@@ -235,14 +235,14 @@ def test_read_benchmarks(fake_run: tuple[dict, Path]) -> None:
     one = pd.read_csv(results / "benchmarks" / "probe" / "tiny_vit" / "none" / "layer_02.tsv", sep="\t")
     row = bench[(bench["rule"] == "probe") & (bench["job"] == "tiny_vit/none/layer_02")].iloc[0]
     assert row["max_rss"] == pytest.approx(one["max_rss"].iloc[0]) and row["s"] == pytest.approx(one["s"].iloc[0])
-    usage = tables.resources_table(collect(config, results)).set_index("rule")
+    usage = tables.resources_table(collect(config, tree_inputs(config, results))).set_index("rule")
     assert usage.loc["probe", "jobs"] == len(probe)
     assert usage.loc["probe", "peak / requested"] == pytest.approx(probe["max_rss"].max() / probe["mem_mb"].max())
 
 
 def test_store_sizes_measured_and_planned(fake_run: tuple[dict, Path]) -> None:
     config, results = fake_run
-    sizes = tables.store_sizes(collect(config, results)).set_index("store")
+    sizes = tables.store_sizes(collect(config, tree_inputs(config, results))).set_index("store")
     manifests = list((results / "features").rglob("*.manifest.json"))
     data = list((results / "data").glob("*px.json"))
     assert sizes.index[-1] == "total" and len(sizes) == len(manifests) + len(data) + 1
@@ -269,12 +269,12 @@ def test_figures_are_not_empty(built: tuple[dict, Path, str]) -> None:
 
 def test_diagnostics_flag_an_under_trained_probe(fake_run: tuple[dict, Path]) -> None:
     config, results = fake_run
-    assert tables.diagnostics(collect(config, results)) == []  # the fabricated probes are fine
+    assert tables.diagnostics(collect(config, tree_inputs(config, results))) == []  # the fabricated probes are fine
     scan = results / "scan" / "tiny_vit" / "none.csv"
     frame = pd.read_csv(scan)
     frame.loc[frame["layer"] == "layer_02", "miou"] = 0.99  # the scan now beats the probe by far
     frame.to_csv(scan, index=False)
-    found = collect(config, results)
+    found = collect(config, tree_inputs(config, results))
     warnings = tables.diagnostics(found)
     assert len(warnings) == 1 and "tiny_vit layer_02" in warnings[0]
     html = sections.summary_section(found, sections.FigureSink(results / "report_files"))
@@ -284,10 +284,10 @@ def test_diagnostics_flag_an_under_trained_probe(fake_run: tuple[dict, Path]) ->
     metrics = json.loads(path.read_text())
     metrics["miou"] -= 0.0003
     path.write_text(json.dumps(metrics))
-    warnings = tables.diagnostics(collect(config, results))
+    warnings = tables.diagnostics(collect(config, tree_inputs(config, results)))
     assert len(warnings) == 2 and "tiny_llava vision_02 (describe_category − describe: -0.0003)" in warnings[1]
-    assert figures.delta_text(-0.0003) == "-3e-04" and figures.delta_text(0.0123) == "+0.012"
-    assert figures.delta_text(0.00005) == "identical"
+    assert style.delta_text(-0.0003) == "-3e-04" and style.delta_text(0.0123) == "+0.012"
+    assert style.delta_text(0.00005) == "identical"
 
 
 def test_snakemake_report_of_the_demo(demo_run: Path, tmp_path: Path) -> None:
@@ -303,7 +303,7 @@ def test_snakemake_report_of_the_demo(demo_run: Path, tmp_path: Path) -> None:
         # Snakemake's page is <name>/report.html; ours is inside it under data/raw/<hash>/report.html
         page = next(archive.read(n) for n in names if n.endswith("/report.html") and n.count("/") == 1).decode()
     figures_in_zip = {Path(n).name for n in names if n.endswith(".png")}
-    assert {p.name for p in (demo_run / "results" / "report_files").glob("*.png")} <= figures_in_zip
+    assert {p.name for p in (demo_run / "results/demo/report_files").glob("*.png")} <= figures_in_zip
     assert sum(n.endswith("/report.html") for n in names) == 2  # Snakemake's page and ours, marked
     assert "A figure of the layerprobe report" in page and "Config: 2 model(s)" in page
 
@@ -316,30 +316,30 @@ def test_a_result_of_another_config_is_refused_naming_file_and_keys(fake_run: tu
     edited = json.loads(json.dumps(config))
     edited["probe"]["lr"] = config["probe"]["lr"] * 2
     with pytest.raises(StaleResultError, match=r"probes/tiny_vit/none/layer_00/metrics.json.*probe.lr"):
-        build_report(edited, results, results / "stale.html")
+        build_tree_report(edited, results, results / "stale.html")
     assert not (results / "stale.html").exists()
     prompt = json.loads(json.dumps(config))
     prompt["models"]["tiny_llava"]["prompts"][0]["text"] = "Describe this picture"
     with pytest.raises(StaleResultError, match=r"data/48px.json|features/tiny_llava/describe.manifest.json"):
-        build_report(prompt, results, results / "stale.html")
+        build_tree_report(prompt, results, results / "stale.html")
     metrics = results / "probes/tiny_vit/none/layer_01/metrics.json"
     record = json.loads(metrics.read_text())
     record.pop("fingerprint")  # a result written by an older layerprobe, or by hand
     metrics.write_text(json.dumps(record))
     with pytest.raises(StaleResultError, match="layer_01/metrics.json.*no fingerprint recorded"):
-        build_report(config, results, results / "stale.html")
+        build_tree_report(config, results, results / "stale.html")
 
 
 def test_cls_variant_is_its_own_line_and_the_report_shows_fingerprints(tmp_path: Path) -> None:
     config = fake_config(tmp_path)
     config["models"]["tiny_vit"]["concat_cls"] = [False, True]
     results = fabricate(tmp_path, config)
-    found = collect(config, results)
+    found = collect(config, tree_inputs(config, results))
     vit = found.probes[found.probes["model"] == "tiny_vit"]
     assert set(vit["prompt"]) == {"none", "none+cls"} and len(vit) == 10
     assert set(vit[vit["prompt"] == "none+cls"]["probe"]) == {f"layer_{i:02d}+cls" for i in range(5)}
-    assert figures.store_label(("tiny_vit", "none+cls")) == "tiny_vit +CLS"
-    build_report(config, results, results / "report.html")
+    assert style.store_label(("tiny_vit", "none+cls")) == "tiny_vit +CLS"
+    build_tree_report(config, results, results / "report.html")
     html = (results / "report.html").read_text()
     assert "tiny_vit +CLS" in html
     assert all(fp in html for _, fp in found.fingerprints) and "layer_03+cls/metrics.json" in html
@@ -352,16 +352,16 @@ def test_several_probe_seeds_give_mean_and_sd_per_layer_and_seed_deltas(tmp_path
     config["probe"]["seeds"] = [0, 1, 2]
     results = fabricate(tmp_path, config)
     assert (results / "probes/tiny_vit/none/layer_02-seed2/metrics.json").is_file()
-    found = collect(config, results)
+    found = collect(config, tree_inputs(config, results))
     assert not found.probes.duplicated(["model", "prompt", "layer"]).any() and (found.probes["seeds"] == 3).all()
     row = found.probes[(found.probes["model"] == "tiny_vit") & (found.probes["layer"] == "layer_02")].iloc[0]
     mious = [json.loads((results / f"probes/tiny_vit/none/{p}/metrics.json").read_text())["miou"]
              for p in ("layer_02", "layer_02-seed1", "layer_02-seed2")]
     assert row["miou"] == pytest.approx(mious[0]) and row["seed_mean"] == pytest.approx(np.mean(mious))
     assert row["seed_sd"] == pytest.approx(np.std(mious, ddof=1))
-    deltas = figures.prompt_deltas(found)
+    deltas = prompt_deltas(found)
     assert deltas["seed_deltas"].map(len).eq(3).all()
-    build_report(config, results, results / "report.html")
+    build_tree_report(config, results, results / "report.html")
     html = (results / "report.html").read_text()
     assert "best layer over seeds (mean ± sd)" in html and "(3 seeds)" in html
     csv = pd.read_csv(results / "report_files" / "probes.csv")
@@ -374,18 +374,18 @@ def test_oracle_is_labelled_and_its_shuffled_control_gives_the_oracle_delta(tmp_
     config = fake_config(tmp_path)
     config["models"]["tiny_llava"]["category_fill"] = ["dominant", "shuffled"]
     results = fabricate(tmp_path, config)
-    found = collect(lp_config.validate(config), results)
-    assert figures.store_label(("tiny_llava", "describe_category"), found.config) \
+    found = collect(lp_config.validate(config), tree_inputs(lp_config.validate(config), results))
+    assert style.store_label(("tiny_llava", "describe_category"), found.config) \
         == "tiny_llava · describe_category (ground-truth class in the prompt)"
-    assert figures.store_label(("tiny_llava", "describe_category+shuffled"), found.config).endswith(
+    assert style.store_label(("tiny_llava", "describe_category+shuffled"), found.config).endswith(
         "(control: another image's class)")
-    assert figures.store_label(("tiny_llava", "describe"), found.config) == "tiny_llava · describe"
-    oracle = figures.oracle_deltas(found)
+    assert style.store_label(("tiny_llava", "describe"), found.config) == "tiny_llava · describe"
+    oracle = oracle_deltas(found)
     assert set(oracle["prompt"]) == {"describe_category"} and set(oracle["base"]) == {"describe_category+shuffled"}
     llm = oracle[(oracle["segment"] == "llm") & (oracle["layer"] != "layer_00")]
     assert len(llm) == 3 and (llm["delta"] > 0).all() and llm["significant"].all() and (llm["low"] > 0).all()
-    assert (oracle[oracle["segment"] != "llm"]["delta"].abs() < figures.IDENTICAL).all()
-    build_report(config, results, results / "report.html")
+    assert (oracle[oracle["segment"] != "llm"]["delta"].abs() < style.IDENTICAL).all()
+    build_tree_report(config, results, results / "report.html")
     html = (results / "report.html").read_text()
     assert "Oracle check" in html and "oracle effect at that layer (dominant − shuffled)" in html
     assert "ground-truth class in the prompt" in html and "control: another image&#x27;s class" in html
@@ -396,8 +396,8 @@ def test_prompt_bars_draw_an_interval_that_excludes_its_estimate(fake_run: tuple
     """A percentile interval can lie beside the point estimate (skewed resamples; it happened on
     the full config's fabricated results): the bars still draw, the interval from its bounds."""
     config, results = fake_run
-    found = collect(config, results)
-    deltas = figures.prompt_deltas(found)
+    found = collect(config, tree_inputs(config, results))
+    deltas = prompt_deltas(found)
     deltas.loc[deltas.index[-1], ["low", "high"]] = deltas["delta"].iloc[-1] + np.array([0.01, 0.02])
     fig = figures.prompt_comparison(found, deltas, "tiny_llava")
     assert fig.axes and fig.axes[0].collections  # bars and the interval lines

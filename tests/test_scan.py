@@ -14,16 +14,15 @@ import torch
 import torch.nn.functional as F
 import zarr
 
-from layerprobe.scan import ridge
-from layerprobe.scan import run as scan
+from layerprobe.models.backbones.base import Backbone
+from layerprobe.probing import upsample as ups
+from layerprobe.probing.metrics import SegmentationMeter
 from layerprobe.scan import agreement as scan_agreement
 from layerprobe.scan import cost as scan_cost
-from layerprobe.probing import upsample as ups
-from layerprobe.models.backbones.base import Backbone
-from layerprobe.probing.metrics import SegmentationMeter
+from layerprobe.scan import ridge
+from layerprobe.scan import run as scan
 
 from .helpers import tiny_backbone, tiny_data
-
 
 # ---------------------------------------------------------------------------- ridge statistics
 

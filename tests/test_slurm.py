@@ -35,10 +35,10 @@ from tests.slurm_cluster import memory_mb, minutes, portable_profile_args, slurm
 
 CONFIGS = ["config/demo.yaml", "config/slurm_test.yaml"]
 MODEL, PROMPT, LAYER = "tiny_vit", "none", "layer_02"
-PROBE_DIR = f"results/probes/{MODEL}/{PROMPT}/{LAYER}"
+PROBE_DIR = f"results/demo/probes/{MODEL}/{PROMPT}/{LAYER}"
 TARGET = f"{PROBE_DIR}/metrics.json"
-STORE_MANIFEST = f"results/features/{MODEL}/{PROMPT}.manifest.json"
-PROBE_LOG = f"results/logs/probe/{MODEL}/{PROMPT}/{LAYER}.log"
+STORE_MANIFEST = f"results/demo/features/{MODEL}/{PROMPT}.manifest.json"
+PROBE_LOG = f"results/demo/logs/probe/{MODEL}/{PROMPT}/{LAYER}.log"
 FIRST_LIMIT_MIN, RETRY_LIMIT_MIN = 1, 10
 # Short status polling for a test; successful jobs keep their SLURM logs so job ids can be read back.
 FAST = ["--latency-wait", "5", "--slurm-init-seconds-before-status-checks", "2",
@@ -99,7 +99,7 @@ class LocalReference(threading.Thread):
                     return
             time.sleep(1)
             for part in ("dataset", "data", "models", "features"):
-                shutil.copytree(self.slurm_work / "results" / part, self.local_work / "results" / part)
+                shutil.copytree(self.slurm_work / "results/demo" / part, self.local_work / "results/demo" / part)
             start = time.monotonic()
             snakemake(self.local_work, TARGET, "--profile", "profiles/local", "--cores", "2",
                       "--configfile", *CONFIGS, timeout=600)
@@ -167,11 +167,12 @@ def test_jobs_run_on_slurm_with_the_requested_resources(slurm_run, slurm):  # no
             assert info["BatchHost"] == slurm.host, where
             assert Path(info["WorkDir"]).resolve() == slurm_run.work.resolve(), where
             assert int(info["NumCPUs"]) == cpus, where
-            want_mb = profile_value(prof, rule, "mem_mb", attempt, lp_resources.mem_mb(rule, cfg, wildcards, attempt))
+            asked = lp_resources.mem_mb(rule, cfg, getattr(wildcards, "model", None), attempt)
+            want_mb = profile_value(prof, rule, "mem_mb", attempt, asked)
             assert memory_mb(info["MinMemoryNode"]) == want_mb, where
             want_min = ((FIRST_LIMIT_MIN if attempt == 1 else RETRY_LIMIT_MIN) if rule == "probe"
                         else profile_value(prof, rule, "runtime", attempt,
-                                           lp_resources.runtime_min(rule, cfg, wildcards, attempt)))
+                                           lp_resources.runtime_min(rule, cfg, attempt)))
             assert minutes(info["TimeLimit"]) == want_min, where
             assert f"rule_{rule}" in info.get("Comment", ""), where
             if not (rule == "probe" and attempt == 1):
@@ -183,8 +184,9 @@ def test_jobs_run_on_slurm_with_the_requested_resources(slurm_run, slurm):  # no
 
 def test_probe_killed_by_time_limit_is_retried_and_resumes_to_the_same_result(slurm_run, slurm):  # noqa: F811
     probes = slurm_run.jobs.get("probe", [])
-    assert len(probes) == 2, (f"expected a killed first attempt and a retry, got probe jobs {probes}; if the first "
-                              "attempt finished within its 1-minute limit, raise probe.epochs in config/slurm_test.yaml")
+    assert len(probes) == 2, (f"expected a killed first attempt and a retry, got probe jobs {probes}; if the "
+                              "first attempt finished within its 1-minute limit, raise probe.epochs in "
+                              "config/slurm_test.yaml")
     (_, first), (_, second) = probes
     first_info, second_info = slurm.job(first), slurm.job(second)
     assert first_info["JobState"] == "TIMEOUT" and first_info["Reason"] == "TimeLimit", first_info

@@ -14,7 +14,7 @@ def test_every_stage_source_is_recorded_with_its_version():
 
 
 def test_a_one_line_change_fails_until_versions_or_the_table_say_so(tmp_path, monkeypatch):
-    """probe.py with one line more: the check fails; it passes again once the table records the
+    """probing/probe.py with one line more: the check fails; it passes again once the table records the
     change, either as a bump of VERSIONS["probe"] or as declared unchanged."""
     package = tmp_path / "layerprobe"
     for module in stage_sources.package_modules():
@@ -23,7 +23,7 @@ def test_a_one_line_change_fails_until_versions_or_the_table_say_so(tmp_path, mo
     monkeypatch.setattr(stage_sources, "PACKAGE", package)
     table = stage_sources.load()
     assert not stage_sources.problems(table, VERSIONS)
-    with (package / "probe.py").open("a") as f:
+    with (package / "probing" / "probe.py").open("a") as f:
         f.write("LEARNING_RATE_SCALE = 2.0\n")
     problems = stage_sources.problems(table, VERSIONS)
     assert len(problems) == 1 and "stage 'probe'" in problems[0] and "bump" in problems[0]

@@ -17,9 +17,9 @@ import pytest
 import yaml
 
 from layerprobe.data import download
-from layerprobe.models import weights
 from layerprobe.data.ade20k import check_layout
 from layerprobe.data.synthetic import write_dataset
+from layerprobe.models import weights
 from tests.conftest import ROOT, copy_repo, snakemake
 
 REVISION = "0123456789abcdef0123456789abcdef01234567"
@@ -88,8 +88,8 @@ def test_workflow_downloads_when_root_is_absent_and_fails_cleanly_on_a_bad_archi
     assert "Nothing to be done" in snakemake(good, "results/data/32px.json", "-n", "--configfile", config).stdout
     # Files edited in the unpacked root: its identity becomes its content, and preprocessing reruns.
     label = next((good / "results/ade/ADEChallengeData2016/annotations/validation").iterdir())
-    label.write_bytes((tmp_path / "good" / "results/ade/ADEChallengeData2016/annotations/training" /
-                       next(iter(sorted(p.name for p in label.parent.parent.joinpath("training").iterdir())))).read_bytes())
+    training = label.parent.parent / "training"
+    label.write_bytes((training / sorted(p.name for p in training.iterdir())[0]).read_bytes())
     plan = snakemake(good, "results/data/32px.json", "-n", "--configfile", config).stdout
     assert "rule preprocess:" in plan and "rule fetch_ade20k:" not in plan
     bad = copy_repo(tmp_path / "bad")
@@ -137,10 +137,10 @@ def test_llava_weights_fetched_into_the_cache_load_offline(tmp_path, offline, mo
     manifest = weights.fetch("llava", model, cache)  # snapshot_download: served from the cache here
     assert any(f.endswith(".safetensors") for f in manifest["files"]) and "refs" not in json.dumps(manifest)
     monkeypatch.chdir(tmp_path)
-    weights.manifest_path(model).parent.mkdir(parents=True)
-    weights.manifest_path(model).write_text(json.dumps(manifest))
+    written = tmp_path / "weights.json"  # the fetch_weights rule's output
+    written.write_text(json.dumps(manifest))
     config = {"weights": {"cache_dir": str(cache), "offline": True}}
-    options = weights.loader_options("llava", model, config)
+    options = weights.loader_options("llava", model, config, written)
     backbone = load_backbone("llava", model, "cpu", **options)
     import torch
 
@@ -150,20 +150,21 @@ def test_llava_weights_fetched_into_the_cache_load_offline(tmp_path, offline, mo
     weights_file = next(cache.rglob("*.safetensors"))
     weights_file.rename(weights_file.with_suffix(".moved"))
     with pytest.raises(weights.WeightsNotCached, match=r"models.llava: .*partial.*missing.*snakemake --cores 1"):
-        weights.loader_options("llava", model, config)
+        weights.loader_options("llava", model, config, written)
     weights_file.with_suffix(".moved").rename(weights_file)
     (cache / "models--llava-hf--llava-1.5-7b-hf" / "blob.incomplete").write_text("")
     with pytest.raises(weights.WeightsNotCached, match="interrupted download"):
-        weights.loader_options("llava", model, config)
+        weights.loader_options("llava", model, config, written)
 
 
 def test_missing_cache_on_an_offline_job_names_the_model_and_the_fetch_command(tmp_path, offline, monkeypatch):
     monkeypatch.chdir(tmp_path)
     model = {"kind": "open_clip", "arch": "ViT-B-16-quickgelu", "pretrained": "openai"}
+    manifest = "results/weights/open_clip--ViT-B-16-quickgelu--openai.json"  # the rule's output, not fetched
     with pytest.raises(weights.WeightsNotCached,
                        match=r"models.clip_b16: no weights manifest .*open_clip--ViT-B-16-quickgelu--openai.json.*"
                              r"snakemake --cores 1 --configfile <your config> results/weights/"):
-        weights.loader_options("clip_b16", model, {"weights": {"cache_dir": "c", "offline": True}})
+        weights.loader_options("clip_b16", model, {"weights": {"cache_dir": "c", "offline": True}}, manifest)
 
 
 def test_open_clip_tag_fetched_into_the_cache_loads_offline(tmp_path, offline, monkeypatch):
@@ -180,14 +181,15 @@ def test_open_clip_tag_fetched_into_the_cache_loads_offline(tmp_path, offline, m
     cache = tmp_path / "cache"
     state = torch.load(built, weights_only=True)
     torch.save(state, _hub_snapshot(cache, "lp-test/tiny-clip") / "open_clip_pytorch_model.bin")
-    monkeypatch.setitem(registry._PRETRAINED, "lp-staging-vit", {"lptag": {"hf_hub": "lp-test/tiny-clip/", "quick_gelu": True}})
+    monkeypatch.setitem(registry._PRETRAINED, "lp-staging-vit",
+                        {"lptag": {"hf_hub": "lp-test/tiny-clip/", "quick_gelu": True}})
     model = {"kind": "open_clip", "arch": "lp-staging-vit", "pretrained": "lptag"}
     manifest = weights.fetch("vit", model, cache)
     assert list(manifest["files"]) == [f"models--lp-test--tiny-clip/snapshots/{REVISION}/open_clip_pytorch_model.bin"]
     monkeypatch.chdir(tmp_path)
-    weights.manifest_path(model).parent.mkdir(parents=True)
-    weights.manifest_path(model).write_text(json.dumps(manifest))
-    options = weights.loader_options("vit", model, {"weights": {"cache_dir": str(cache), "offline": True}})
+    written = tmp_path / "weights.json"
+    written.write_text(json.dumps(manifest))
+    options = weights.loader_options("vit", model, {"weights": {"cache_dir": str(cache), "offline": True}}, written)
     backbone = OpenClipBackbone("vit", model["arch"], model["pretrained"], "cpu", cache_dir=options["cache_dir"])
     reference = open_clip.create_model("lp-staging-vit", pretrained=str(built))
     assert torch.equal(backbone.visual.conv1.weight, reference.visual.conv1.weight)
@@ -241,7 +243,7 @@ def test_a_hub_id_is_identified_by_the_commit_its_ref_points_at(tmp_path, offlin
 def test_local_weights_are_identified_by_their_content(tmp_path, monkeypatch):
     """A weights file or saved directory replaced at the same path gets a new identity; the same
     bytes written again (new mtime, new inode) keep it."""
-    monkeypatch.chdir(tmp_path)  # the digest cache lives in ./results/
+    monkeypatch.chdir(tmp_path)  # the digest cache lives in ./.snakemake/
     folder = tmp_path / "llava"
     folder.mkdir()
     (folder / "config.json").write_text('{"a": 1}')

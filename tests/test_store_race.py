@@ -25,9 +25,9 @@ ROUNDS = 10
 def _worker(tmp: str, part: int, barrier, jobs, results) -> None:  # noqa: ANN001 - mp primitives
     """One part per round: load once, then wait for the barrier and write this part's chunks."""
     try:
-        from layerprobe.models.backbones import load_backbone
         from layerprobe.data.preprocess import open_data
         from layerprobe.features.extract import extract_part
+        from layerprobe.models.backbones import load_backbone
 
         cfg = tiny_config(Path(tmp))
         backbone = load_backbone("tiny", cfg["models"]["tiny"], "cpu")

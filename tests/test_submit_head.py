@@ -42,7 +42,10 @@ def test_command_keeps_targets_out_of_configfile():
     assert cmd[1:] == ["-m", "snakemake", "-n", "results/report.html", "--profile", "profiles/slurm",
                        "--configfile", "config/a.yaml", "config/b.yaml"]
     args = submit.parse_args(["--partition", "cpu", "--", "--keep-going", "all"])
-    assert (args.time_min, args.mem_gb, args.cpus, args.folder) == (3 * 24 * 60, 2.0, 1, "results/logs/head")
+    assert (args.time_min, args.mem_gb, args.cpus, args.folder) == (3 * 24 * 60, 2.0, 1, None)
+    # the head's log folder: logs/head under the config's results root
+    assert submit.head_folder([], ROOT) == "results/logs/head"
+    assert submit.head_folder(["config/demo.yaml"], ROOT) == "results/demo/logs/head"
     assert args.partition == "cpu" and args.snakemake_args == ["--keep-going", "all"]
 
 
@@ -52,7 +55,7 @@ def test_local_head_dry_run_completes_and_logs_the_dag(tmp_path):
                        "--configfile", "config/demo.yaml", "--", "-n")
     assert proc.returncode == 0, f"{proc.stdout}\n{proc.stderr}"
     job_id, log = submitted(proc, "local")
-    assert log.parent == work / "results/logs/head" and log.is_file()
+    assert log.parent == work / "results/demo/logs/head" and log.is_file()
     text = log.read_text()
     assert f"cwd {work}" in text
     assert "Job stats:" in text and "This was a dry-run" in text
@@ -65,14 +68,14 @@ def test_local_head_dry_run_completes_and_logs_the_dag(tmp_path):
 def test_local_head_failure_is_reported(tmp_path):
     work = copy_repo(tmp_path / "repo")
     proc = submit_head(work, "--cluster", "local", "--wait", "--profile", "profiles/local",
-                       "--configfile", "config/demo.yaml", "--", "-n", "results/no_such_target.txt")
+                       "--configfile", "config/demo.yaml", "--", "-n", "results/demo/no_such_target.txt")
     assert proc.returncode == 1, f"{proc.stdout}\n{proc.stderr}"
     assert "snakemake exited with 1" in proc.stderr
 
 
 def test_slurm_head_runs_as_a_small_long_job_and_submits_rule_jobs(slurm, tmp_path):  # noqa: F811
     work = copy_repo(tmp_path / "repo")
-    target = "results/dataset/synthetic.json"
+    target = "results/demo/dataset/synthetic.json"
     proc = submit_head(work, "--cluster", "slurm", "--wait", "--profile", "profiles/slurm",
                        "--configfile", "config/demo.yaml", "--", target, "--latency-wait", "5",
                        "--slurm-init-seconds-before-status-checks", "2", "--seconds-between-status-checks", "2",
@@ -106,7 +109,7 @@ def test_time_left_parsing():
 def _stale_lock(work: Path) -> None:
     """A real stale lock: a snakemake SIGKILLed while it holds its directory lock."""
     env = {**os.environ, "PATH": f"{BIN}{os.pathsep}{os.environ.get('PATH', '')}", "HF_HUB_OFFLINE": "1"}
-    proc = subprocess.Popen([str(BIN / "snakemake"), "results/data/64px.json", "--cores", "1", "--configfile",
+    proc = subprocess.Popen([str(BIN / "snakemake"), "results/demo/data/64px.json", "--cores", "1", "--configfile",
                              "config/demo.yaml"], cwd=work, env=env, stdout=subprocess.DEVNULL,
                             stderr=subprocess.DEVNULL)
     locks = work / ".snakemake/locks"
@@ -125,7 +128,7 @@ QUICK = ["--latency-wait", "5", "--slurm-init-seconds-before-status-checks", "2"
 def test_slurm_head_clears_a_stale_lock_and_refuses_beside_a_live_head(slurm, tmp_path):  # noqa: F811
     work = copy_repo(tmp_path / "repo")
     _stale_lock(work)
-    target = "results/dataset/synthetic.json"
+    target = "results/demo/dataset/synthetic.json"
     proc = submit_head(work, "--cluster", "slurm", "--wait", "--profile", "profiles/local", "--configfile",
                        "config/demo.yaml", "--", target, timeout=300)
     assert proc.returncode == 0, f"{proc.stdout}\n{proc.stderr}"
@@ -169,12 +172,13 @@ def test_slurm_head_requeues_itself_before_its_time_limit_and_finishes(slurm, tm
     work = copy_repo(tmp_path / "repo")
     (work / "config/requeue.yaml").write_text("probe: {epochs: 30}\nscan: {enabled: false}\n")
     configs = ["--configfile", "config/demo.yaml", "config/requeue.yaml"]
-    snakemake(work, "results/features/tiny_vit/none.manifest.json", "--profile", "profiles/local", "--cores", "2",
+    snakemake(work, "results/demo/features/tiny_vit/none.manifest.json", "--profile", "profiles/local", "--cores", "2",
               *configs)  # the store first, locally: the head's window goes to the probe
-    target = "results/probes/tiny_vit/none/layer_02/metrics.json"
+    target = "results/demo/probes/tiny_vit/none/layer_02/metrics.json"
     head = subprocess.Popen([str(BIN / "layerprobe"), "submit-head", "--cluster", "slurm", "--wait", "--time-min", "3",
                              "--requeue-before-min", "2.75", "--max-requeues", "1", "--profile", "profiles/slurm",
-                             *configs, "--", target, *QUICK, *portable_profile_args(ROOT / "profiles/slurm/config.yaml")],
+                             *configs, "--", target, *QUICK,
+                             *portable_profile_args(ROOT / "profiles/slurm/config.yaml")],
                             cwd=work, env={**os.environ, "PATH": f"{BIN}{os.pathsep}{os.environ.get('PATH', '')}",
                                            "HF_HUB_OFFLINE": "1"}, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                             text=True)
@@ -198,4 +202,4 @@ def test_slurm_head_requeues_itself_before_its_time_limit_and_finishes(slurm, tm
     assert len(probe_jobs) == 2, probe_jobs  # cancelled with the first run, submitted again by the second
     assert scontrol_job(probe_jobs[0])["JobState"] == "CANCELLED"
     assert "resumed from results/checkpoints/tiny_vit/none/layer_02.pt" in \
-        (work / "results/logs/probe/tiny_vit/none/layer_02.log").read_text()
+        (work / "results/demo/logs/probe/tiny_vit/none/layer_02.log").read_text()

@@ -10,13 +10,14 @@ from pathlib import Path
 import pytest
 import yaml
 
-from layerprobe.models.tiny.hf_vision import build_dinov2, build_siglip
 from layerprobe.features.store import read_attrs
+from layerprobe.models.tiny.hf_vision import build_dinov2, build_siglip
 from tests.conftest import copy_repo, snakemake
 
 pytestmark = pytest.mark.slow
-TARGETS = ["results/probes/dino/none/layer_02/metrics.json", "results/probes/dino/none/layer_03+cls/metrics.json",
-           "results/probes/siglip/none/layer_01/metrics.json"]
+TARGETS = ["results/demo/probes/dino/none/layer_02/metrics.json",
+           "results/demo/probes/dino/none/layer_03+cls/metrics.json",
+           "results/demo/probes/siglip/none/layer_01/metrics.json"]
 
 
 @pytest.fixture(scope="module")
@@ -38,13 +39,13 @@ def test_hf_vision_models_run_from_config_alone(run: Path) -> None:
     for target in TARGETS:
         metrics = json.loads((run / target).read_text())
         assert 0.0 <= metrics["miou_low"] <= metrics["miou_high"] <= 1.0, target
-    dino = read_attrs(run / "results/features/dino/none.zarr")
-    siglip = read_attrs(run / "results/features/siglip/none.zarr")
+    dino = read_attrs(run / "results/demo/features/dino/none.zarr")
+    siglip = read_attrs(run / "results/demo/features/siglip/none.zarr")
     assert (dino["model"], dino["grid"], dino["tokens"], dino["has_cls"]) == ("dino", 4, 16, True)
     assert (siglip["grid"], siglip["has_cls"]) == (4, False)
     assert dino["dims"] == {"layer_02": 32, "layer_03": 32}
     # no hub, no fetch: local directories need no weights staging
-    assert not (run / "results/weights").exists()
+    assert not (run / "results/demo/weights").exists()
 
 
 def test_cls_probe_on_a_model_without_cls_fails_at_dag_build(run: Path) -> None:

@@ -37,9 +37,9 @@ def test_demo_dag_has_a_store_per_category_fill(workdir):
     own, with its extraction parts, probes and scan, beside the oracle's plain-id store."""
     out = snakemake(workdir, "-n", "--profile", "profiles/local").stdout
     control = "tiny_llava/describe_category+shuffled"
-    for path in (f"results/features/{control}.manifest.json", f"results/features/{control}.part1.json",
-                 f"results/probes/{control}/layer_02/metrics.json", f"results/scan/{control}.csv",
-                 "results/features/tiny_llava/describe_category.manifest.json"):
+    for path in (f"results/demo/features/{control}.manifest.json", f"results/demo/features/{control}.part1.json",
+                 f"results/demo/probes/{control}/layer_02/metrics.json", f"results/demo/scan/{control}.csv",
+                 "results/demo/features/tiny_llava/describe_category.manifest.json"):
         assert path in out, path
     assert "wildcards: model=tiny_llava, prompt=describe_category+shuffled, part=1" in out
 

@@ -10,7 +10,7 @@ from tests.conftest import ROOT
 
 
 def test_demo_writes_report_and_parsable_metrics(demo_run):
-    results = demo_run / "results"
+    results = demo_run / "results/demo"
     html = (results / "report.html").read_text()
     assert "<html" in html.lower() and "mIoU" in html
     demo = lp_config.load(ROOT / "config/demo.yaml")
@@ -22,18 +22,19 @@ def test_demo_writes_report_and_parsable_metrics(demo_run):
                 assert 0.0 <= metrics["miou"] <= 1.0 and len(metrics["per_class_iou"]) == 150
                 epochs = pd.read_csv(folder / "epochs.csv")
                 assert list(epochs.epoch) == list(range(1, demo["probe"]["epochs"] + 1))
-                assert {"loss", "running_train_miou", "running_train_acc", "test_miou", "test_acc"} <= set(epochs.columns)
+                columns = {"loss", "running_train_miou", "running_train_acc", "test_miou", "test_acc"}
+                assert columns <= set(epochs.columns)
 
 
 def test_demo_probe_reaches_miou_08(demo_run):
     """The synthetic classes are separable: a linear probe on tiny-ViT features must find them."""
     best = max(json.loads(p.read_text())["miou"]
-               for p in (demo_run / "results/probes/tiny_vit/none").glob("*/metrics.json"))
+               for p in (demo_run / "results/demo/probes/tiny_vit/none").glob("*/metrics.json"))
     assert best >= 0.8
 
 
 def test_demo_epoch_log_line_has_the_users_shape(demo_run):
-    log = (demo_run / "results/logs/probe/tiny_vit/none/layer_02.log").read_text()
+    log = (demo_run / "results/demo/logs/probe/tiny_vit/none/layer_02.log").read_text()
     import re
 
     assert re.search(r"Epoch 010 \| loss \d\.\d{4} \| running train mIoU \d\.\d{4} acc \d\.\d{4} \| "
@@ -44,8 +45,8 @@ def test_demo_llava_probes_per_prompt_and_filled_prompts(demo_run):
     from layerprobe.features.store import open_store
 
     for prompt in ("describe", "describe_category", "describe_category+shuffled"):
-        assert (demo_run / f"results/probes/tiny_llava/{prompt}/layer_02/metrics.json").is_file()
-    oracle, control = (open_store(demo_run / f"results/features/tiny_llava/{p}.zarr")
+        assert (demo_run / f"results/demo/probes/tiny_llava/{prompt}/layer_02/metrics.json").is_file()
+    oracle, control = (open_store(demo_run / f"results/demo/features/tiny_llava/{p}.zarr")
                        for p in ("describe_category", "describe_category+shuffled"))
     filled = oracle.attrs["filled_prompts"]["validation"]
     assert len(filled) == len(oracle.attrs["validation_image_ids"])
@@ -58,9 +59,9 @@ def test_demo_llava_probes_per_prompt_and_filled_prompts(demo_run):
 
 def test_demo_scan_ranks_layers_without_stores(demo_run):
     for prompt in ("describe", "describe_category", "describe_category+shuffled"):
-        table = pd.read_csv(demo_run / f"results/scan/tiny_llava/{prompt}.csv")
+        table = pd.read_csv(demo_run / f"results/demo/scan/tiny_llava/{prompt}.csv")
         assert {"layer", "best_lambda", "miou", "acc"} <= set(table.columns)
-    table = pd.read_csv(demo_run / "results/scan/tiny_vit/none.csv")
+    table = pd.read_csv(demo_run / "results/demo/scan/tiny_vit/none.csv")
     assert len(table) == 5  # scan.layers: all -> layer_00..layer_04
 
 
@@ -70,10 +71,10 @@ def test_demo_scan_ranking_agrees_with_probes(demo_run):
     spatial detail, so their layers truly differ."""
     from layerprobe.scan.agreement import rank_agreement
 
-    rows = [json.loads(p.read_text()) for p in (demo_run / "results/probes").glob("*/*/*/metrics.json")]
+    rows = [json.loads(p.read_text()) for p in (demo_run / "results/demo/probes").glob("*/*/*/metrics.json")]
     probes = pd.DataFrame(rows)[["model", "prompt", "layer", "miou"]]
     for (model, prompt), group in probes.groupby(["model", "prompt"]):
-        scan = pd.read_csv(demo_run / f"results/scan/{model}/{prompt}.csv")
+        scan = pd.read_csv(demo_run / f"results/demo/scan/{model}/{prompt}.csv")
         assert rank_agreement(scan, group) >= 0.8, (model, prompt, scan, group)
 
 
@@ -82,7 +83,7 @@ def test_demo_report_has_an_interval_on_every_miou_and_delta(demo_run):
     bounds, and every prompt delta has its paired interval."""
     from layerprobe.probing.metrics import ImageCounts
 
-    results = demo_run / "results"
+    results = demo_run / "results/demo"
     for path in results.glob("probes/*/*/*/metrics.json"):
         metrics = json.loads(path.read_text())
         assert metrics["miou_low"] <= metrics["miou"] <= metrics["miou_high"], path

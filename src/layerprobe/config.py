@@ -34,6 +34,28 @@ def _schema() -> dict[str, Any]:
     return yaml.safe_load(text)
 
 
+def schema_default(key: str) -> Any:
+    """The schema's default of a config key (`weights.cache_dir`), for tools that read configs
+    they cannot validate yet (`layerprobe fetch-configs`, `submit-head`)."""
+    node = _schema()
+    for part in key.split("."):
+        node = node["properties"][part]
+    return copy.deepcopy(node["default"])
+
+
+def merged_raw(paths: list[str | Path]) -> dict[str, Any]:
+    """Config files merged as Snakemake merges --configfile (later files win, dicts merged)."""
+    def merge(into: dict[str, Any], other: dict[str, Any]) -> dict[str, Any]:
+        for key, value in other.items():
+            into[key] = merge(dict(into.get(key) or {}), value) if isinstance(value, dict) else value
+        return into
+
+    merged: dict[str, Any] = {}
+    for path in paths:
+        merge(merged, yaml.safe_load(Path(path).read_text()) or {})
+    return merged
+
+
 def _with_defaults(validator_class: type) -> type:
     """A validator that fills `default` values before validating nested properties."""
     validate_properties = validator_class.VALIDATORS["properties"]

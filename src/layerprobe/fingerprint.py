@@ -14,9 +14,10 @@ Rules pass ``hash`` as ``params`` (Snakemake reruns a job whose params changed);
 ``check`` a record against the config's fingerprint, naming the differing keys.
 
 Left out on purpose, because they change no result: ``store.parts``, ``probe.checkpoint_every_batches``,
-``probe.ram_budget_mb``, ``probe.loader_mode`` (the order is ``epoch_order``'s), ``scan.max_stats_mb``, ``scan.enabled``/``scan.models``, resources and report settings (for all
-but the report). A model's other layers and prompts are not in a layer's fingerprint: adding one
-changes nothing that exists. ``VERSIONS`` are bumped by hand when code changes a stage's bytes.
+``probe.ram_budget_mb``, ``probe.loader_mode`` (the order is ``epoch_order``'s), ``scan.max_stats_mb``,
+``scan.enabled``/``scan.models``, resources and report settings (for all but the report). A model's
+other layers and prompts are not in a layer's fingerprint: adding one changes nothing that exists.
+``VERSIONS`` are bumped by hand when code changes a stage's bytes (tests/test_stage_sources.py checks).
 """
 
 from __future__ import annotations
@@ -29,7 +30,7 @@ from pathlib import Path
 from typing import Any
 
 from . import config as lp_config
-from .models.layers import parse_probe_id, probe_seed
+from .models.layers import parse_probe_id
 from .models.prompts import SEEDED_FILLS
 
 # Bump a stage's number when a code change alters what that stage writes.
@@ -42,10 +43,6 @@ VERSIONS = {"data": 2, "features": 1, "probe": 4, "scan": 2, "synthetic": 1}
 # Model-entry keys that decide the weights and the forward of a model (not which layers are kept).
 # Not `revision`: the commit it resolves to is in `weights` (pinning the commit in use reruns nothing).
 MODEL_KEYS = ("kind", "arch", "pretrained", "hub_id", "dtype", "attn_implementation", "prompt_format")
-# Not ram_budget_mb, loader_mode, checkpoint_every_batches: settings of the machine (epoch_order).
-PROBE_KEYS = ("epochs", "lr", "weight_decay", "batch_size", "batchnorm", "shuffle_window_chunks", "device",
-              "saved_predictions")
-SCAN_KEYS = ("lambdas", "batch_size", "layers", "holdout_fraction", "holdout_seed")
 
 
 class StaleResultError(RuntimeError):
@@ -253,21 +250,23 @@ def layer(config: dict[str, Any], name: str, prompt: str, key: str) -> Fingerpri
 
 
 def probe(config: dict[str, Any], name: str, prompt: str, probe_id: str) -> Fingerprint:
-    """One probe: its layer's features, the CLS variant and every probe setting that shapes it."""
-    key, cls = parse_probe_id(probe_id)
-    settings = config["probe"]
-    return layer(config, name, prompt, key) | {**{f"probe.{k}": settings[k] for k in PROBE_KEYS},
-                                                "probe.seed": probe_seed(probe_id, settings["seeds"]),
-                                                "probe.concat_cls": cls, "version.probe": VERSIONS["probe"]}
+    """One probe: its layer's features, the CLS variant and every probe setting that shapes it
+    (`ProbeSettings.fingerprint_inputs`: the settings class names them once)."""
+    from .probing.settings import ProbeSettings
+
+    key, _ = parse_probe_id(probe_id)
+    return layer(config, name, prompt, key) | {**ProbeSettings.from_config(config, probe_id).fingerprint_inputs(),
+                                                "version.probe": VERSIONS["probe"]}
 
 
 def scan(config: dict[str, Any], name: str, prompt: str) -> Fingerprint:
     """A layer scan: data, model, prompt and the scan's own settings (it reads no store)."""
+    from .scan.settings import ScanSettings
+
     resolution, geometry = lp_config.spec(config, name).image_size, lp_config.geometry(config, name)
-    settings = config["scan"]
     return data(config, resolution, geometry) | {**_model(config, name), **_prompt(config, name, prompt),
-                                       **{f"scan.{k}": settings[k] for k in SCAN_KEYS},
-                                       "version.scan": VERSIONS["scan"]}
+                                                 **ScanSettings.from_config(config).fingerprint_inputs(),
+                                                 "version.scan": VERSIONS["scan"]}
 
 
 def report(config: dict[str, Any]) -> Fingerprint:
@@ -283,3 +282,16 @@ def report(config: dict[str, Any]) -> Fingerprint:
     for name, prompt in lp_config.scan_targets(config):
         inputs[f"scan:{name}/{prompt}"] = scan(config, name, prompt).hash
     return Fingerprint(inputs)
+
+
+def for_job(stage: str, config: dict[str, Any], wildcards: Any) -> Fingerprint:
+    """The fingerprint of the artefact one job of a stage makes, from the job's wildcards: what
+    the rules pass as params and what the job checks it was planned with."""
+    makers = {"data": lambda: data(config, int(wildcards.res)),
+              "data_pad": lambda: data(config, int(wildcards.res), "pad"),
+              "tiny_model": lambda: tiny_model(config, wildcards.model),
+              "store": lambda: store(config, wildcards.model, wildcards.prompt),
+              "probe": lambda: probe(config, wildcards.model, wildcards.prompt, wildcards.probe),
+              "scan": lambda: scan(config, wildcards.model, wildcards.prompt),
+              "report": lambda: report(config)}
+    return makers[stage]()

@@ -11,7 +11,6 @@ from typing import Any
 
 from . import config as lp_config
 
-
 # Measured peaks of the demo jobs (results/benchmarks) plus headroom; see docs/BENCHMARKS.md.
 BASE_MEM_MB = {"synthetic_dataset": 1024, "preprocess": 2048, "build_tiny_model": 2048,
                "prepare_store": 1024, "finalize_store": 1024, "report": 2048}
@@ -31,17 +30,21 @@ CPU_WEIGHT_FACTOR = 1.75
 GPU_HOST_MB = {"llava": 8192, "open_clip": 4096, "hf_vision": 4096}
 
 
-def _model(config: dict[str, Any], wildcards: Any) -> tuple[str, dict[str, Any]] | None:
-    name = getattr(wildcards, "model", None) if wildcards is not None else None
-    return (name, config["models"][name]) if name in config.get("models", {}) else None
-
-
-def mem_mb(rule: str, config: dict[str, Any], wildcards: Any = None, attempt: int = 1) -> int:
+def mem_mb(rule: str, config: dict[str, Any], model: str | None = None, attempt: int = 1) -> int:
+    """RAM (MiB) one job of `rule` asks for; `model` names the config entry for the model jobs."""
     if rule == "probe":
         return int(config["probe"]["ram_budget_mb"]) + OVERHEAD_MB
-    found = _model(config, wildcards)
-    if rule in ("extract", "scan", "build_tiny_model") and found is not None:
-        name, model = found
+    base = _model_job_mb(rule, config, model)
+    if rule == "scan" and model in config["models"]:  # the ridge statistics, when they live in host RAM
+        from .scan.cost import host_stats_mb
+
+        base += host_stats_mb(config, model, gpus("scan", config) > 0)
+    return base
+
+
+def _model_job_mb(rule: str, config: dict[str, Any], name: str | None) -> int:
+    model = config["models"].get(name) if name is not None else None
+    if rule in ("extract", "scan", "build_tiny_model") and model is not None:
         if rule != "build_tiny_model" and gpus(rule, config) > 0 and model.get("tiny") is None:
             return GPU_HOST_MB[model["kind"]]
         weights = lp_config.spec(config, name).params * 4 / 2**20  # fp32 on the CPU (dtype auto)
@@ -55,7 +58,9 @@ def _round_up(mb: float, step: int = 256) -> int:
     return int(-(-mb // step) * step)
 
 
-def runtime_min(rule: str, config: dict[str, Any], wildcards: Any = None, attempt: int = 1) -> int:
+def runtime_min(rule: str, config: dict[str, Any], attempt: int = 1) -> int:
+    """The time limit (minutes) of attempt `attempt`: longer on each retry, so a job killed by
+    its limit comes back with more time and resumes."""
     return BASE_RUNTIME_MIN.get(rule, 60) * attempt
 
 

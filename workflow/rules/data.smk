@@ -8,14 +8,16 @@
 
 rule synthetic_dataset:
     output:
-        "results/dataset/synthetic.json",
+        "<results>/dataset/synthetic.json",
     params:
         root=DATASET["root"],
         synthetic=DATASET["synthetic"],
     log:
-        "results/logs/synthetic_dataset.log",
+        "<results>/logs/synthetic_dataset.log",
     benchmark:
-        "results/benchmarks/synthetic_dataset/synthetic_dataset.tsv"
+        "<results>/benchmarks/synthetic_dataset/synthetic_dataset.tsv"
+    conda:
+        "../../envs/layerprobe.yaml"
     resources:
         mem_mb=mem_mb("synthetic_dataset"),
         runtime=runtime("synthetic_dataset"),
@@ -27,16 +29,18 @@ rule preprocess:
     input:
         dataset_marker,
     output:
-        "results/data/{res}px.json",
+        "<results>/data/{res}px.json",
     params:
         root=DATASET["root"],
         max_images=DATASET["max_images"],
-        store="results/data/{res}px.zarr",
-        fingerprint=data_fingerprint,
+        store=results("<results>/data/{res}px.zarr"),
+        fingerprint=fingerprint("data"),
     log:
-        "results/logs/preprocess/{res}px.log",
+        "<results>/logs/preprocess/{res}px.log",
     benchmark:
-        "results/benchmarks/preprocess/{res}px.tsv"
+        "<results>/benchmarks/preprocess/{res}px.tsv"
+    conda:
+        "../../envs/layerprobe.yaml"
     resources:
         mem_mb=mem_mb("preprocess"),
         runtime=runtime("preprocess"),
@@ -48,16 +52,18 @@ rule preprocess_pad:
     input:
         dataset_marker,
     output:
-        "results/data/{res}px_pad.json",
+        "<results>/data/{res}px_pad.json",
     params:
         root=DATASET["root"],
         max_images=DATASET["max_images"],
-        store="results/data/{res}px_pad.zarr",
-        fingerprint=pad_data_fingerprint,
+        store=results("<results>/data/{res}px_pad.zarr"),
+        fingerprint=fingerprint("data_pad"),
     log:
-        "results/logs/preprocess/{res}px_pad.log",
+        "<results>/logs/preprocess/{res}px_pad.log",
     benchmark:
-        "results/benchmarks/preprocess/{res}px_pad.tsv"
+        "<results>/benchmarks/preprocess/{res}px_pad.tsv"
+    conda:
+        "../../envs/layerprobe.yaml"
     resources:
         mem_mb=mem_mb("preprocess"),
         runtime=runtime("preprocess"),

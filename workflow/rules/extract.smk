@@ -7,13 +7,15 @@
 
 rule build_tiny_model:
     output:
-        "results/models/{model}.built",
+        "<results>/models/{model}.built",
     params:
-        fingerprint=tiny_model_fingerprint,  # the `tiny` block only: new layers never rebuild it
+        fingerprint=fingerprint("tiny_model"),  # the `tiny` block only: new layers never rebuild it
     log:
-        "results/logs/build_tiny_model/{model}.log",
+        "<results>/logs/build_tiny_model/{model}.log",
     benchmark:
-        "results/benchmarks/build_tiny_model/{model}.tsv"
+        "<results>/benchmarks/build_tiny_model/{model}.tsv"
+    conda:
+        "../../envs/layerprobe.yaml"
     resources:
         mem_mb=mem_mb("build_tiny_model"),
         runtime=runtime("build_tiny_model"),
@@ -25,15 +27,17 @@ rule prepare_store:
     input:
         data=data_manifest,
     output:
-        "results/features/{model}/{prompt}.layout.json",
+        "<results>/features/{model}/{prompt}.layout.json",
     params:
         store=store_path,
-        fingerprint=store_fingerprint,
+        fingerprint=fingerprint("store"),
         layers=store_keys,
     log:
-        "results/logs/prepare_store/{model}/{prompt}.log",
+        "<results>/logs/prepare_store/{model}/{prompt}.log",
     benchmark:
-        "results/benchmarks/prepare_store/{model}/{prompt}.tsv"
+        "<results>/benchmarks/prepare_store/{model}/{prompt}.tsv"
+    conda:
+        "../../envs/layerprobe.yaml"
     resources:
         mem_mb=mem_mb("prepare_store"),
         runtime=runtime("prepare_store"),
@@ -43,20 +47,22 @@ rule prepare_store:
 
 rule extract:
     input:
-        layout=store_layout,
+        layout="<results>/features/{model}/{prompt}.layout.json",
         data=data_manifest,
         model=model_inputs,
     output:
-        "results/features/{model}/{prompt}.part{part}.json",
+        "<results>/features/{model}/{prompt}.part{part}.json",
     params:
         store=store_path,
         parts=PARTS,
-        fingerprint=store_fingerprint,
+        fingerprint=fingerprint("store"),
         layers=store_keys,
     log:
-        "results/logs/extract/{model}/{prompt}.part{part}.log",
+        "<results>/logs/extract/{model}/{prompt}.part{part}.log",
     benchmark:
-        "results/benchmarks/extract/{model}/{prompt}.part{part}.tsv"
+        "<results>/benchmarks/extract/{model}/{prompt}.part{part}.tsv"
+    conda:
+        "../../envs/layerprobe.yaml"
     resources:
         mem_mb=mem_mb("extract"),
         runtime=runtime("extract"),
@@ -67,18 +73,20 @@ rule extract:
 
 rule finalize_store:
     input:
-        layout=store_layout,
+        layout="<results>/features/{model}/{prompt}.layout.json",
         parts=store_parts,
     output:
-        "results/features/{model}/{prompt}.manifest.json",
+        "<results>/features/{model}/{prompt}.manifest.json",
     params:
         store=store_path,
-        fingerprint=store_fingerprint,
+        fingerprint=fingerprint("store"),
         layers=store_keys,
     log:
-        "results/logs/finalize_store/{model}/{prompt}.log",
+        "<results>/logs/finalize_store/{model}/{prompt}.log",
     benchmark:
-        "results/benchmarks/finalize_store/{model}/{prompt}.tsv"
+        "<results>/benchmarks/finalize_store/{model}/{prompt}.tsv"
+    conda:
+        "../../envs/layerprobe.yaml"
     resources:
         mem_mb=mem_mb("finalize_store"),
         runtime=runtime("finalize_store"),

@@ -10,24 +10,28 @@ localrules:
 
 rule fetch_ade20k:
     output:
-        "results/dataset/ade20k.json",
+        "<results>/dataset/ade20k.json",
     params:
         root=DATASET["root"],
         url=DATASET["url"],
         checksum=DATASET["checksum"],
     log:
-        "results/logs/fetch_ade20k.log",
+        "<results>/logs/fetch_ade20k.log",
+    conda:
+        "../../envs/layerprobe.yaml"
     script:
         "../scripts/fetch_ade20k.py"
 
 
 rule fetch_weights:
     output:
-        "results/weights/{source}.json",  # one per download: models sharing a hub id share it
+        "<results>/weights/{source}.json",  # one per download: models sharing a hub id share it
     params:
         cache_dir=CFG["weights"]["cache_dir"],
         weights=source_weights,  # the commit planned with: a moved ref fetches again
     log:
-        "results/logs/fetch_weights/{source}.log",
+        "<results>/logs/fetch_weights/{source}.log",
+    conda:
+        "../../envs/layerprobe.yaml"
     script:
         "../scripts/fetch_weights.py"

@@ -1,5 +1,5 @@
 # Stage 3: one linear probe per (model, prompt, layer, CLS variant). Checkpoints go to
-# results/checkpoints/, which is not a declared output, so Snakemake's cleanup of a failed job
+# <results>/checkpoints/, which is not a declared output, so Snakemake's cleanup of a failed job
 # keeps them. A pad-geometry probe also writes whole_image_per_image.npz (not declared, so that
 # the centre-crop probes' outputs stay as they were; written before metrics.json, the last file).
 #
@@ -17,31 +17,37 @@ localrules:
 
 rule probe_fingerprint:
     output:
-        "results/fingerprints/probes/{model}/{prompt}/{probe}.txt",
+        "<results>/fingerprints/probes/{model}/{prompt}/{probe}.txt",
     params:
-        fingerprint=probe_fingerprint,
+        fingerprint=fingerprint("probe"),
+    log:
+        "<results>/logs/probe_fingerprint/{model}/{prompt}/{probe}.log",
+    conda:
+        "../../envs/layerprobe.yaml"
     shell:
-        "echo {params.fingerprint:q} > {output:q}"
+        "echo {params.fingerprint:q} > {output:q} 2> {log:q}"
 
 
 rule probe:
     input:
-        store=ancient(store_manifest),
-        fingerprint=probe_fingerprint_file,
+        store=ancient("<results>/features/{model}/{prompt}.manifest.json"),
+        fingerprint="<results>/fingerprints/probes/{model}/{prompt}/{probe}.txt",
         data=ancient(probe_data_manifest),  # pad geometry only: the original annotations
     output:
-        metrics="results/probes/{model}/{prompt}/{probe}/metrics.json",
-        epochs="results/probes/{model}/{prompt}/{probe}/epochs.csv",
-        predictions="results/probes/{model}/{prompt}/{probe}/predictions.npz",
-        per_image="results/probes/{model}/{prompt}/{probe}/per_image.npz",
+        metrics="<results>/probes/{model}/{prompt}/{probe}/metrics.json",
+        epochs="<results>/probes/{model}/{prompt}/{probe}/epochs.csv",
+        predictions="<results>/probes/{model}/{prompt}/{probe}/predictions.npz",
+        per_image="<results>/probes/{model}/{prompt}/{probe}/per_image.npz",
     params:
         store=store_path,
-        checkpoint="results/checkpoints/{model}/{prompt}/{probe}.pt",
-        fingerprint=probe_fingerprint,
+        checkpoint=results("<results>/checkpoints/{model}/{prompt}/{probe}.pt"),
+        fingerprint=fingerprint("probe"),
     log:
-        "results/logs/probe/{model}/{prompt}/{probe}.log",
+        "<results>/logs/probe/{model}/{prompt}/{probe}.log",
     benchmark:
-        "results/benchmarks/probe/{model}/{prompt}/{probe}.tsv"
+        "<results>/benchmarks/probe/{model}/{prompt}/{probe}.tsv"
+    conda:
+        "../../envs/layerprobe.yaml"
     # The script pins torch to this many threads, so float reductions (and so the metrics) are
     # the same under every executor; a resumed SLURM job must match an uninterrupted local run.
     threads: 1

@@ -4,9 +4,9 @@ from pathlib import Path
 
 from layerprobe.data.ade20k import check_layout
 from layerprobe.data.download import fetch_ade20k
-from layerprobe.logs import redirect_output
+from layerprobe.job import job
 
-with redirect_output(snakemake.log[0]):
+with job(snakemake):
     root = Path(snakemake.params.root)
     if root.exists():  # already there (an earlier download, or put there by hand): check, don't fetch
         info = {"root": str(root), "downloaded": False, "images": check_layout(root)}

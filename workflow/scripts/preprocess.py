@@ -1,12 +1,7 @@
 """Rule preprocess: resize/crop images and labels to one resolution, into a uint8 Zarr store."""
-from layerprobe import config as lp_config
-from layerprobe import fingerprint as lp_fp
 from layerprobe.data.preprocess import preprocess
-from layerprobe.logs import redirect_output
+from layerprobe.job import job
 
-with redirect_output(snakemake.log[0]):
-    res = int(snakemake.wildcards.res)
-    fingerprint = lp_fp.expect(lp_fp.data(lp_config.validate(snakemake.config), res), snakemake.params.fingerprint,
-                               snakemake.output[0])
-    preprocess(snakemake.params.root, snakemake.params.store, snakemake.output[0], res, snakemake.params.max_images,
-               fingerprint.record())
+with job(snakemake, "data") as run:
+    preprocess(snakemake.params.root, snakemake.params.store, snakemake.output[0], int(snakemake.wildcards.res),
+               snakemake.params.max_images, run.fingerprint.record())

@@ -1,11 +1,10 @@
-"""Rule report: results/report.html (and results/report_files/*.png) from every result."""
+"""Rule report: <results>/report.html (and <results>/report_files/*.png) from exactly the rule's inputs."""
 from pathlib import Path
 
-from layerprobe import config as lp_config
-from layerprobe.logs import redirect_output
-from layerprobe.report import build_report
+from layerprobe.job import job
+from layerprobe.report.inputs import ReportInputs
+from layerprobe.report.page import build_report
 
-with redirect_output(snakemake.log[0]):
-    cfg = lp_config.validate(snakemake.config)
-    html = Path(snakemake.output.html)
-    build_report(cfg, html.parent, html)
+with job(snakemake, "report") as run:
+    inputs = ReportInputs.from_snakemake(run.config, snakemake.input, snakemake.params.benchmarks)
+    build_report(run.config, inputs, Path(snakemake.output.html), Path(snakemake.output.figures))

@@ -1,10 +1,10 @@
 """Rule synthetic_dataset: write the demo's ADE20K-layout dataset."""
 import json
 
-from layerprobe.logs import redirect_output
 from layerprobe.data.synthetic import write_dataset
+from layerprobe.job import job
 
-with redirect_output(snakemake.log[0]):
+with job(snakemake):
     params = snakemake.params.synthetic
     root = write_dataset(snakemake.params.root, **params)
     with open(snakemake.output[0], "w") as f:

@@ -10,8 +10,9 @@ import importlib
 import sys
 
 COMMANDS = {
-    "plan": ("layerprobe.plan", "print store sizes, RAM and GPU-hours for a config before submitting"),
-    "fetch-configs": ("layerprobe.cli.fetch_configs", "cache hub models' config.json (what the DAG reads) into weights.cache_dir"),
+    "plan": ("layerprobe.cli.plan", "print store sizes, RAM and GPU-hours for a config before submitting"),
+    "fetch-configs": ("layerprobe.cli.fetch_configs",
+                      "cache hub models' config.json (what the DAG reads) into weights.cache_dir"),
     "submit-head": ("layerprobe.cli.submit_head", "submit the Snakemake controller itself as a SLURM job (submitit)"),
 }
 

@@ -13,23 +13,18 @@ import argparse
 from pathlib import Path
 from typing import Any
 
-import yaml
-
+from ..config import merged_raw, schema_default
 from ..models.specs.hub import find_json
 from ..models.weights import HUB_KINDS
 
 SPEC_FILES = {"llava": ["config.json"], "hf_vision": ["config.json", "preprocessor_config.json"]}
-DEFAULT_CACHE_DIR = "results/weights/cache"  # the schema's weights.cache_dir default
 
 
 def hub_models(paths: list[str]) -> tuple[dict[str, dict[str, Any]], str]:
     """The hub-id models of the merged config files (later files override earlier ones) and the cache."""
-    models: dict[str, dict[str, Any]] = {}
-    cache_dir = DEFAULT_CACHE_DIR
-    for path in paths:
-        raw = yaml.safe_load(Path(path).read_text()) or {}
-        models.update(raw.get("models") or {})
-        cache_dir = (raw.get("weights") or {}).get("cache_dir", cache_dir)
+    raw = merged_raw(paths)
+    models = raw.get("models") or {}
+    cache_dir = (raw.get("weights") or {}).get("cache_dir", schema_default("weights.cache_dir"))
     hub = {name: m for name, m in models.items()
            if isinstance(m, dict) and m.get("kind") in HUB_KINDS and m.get("hub_id") and m.get("tiny") is None
            and not Path(m["hub_id"]).exists()}  # tiny models are built locally by a rule

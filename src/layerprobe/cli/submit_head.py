@@ -39,7 +39,7 @@ from typing import Any
 
 DEFAULT_TIME_MIN = 3 * 24 * 60  # three days
 DEFAULT_MEM_GB = 2.0
-DEFAULT_FOLDER = "results/logs/head"
+HEAD_LOGS = "logs/head"  # under the config's results root (pathvars.results)
 DEFAULT_REQUEUE_BEFORE_MIN = 10.0  # stop and requeue this long before the time limit
 STOP_WAIT_S = 120  # how long Snakemake gets to cancel its jobs and release its lock
 PREFIX = "[layerprobe submit-head]"
@@ -64,9 +64,9 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
                         help="RAM of the head job in GB (default: %(default)s)")
     parser.add_argument("--cpus", type=int, default=1, help="CPUs of the head job (default: %(default)s)")
     parser.add_argument("--job-name", default="layerprobe-head", help="SLURM job name (default: %(default)s)")
-    parser.add_argument("--folder", default=DEFAULT_FOLDER,
+    parser.add_argument("--folder", default=None,
                         help="submitit folder for the job's logs and pickles, relative to --directory "
-                             "(default: %(default)s)")
+                             f"(default: {HEAD_LOGS} under the config's results root, e.g. results/{HEAD_LOGS})")
     parser.add_argument("--cluster", choices=["auto", "slurm", "local", "debug"], default="auto",
                         help="submitit executor: auto (SLURM when srun exists, else local), slurm, local "
                              "(a detached process on this machine) or debug (in this process); "
@@ -244,6 +244,15 @@ def wait_for(job: Any, cluster: str, poll_s: float = 2.0) -> Any:
     return job.result()
 
 
+def head_folder(configfiles: list[str], workdir: Path) -> str:
+    """`logs/head` under the results root the config names (`pathvars.results`)."""
+    from ..config import merged_raw, schema_default
+
+    raw = merged_raw([p if Path(p).is_absolute() else workdir / p for p in configfiles])
+    root = (raw.get("pathvars") or {}).get("results") or schema_default("pathvars.results")
+    return f"{root}/{HEAD_LOGS}"
+
+
 def make_executor(args: argparse.Namespace, folder: Path) -> Any:
     import submitit
 
@@ -271,7 +280,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.profile and os.sep in args.profile and not (workdir / args.profile).is_dir():
         print(f"submit-head: profile directory {args.profile!r} not found", file=sys.stderr)
         return 2
-    folder = Path(args.folder)
+    folder = Path(args.folder or head_folder(args.configfile or [], workdir))
     folder = (folder if folder.is_absolute() else workdir / folder).resolve()
     folder.mkdir(parents=True, exist_ok=True)
     command = snakemake_command(args.profile, args.configfile, args.snakemake_args)

@@ -19,7 +19,9 @@ from typing import Any
 from . import ade20k
 from .preprocess import select
 
-CACHE = Path("results/.layerprobe/file-digests.json")  # relative to the Snakemake working directory
+# Beside Snakemake's own metadata of the working directory: a cache of this directory's runs, shared
+# by every config run here (keyed by absolute path, size, mtime and inode), not a result.
+CACHE = Path(".snakemake/layerprobe/file-digests.json")
 
 
 def file_digest(path: Path) -> str:

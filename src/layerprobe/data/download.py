@@ -19,8 +19,8 @@ import zipfile
 from pathlib import Path
 from typing import Any
 
-from .ade20k import check_layout
 from ..progress import progress
+from .ade20k import check_layout
 
 log = logging.getLogger("layerprobe.download")
 # The official archive and the SHA-1 published with it by GluonCV's and Segmenter's ADE20K
@@ -61,7 +61,8 @@ def fetch_ade20k(url: str, checksum: str, root: str | Path) -> dict[str, Any]:
     """Download, verify and unpack the archive so that `root` is its ADEChallengeData2016 folder."""
     root = Path(root)
     if root.exists():
-        raise FileExistsError(f"{root}: already exists (config key dataset.root); remove it or set dataset.download: false")
+        raise FileExistsError(f"{root}: already exists (config key dataset.root); remove it or set "
+                              "dataset.download: false")
     root.parent.mkdir(parents=True, exist_ok=True)
     token = uuid.uuid4().hex[:8]
     archive = root.parent / f".{root.name}.{token}.zip.part"

@@ -18,10 +18,10 @@ import numpy as np
 import zarr
 from PIL import Image
 
-from . import ade20k
-from ..provenance import versions
-from .geometry import pad_resize
 from ..progress import progress
+from ..provenance import versions
+from . import ade20k
+from .geometry import pad_resize
 
 log = logging.getLogger("layerprobe.data")
 # Images per chunk of the data store: an IO detail of this store only (feature stores have their

@@ -260,3 +260,37 @@ def read_chunk_into(arr: Any, chunk: int, out: np.ndarray) -> None:
     full = np.empty((files.chunk_rows, *out.shape[1:]), dtype=out.dtype)  # edge chunks are stored full size
     files.read_chunk(chunk, full)
     out[...] = full[:len(out)]
+
+
+# Chunk files kept open per array across windows and epochs (a warm epoch would otherwise open
+# every chunk file again); bounded by the open-files limit.
+KEEP_OPEN_FILES = 4096
+OTHER_OPEN_FILES = 64  # left under the open-files limit for the rest of the process
+
+
+def keep_handles_open(files: list[ChunkFiles], window_chunks: int, n_chunks: int) -> None:
+    """Let each array keep up to KEEP_OPEN_FILES read handles (two windows' at least), raising
+    the soft open-files limit as far as the hard one allows."""
+    wanted = max(2 * window_chunks, min(n_chunks, KEEP_OPEN_FILES))
+    limit = _allow_open_files(wanted * len(files) + OTHER_OPEN_FILES)
+    needed = 2 * window_chunks * len(files) + OTHER_OPEN_FILES
+    if limit < needed:
+        log.warning("the loader may need %d open files, the limit is %d: lower probe.shuffle_window_chunks "
+                    "or raise store.chunk_images", needed, limit)
+    for f in files:
+        f.keep_open = max(2 * window_chunks, min(wanted, (limit - OTHER_OPEN_FILES) // len(files)))
+
+
+def _allow_open_files(needed: int) -> int:
+    """Raise the soft limit on open files to `needed` (up to the hard limit): a large window
+    keeps more read handles open than the usual soft limit of 1024. Returns the soft limit."""
+    try:
+        import resource
+    except ImportError:  # not POSIX
+        return needed
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft == resource.RLIM_INFINITY or soft >= needed:
+        return needed
+    new = needed if hard == resource.RLIM_INFINITY else min(needed, hard)
+    resource.setrlimit(resource.RLIMIT_NOFILE, (new, hard))
+    return new

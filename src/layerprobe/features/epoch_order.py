@@ -16,9 +16,11 @@ split, the order is a full random permutation of the split's rows.
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 
 import numpy as np
 
+DEFAULT_WINDOW_CHUNKS = 32  # probe.shuffle_window_chunks's default (the schema's), for direct use
 # Batches alive at once: one being built, one queued, the one the consumer takes, and the one it
 # still holds while asking for the next (a `for` loop keeps it until `next` returns).
 BATCH_BUFFERS = 4
@@ -53,6 +55,27 @@ def largest_window(budget: int, chunk_bytes: int, batch_bytes: int, n_chunks: in
     (for sequential reads, whose order no window changes)."""
     room = budget - margin_bytes(budget) - BATCH_BUFFERS * batch_bytes
     return max(1, min(n_chunks, room // max(1, windows * chunk_bytes)))
+
+
+@dataclass(frozen=True)
+class WindowPlan:
+    window_chunks: int  # chunks per window (the read size; the order's only when shuffling)
+    need: int  # bytes one window and the batch buffers hold
+    fits: bool  # the budget holds one window
+    prefetch: bool  # the budget holds two: the next window is read while this one is consumed
+
+
+def plan_windows(budget: int, row_bytes: int, chunk_rows: int, batch_size: int, n_chunks: int,
+                 shuffle_window: int, shuffle: bool = True) -> WindowPlan:
+    """The loader's windows under a budget. Shuffling, the window is the shuffle window (it
+    decides the order); without shuffling the order is the store's, so the window is only a read
+    size: what two of fit the budget."""
+    chunk_bytes, batch_bytes = row_bytes * chunk_rows, row_bytes * batch_size
+    window = (max(1, min(shuffle_window, n_chunks)) if shuffle
+              else largest_window(budget, chunk_bytes, batch_bytes, n_chunks))
+    need = window_bytes(window, chunk_bytes, batch_bytes)
+    return WindowPlan(window, need, fits(budget, need),
+                      fits(budget, window_bytes(window, chunk_bytes, batch_bytes, windows=2)))
 
 
 def windows(n_chunks: int, window_chunks: int, seed: int, epoch: int, shuffle: bool = True) -> list[list[int]]:

@@ -13,24 +13,25 @@ import queue
 import threading
 import time
 import uuid
-from pathlib import Path
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
 
-from . import store
-from ..data.ade20k import CLASS_NAMES
-from ..models.backbones.base import Backbone
-from .chunkfiles import ChunkPaths
 from ..config import prompt_text, store_fill
+from ..data.ade20k import CLASS_NAMES
 from ..fingerprint import Fingerprint
-from ..progress import progress
-from ..provenance import versions
+from ..formatting import human_bytes
+from ..models.backbones.base import Backbone
 from ..models.prompts import PromptFiller, prompt_filler
 from ..models.specs import model_spec
+from ..progress import progress
+from ..provenance import versions
+from . import markers, store
+from .chunkfiles import ChunkPaths
 
 log = logging.getLogger("layerprobe.extract")
 
@@ -54,6 +55,12 @@ def make_layout(name: str, model: dict[str, Any], prompt_id: str, data: Any, chu
                         category_seed=model.get("category_seed", 0))
 
 
+def layout_for(config: dict[str, Any], name: str, prompt_id: str, data: Any, fingerprint: Fingerprint) -> store.Layout:
+    """`make_layout` with the store settings of a validated config (the workflow's jobs)."""
+    return make_layout(name, config["models"][name], prompt_id, data, config["store"]["chunk_images"],
+                       config["store"]["shuffle_seed"], fingerprint, cache_dir=config["weights"]["cache_dir"])
+
+
 def _location(data: Any) -> str | None:
     """The data store's path as it was opened (relative to the workdir in the workflow)."""
     root = getattr(data.store, "root", None)
@@ -72,7 +79,8 @@ class ChunkWriter:
 
     def __init__(self, group: Any, store_path: Path, depth: int = 2, write_threads: int = 2) -> None:
         self.group, self.store_path = group, store_path
-        self.writers = ThreadPoolExecutor(write_threads, thread_name_prefix="extract-write") if write_threads > 1 else None
+        self.writers = (ThreadPoolExecutor(write_threads, thread_name_prefix="extract-write") if write_threads > 1
+                        else None)
         self.arrays: dict[str, Any] = {}
         self.raw: dict[str, RawChunks | None] = {}
         self.queue: queue.Queue = queue.Queue(maxsize=depth)
@@ -128,7 +136,7 @@ class ChunkWriter:
                 raw.write(index, values)
         else:  # list(): waits for all and raises the first error
             list(self.writers.map(lambda job: job[0].write(job[1], job[2]), raw_writes))
-        store.write_marker(self.store_path, split, chunk, info)  # only after the chunk is on disk
+        markers.write_marker(self.store_path, split, chunk, info)  # only after the chunk is on disk
 
 
 class RawChunks:
@@ -157,8 +165,8 @@ class RawChunks:
         little = self.arr.dtype.newbyteorder("<")
         views = [memoryview(np.ascontiguousarray(p, dtype=little).reshape(-1).view(np.uint8)) for p in parts]
         path = self.path(chunk)
-        store.remove_orphans(path)  # a killed writer's: this part owns the chunk, no live writer can
-        tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex[:8]}{store.PARTIAL}")
+        markers.remove_orphans(path)  # a killed writer's: this part owns the chunk, no live writer can
+        tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex[:8]}{markers.PARTIAL}")
         try:
             fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
         except FileNotFoundError:  # a store prepared before store.make_chunk_dirs existed
@@ -196,7 +204,7 @@ def extract_part(backbone: Backbone | Callable[[], Backbone], data: Any, store_p
     store_path = Path(store_path)
     group = store.open_for_parts(store_path, layout, keys)
     mine = store.part_chunks(layout, part, parts)
-    todo = store.missing_work(store_path, mine, keys)
+    todo = markers.missing_work(store_path, mine, keys)
     pairs = sum(len([k for k in missing if k != store.LABELS]) for _, _, missing in todo)
     lacking = sorted({k for _, _, missing in todo for k in missing if k != store.LABELS})
     new_bytes = sum(layout.layer_bytes(k, s) // layout.count(s) * (layout.rows(c, s)[1] - layout.rows(c, s)[0])
@@ -204,13 +212,13 @@ def extract_part(backbone: Backbone | Callable[[], Backbone], data: Any, store_p
     log.info("store %s: %d layers x %s images x %d tokens; part %d/%d: %d of %d chunks to do, "
              "%d (chunk, layer) pairs missing %s, %s to write", store_path, len(keys),
              {s: layout.count(s) for s in store.SPLITS}, layout.tokens, part + 1, parts, len(todo), len(mine),
-             pairs, lacking, store.human_bytes(new_bytes))
+             pairs, lacking, human_bytes(new_bytes))
     stats = {"chunks": len(todo), "pairs": pairs, "layers": lacking, "forward_seconds": 0.0,
              "writer_wait_seconds": 0.0}
     if not todo:
         return stats
     if precision is not None:
-        store.check_precision(store_path, precision)
+        markers.check_precision(store_path, precision)
     if not isinstance(backbone, Backbone):
         backbone = backbone()
     writer = ChunkWriter(group, store_path)
@@ -234,7 +242,7 @@ def extract_part(backbone: Backbone | Callable[[], Backbone], data: Any, store_p
             stats["forward_seconds"] += time.perf_counter() - t0
             if store.LABELS in missing:
                 arrays[store.LABELS] = labels
-            done = store.chunk_layers(store_path, split, chunk)
+            done = markers.chunk_layers(store_path, split, chunk)
             writer.put((split, chunk, start, arrays, {"layers": sorted(set(done) | set(missing)),
                                                       "prompts": prompts or [], **(precision or {}),
                                                       "versions": versions()}))

@@ -25,12 +25,10 @@ from __future__ import annotations
 import logging
 import math
 import os
-import sys
 import threading
 import time
 from collections.abc import Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
-from dataclasses import dataclass, field
 from queue import Queue
 from typing import Any
 
@@ -38,77 +36,23 @@ import numpy as np
 import torch
 
 from . import epoch_order as order_of
-from .chunkfiles import ChunkFiles, aligned_empty, chunk_file, read_chunk_into  # noqa: F401 - re-exported
-from .epoch_order import BATCH_BUFFERS, MARGIN_FRACTION, margin_bytes  # noqa: F401 - re-exported
+from .buffers import BufferPool, Window
+from .chunkfiles import ChunkFiles, chunk_file, keep_handles_open, read_chunk_into  # noqa: F401 - re-exported
+from .epoch_order import BATCH_BUFFERS, DEFAULT_WINDOW_CHUNKS, MARGIN_FRACTION, margin_bytes  # noqa: F401
 from .inflight import InFlightTuner
+from .resident import load_resident
+from .staging import Batch, DeviceStager
 
 log = logging.getLogger("layerprobe.loader")
 
 MODES = ("auto", "resident", "chunks")
-DEFAULT_WINDOW_CHUNKS = 32  # probe.shuffle_window_chunks's default (the schema's), for direct use
 
-# Chunk files kept open per array across windows and epochs (a warm epoch would otherwise open
-# every chunk file again); bounded by the open-files limit.
-KEEP_OPEN_FILES = 4096
-OTHER_OPEN_FILES = 64  # left under the open-files limit for the rest of the process
-READS_IN_FLIGHT = 4  # concurrent chunk reads to start with (then tuned): SSDs and parallel file systems serve several at once
-Batch = tuple[torch.Tensor, torch.Tensor | None, torch.Tensor, np.ndarray]
+# Concurrent chunk reads to start with (then tuned): SSDs and parallel file systems serve several at once.
+READS_IN_FLIGHT = 4
 
 
 class LoaderBudgetError(ValueError):
     """The RAM budget cannot hold one shuffle window; names the config keys that fix it."""
-
-
-@dataclass
-class Window:
-    """Rows available for batches: the split (resident), or a few chunks of it (chunks mode).
-
-    Chunks mode: `buffers[k][chunk]` is a chunk read from disk for array k (feats, labels, cls),
-    absent for a chunk the page cache holds (its rows are read straight into the batch).
-    """
-
-    feats: Any
-    cls: Any
-    labels: Any
-    rows: np.ndarray  # store row of each window row
-    order: np.ndarray  # window-row indices in consumption order
-    buffers: list[dict[int, np.ndarray]] = field(default_factory=list)
-    # Chunks mode, in consumption order: store rows, and their chunk and row in it (as lists:
-    # the row reads index them per row, once per window rather than per batch).
-    sequence: np.ndarray | None = None
-    chunk_of: list[int] = field(default_factory=list)
-    local: list[int] = field(default_factory=list)
-
-
-class BufferPool:
-    """Reuses a few large arrays once nobody references them any more.
-
-    Why: fresh multi-MB arrays come from mmap, and first-touch page faults cost as much as the
-    copy itself. A buffer is handed out again only when the reference count of the memory's
-    owner shows that no view of it (and no tensor made from it) is alive, so reuse can never
-    overwrite data in use. Buffers are page-aligned (O_DIRECT reads into them); every view's
-    `base` is then the owner of the memory, which is what is counted.
-    """
-
-    def __init__(self, size: int) -> None:
-        self.size = size
-        self.buffers: list[list[Any]] = []  # [array, memory owner, the owner's refcount when idle]
-        self.lock = threading.Lock()
-
-    def get(self, shape: tuple[int, ...], dtype: Any, rows: int) -> np.ndarray:
-        """A view of `rows` leading rows of a free buffer of `shape`, or a new one."""
-        with self.lock:
-            for buffer, owner, idle in self.buffers:
-                if buffer.shape == shape and buffer.dtype == dtype and sys.getrefcount(owner) == idle:
-                    return buffer[:rows]
-            buffer = aligned_empty(shape, dtype)
-            if len(self.buffers) < self.size:
-                owner = buffer.base if buffer.base is not None else buffer
-                entry = [buffer, owner, 0]
-                self.buffers.append(entry)
-                # Counted as in the loop above: the entry, buffer.base, a local, the argument.
-                entry[2] = sys.getrefcount(owner)
-            return buffer[:rows]
 
 
 class ChunkShuffleLoader:
@@ -139,37 +83,25 @@ class ChunkShuffleLoader:
         self.epoch = 0
         self._resident: Window | None = None
         self.mode = self._choose_mode(mode)
-        chunk_bytes, batch_bytes = self.row_bytes * self.chunk_rows, self.row_bytes * batch_size
-        # The shuffle window decides the order (epoch_order); without shuffling the order is the
-        # store's, so the window is only a read size: what two of fit the budget.
+        chunk_bytes = self.row_bytes * self.chunk_rows
         self.shuffle_window = int(window_chunks)
-        self.window_chunks = (max(1, min(self.shuffle_window, self.n_chunks)) if shuffle else
-                              order_of.largest_window(self.budget, chunk_bytes, batch_bytes, self.n_chunks))
-        need = order_of.window_bytes(self.window_chunks, chunk_bytes, batch_bytes)
-        if self.mode == "chunks" and not order_of.fits(self.budget, need):
+        plan = order_of.plan_windows(self.budget, self.row_bytes, self.chunk_rows, batch_size, self.n_chunks,
+                                     self.shuffle_window, shuffle)
+        self.window_chunks, self.prefetch = plan.window_chunks, plan.prefetch
+        if self.mode == "chunks" and not plan.fits:
             raise LoaderBudgetError(
                 f"probe.ram_budget_mb ({_mb(self.budget)}) must hold one shuffle window of {arr.path} "
                 f"(probe.shuffle_window_chunks = {self.window_chunks} chunks of {_mb(chunk_bytes)}) plus "
-                f"{BATCH_BUFFERS} batches and the loader's own margin: {_mb(order_of.min_budget(need))} at least; "
-                f"raise probe.ram_budget_mb, or lower probe.shuffle_window_chunks, probe.batch_size or "
+                f"{BATCH_BUFFERS} batches and the loader's own margin: {_mb(order_of.min_budget(plan.need))} at "
+                f"least; raise probe.ram_budget_mb, or lower probe.shuffle_window_chunks, probe.batch_size or "
                 f"store.chunk_images")
-        # Memory decides only how far ahead the loader reads: the next window too when two fit.
-        self.prefetch = order_of.fits(self.budget, order_of.window_bytes(self.window_chunks, chunk_bytes,
-                                                                         batch_bytes, windows=2))
-        if self.mode == "chunks":  # read handles kept open: two windows' at least, up to KEEP_OPEN_FILES
-            wanted = max(2 * self.window_chunks, min(self.n_chunks, KEEP_OPEN_FILES))
-            limit = _allow_open_files(wanted * len(self.arrays) + OTHER_OPEN_FILES)
-            needed = 2 * self.window_chunks * len(self.arrays) + OTHER_OPEN_FILES
-            if limit < needed:
-                log.warning("the loader may need %d open files, the limit is %d: lower probe.shuffle_window_chunks "
-                            "or raise store.chunk_images", needed, limit)
-            for f in self.files:
-                f.keep_open = max(2 * self.window_chunks, min(wanted, (limit - OTHER_OPEN_FILES) // len(self.arrays)))
+        if self.mode == "chunks":
+            keep_handles_open(self.files, self.window_chunks, self.n_chunks)
         self._window_pool = BufferPool(2 * self.window_chunks * len(self.arrays))
         self._batch_pool = BufferPool(BATCH_BUFFERS * len(self.arrays))
         self._readers: ThreadPoolExecutor | None = None
         self._prefetcher: ThreadPoolExecutor | None = None
-        self._copy_stream: Any = None
+        self._stager = DeviceStager(self.device)
         self.stats = {"cached_chunks": 0, "disk_chunks": 0, "uncached_rows": 0}
         self._warm = False  # the last window came wholly from the page cache
         log.info("loader %s: %d images in %d chunks of %d, %s, mode=%s%s", arr.path, self.n, self.n_chunks,
@@ -271,28 +203,8 @@ class ChunkShuffleLoader:
         return window
 
     def _load_resident(self) -> Window:
-        if self.device.type != "cuda":
-            arrays = [np.empty(a.shape, dtype=a.dtype) for a in self.arrays]
-            jobs = [(k, c) for c in range(self.n_chunks) for k in range(len(self.arrays))]
-            list(self._pool().map(lambda job: self._read_resident(arrays[job[0]], job[0], job[1]), jobs))
-            feats, labels, cls = arrays[0], arrays[1], arrays[2] if self.cls is not None else None
-            return Window(feats, cls, labels, np.arange(self.n), np.arange(self.n))
-        # On a GPU: upload chunk by chunk, so host RAM stays within the budget.
-        dev = [torch.empty(a.shape, dtype=torch.from_numpy(np.empty(0, a.dtype)).dtype, device=self.device)
-               for a in self.arrays]
-        for c in range(self.n_chunks):
-            a, b = self._span(c)
-            for k, a_ in enumerate(self.arrays):
-                host = np.empty((b - a, *a_.shape[1:]), dtype=a_.dtype)
-                self._read_resident(host, k, c, offset=a)
-                dev[k][a:b].copy_(torch.from_numpy(host))
-        cls = dev[2] if self.cls is not None else None
-        return Window(dev[0], cls, dev[1], np.arange(self.n), np.arange(self.n))  # type: ignore[arg-type]
-
-    def _read_resident(self, out: np.ndarray, k: int, chunk: int, offset: int | None = None) -> None:
-        a, b = self._span(chunk)
-        dst = out[a:b] if offset is None else out
-        read_chunk_into(self.arrays[k], chunk, dst)
+        spans = [self._span(c) for c in range(self.n_chunks)]
+        return load_resident(self.arrays, spans, self.device, self._pool(), has_cls=self.cls is not None)
 
     # --- batches ------------------------------------------------------------------------------------
     def iterate(self, skip: int = 0) -> Iterator[Batch]:
@@ -462,40 +374,13 @@ class ChunkShuffleLoader:
             self._warm = False
 
     def _stage(self, batch: tuple[Any, ...]) -> tuple[Batch, Any]:
-        """The batch as tensors; on CUDA its host-to-device copy is issued here, in the producer
-        thread, from pinned memory with non_blocking on a side stream, so it overlaps the
-        consumer's step. The event tells the consumer's stream when the copy is done."""
-        if self.device.type != "cuda":
-            return self._emit(batch), None
-        if self._copy_stream is None:
-            self._copy_stream = torch.cuda.Stream(self.device)
-        with torch.cuda.stream(self._copy_stream):
-            staged = self._emit(batch)
-            event = torch.cuda.Event()
-            event.record(self._copy_stream)
-        return staged, event
+        return self._stager.stage(batch)
 
     def _receive(self, staged: Batch, event: Any) -> Batch:
-        if event is not None:
-            stream = torch.cuda.current_stream(self.device)
-            stream.wait_event(event)
-            for tensor in staged[:3]:
-                if tensor is not None:  # allocated on the side stream, used on this one
-                    tensor.record_stream(stream)
-        return staged
+        return self._stager.receive(staged, event)
 
     def _emit(self, batch: tuple[Any, ...]) -> Batch:
-        feats, cls, labels, rows = batch
-        return (self._to_device(feats), self._to_device(cls) if cls is not None else None,
-                self._to_device(labels), rows)
-
-    def _to_device(self, array: np.ndarray | torch.Tensor) -> torch.Tensor:
-        if isinstance(array, torch.Tensor):  # resident on the GPU already
-            return array
-        tensor = torch.from_numpy(array)
-        if self.device.type == "cuda":
-            return tensor.pin_memory().to(self.device, non_blocking=True)
-        return tensor
+        return self._stager.emit(batch)
 
     def close(self) -> None:
         for f in self.files:
@@ -503,21 +388,6 @@ class ChunkShuffleLoader:
         for pool in (self._readers, self._prefetcher):
             if pool is not None:
                 pool.shutdown(wait=False)
-
-
-def _allow_open_files(needed: int) -> int:
-    """Raise the soft limit on open files to `needed` (up to the hard limit): a large window
-    keeps more read handles open than the usual soft limit of 1024. Returns the soft limit."""
-    try:
-        import resource
-    except ImportError:  # not POSIX
-        return needed
-    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
-    if soft == resource.RLIM_INFINITY or soft >= needed:
-        return needed
-    new = needed if hard == resource.RLIM_INFINITY else min(needed, hard)
-    resource.setrlimit(resource.RLIMIT_NOFILE, (new, hard))
-    return new
 
 
 def _mb(n: float) -> str:

@@ -17,7 +17,10 @@ import re
 PROJECTOR = "projector"
 CLS_SUFFIX = "+cls"
 SEED_SUFFIX = "-seed"
-_KEY = re.compile(r"^(layer|vision)_(\d{2,3})$")
+# One definition of the names, for the parsers here and Snakemake's wildcard constraints.
+LAYER_KEY_PATTERN = r"(layer|vision)_([0-9]{2,3})"
+PROBE_ID_PATTERN = rf"({LAYER_KEY_PATTERN}|{PROJECTOR})([+]cls)?(-seed[0-9]+)?"
+_KEY = re.compile(f"^{LAYER_KEY_PATTERN}$")
 _SEED = re.compile(r"-seed(\d+)$")
 
 

@@ -241,26 +241,24 @@ def model_for_source(config: dict[str, Any], source: str) -> tuple[str, dict[str
     raise KeyError(f"no model in the config downloads {source!r}")
 
 
-def manifest_path(model: dict[str, Any]) -> Path:
-    """The fetch_weights rule's output (relative to the Snakemake working directory)."""
-    return Path("results/weights") / f"{source_id(model)}.json"
-
-
-def fetch_command(model: dict[str, Any]) -> str:
-    return (f"`snakemake --cores 1 --configfile <your config> {manifest_path(model)}` on a node with network "
+def fetch_command(manifest: str | Path) -> str:
+    return (f"`snakemake --cores 1 --configfile <your config> {manifest}` on a node with network "
             "access (the login node); weights.cache_dir must be on a file system the compute nodes see")
 
 
-def loader_options(name: str, model: dict[str, Any], config: dict[str, Any]) -> dict[str, Any]:
+def loader_options(name: str, model: dict[str, Any], config: dict[str, Any],
+                   manifest: str | Path | None = None) -> dict[str, Any]:
     """`load_backbone` keyword arguments for a job: the cache, offline mode after checking the
-    cache is complete, and (hub ids) the exact commit the fingerprint names. Models with local
-    weights (tiny, a path) need none of it."""
+    cache is complete (`manifest`: the fetch_weights rule's output), and (hub ids) the exact
+    commit the fingerprint names. Models with local weights (tiny, a path) need none of it."""
     if not needs_fetch(model):
         return {}
     settings = config["weights"]
     if settings["offline"]:
         go_offline()
-        check_cached(name, model, manifest_path(model), identity(name, model, settings["cache_dir"]))
+        if manifest is None:
+            raise WeightsNotCached(f"models.{name}: offline jobs need the weights manifest of fetch_weights as input")
+        check_cached(name, model, manifest, identity(name, model, settings["cache_dir"]))
     options = {"cache_dir": settings["cache_dir"], "offline": settings["offline"]}
     if model["kind"] in HUB_KINDS:
         commit = commit_of(identity(name, model, settings["cache_dir"]).get(f"models.{name}.weights", ""))
@@ -288,7 +286,8 @@ def fetch(name: str, model: dict[str, Any], cache_dir: str | Path, planned: dict
         commit = _snapshot_commit(files[0])
     planned_commit = commit_of(next(iter((planned or {}).values()), ""))
     if planned_commit is not None and commit is not None and commit != planned_commit:
-        raise WeightsChanged(f"models.{name}: the workflow was planned with {_source(model)} at commit {planned_commit}, "
+        raise WeightsChanged(f"models.{name}: the workflow was planned with {_source(model)} at commit "
+                             f"{planned_commit}, "
                              f"but the download gave commit {commit} (the hub moved in between); run snakemake again "
                              f"to plan with it, or pin models.{name}.revision: {planned_commit}")
     manifest = {"model": name, "kind": model["kind"], "source": _source(model), "cache_dir": str(cache_dir),
@@ -327,12 +326,12 @@ def check_cached(name: str, model: dict[str, Any], manifest: str | Path,
     manifest_path = Path(manifest)
     if not manifest_path.is_file():
         raise WeightsNotCached(f"models.{name}: no weights manifest {manifest_path}; fetch them first: "
-                               f"{fetch_command(model)}")
+                               f"{fetch_command(manifest_path)}")
     manifest = json.loads(manifest_path.read_text())
     wanted = commit_of(next(iter((expected or {}).values()), ""))
     if wanted is not None and manifest.get("commit") not in (None, wanted):
         raise WeightsNotCached(f"models.{name}: {manifest_path} records commit {manifest['commit']}, the config "
-                               f"resolves to {wanted}; fetch again: {fetch_command(model)}")
+                               f"resolves to {wanted}; fetch again: {fetch_command(manifest_path)}")
     cache_dir = Path(manifest["cache_dir"])
     problems = []
     for rel, size in manifest["files"].items():
@@ -344,4 +343,4 @@ def check_cached(name: str, model: dict[str, Any], manifest: str | Path,
     problems += [f"{p} (an interrupted download)" for p in cache_dir.rglob("*.incomplete")]
     if problems:
         raise WeightsNotCached(f"models.{name}: the weights cache {cache_dir} is partial: {'; '.join(problems[:5])}; "
-                               f"fetch them again: {fetch_command(model)}")
+                               f"fetch them again: {fetch_command(manifest_path)}")

@@ -101,7 +101,8 @@ class SegmentationMeter:
         self.intersect, self.union, self.label_area = (state[k].clone() for k in ("intersect", "union", "label_area"))
 
 
-def mean_iou(preds: list[np.ndarray], labels: list[np.ndarray], num_classes: int = 150) -> tuple[float, float, np.ndarray]:
+def mean_iou(preds: list[np.ndarray], labels: list[np.ndarray],
+             num_classes: int = 150) -> tuple[float, float, np.ndarray]:
     """Convenience: (mIoU, pixel accuracy, per-class IoU) over a list of prediction/label maps."""
     meter = SegmentationMeter(num_classes)
     for pred, label in zip(preds, labels):

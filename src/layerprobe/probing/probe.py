@@ -18,7 +18,6 @@ import os
 import signal
 import time
 from collections.abc import Iterator
-from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
@@ -28,12 +27,14 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..data.ade20k import CLASS_NAMES, IGNORE, NUM_CLASSES
+from ..features.loader import ChunkShuffleLoader
 from ..fingerprint import Fingerprint
-from .intervals import LEVEL, RESAMPLES, miou_interval
-from ..features.loader import DEFAULT_WINDOW_CHUNKS, ChunkShuffleLoader
-from .metrics import SegmentationMeter
+from ..models.backbones import resolve_device
 from ..progress import progress
 from ..provenance import versions
+from .intervals import LEVEL, RESAMPLES, miou_interval
+from .metrics import SegmentationMeter
+from .settings import ProbeSettings
 
 log = logging.getLogger("layerprobe.probe")
 # running_train_*: accumulated over the epoch's batches in train mode while the head changes: a
@@ -62,25 +63,6 @@ class LinearHead(nn.Module):
         b, t, d = tokens.shape
         x = self.norm(tokens.reshape(b * t, d))
         return self.linear(x).reshape(b, self.grid, self.grid, -1).permute(0, 3, 1, 2)
-
-
-@dataclass
-class ProbeSettings:
-    epochs: int
-    lr: float
-    weight_decay: float
-    batch_size: int
-    seed: int
-    batchnorm: bool
-    concat_cls: bool
-    ram_budget_bytes: int
-    device: str = "cpu"
-    checkpoint_every_batches: int = 200
-    loader_mode: str = "auto"  # auto | resident | chunks (see layerprobe.features.loader)
-    shuffle_window_chunks: int = DEFAULT_WINDOW_CHUNKS  # shapes the epoch order (layerprobe.features.epoch_order)
-
-    # Settings of the machine: they decide speed and memory, never a number, so no fingerprint holds them.
-    MACHINE = ("ram_budget_bytes", "loader_mode", "checkpoint_every_batches")
 
 
 class Interrupted(Exception):
@@ -120,10 +102,12 @@ def _save_atomic(obj: Any, path: Path) -> None:
 
 
 def default_fingerprint(group: Any, key: str, settings: ProbeSettings) -> Fingerprint:
-    """For a probe run outside the workflow: the store's fingerprint, the layer and the settings."""
+    """For a probe run outside the workflow: the store's fingerprint and the layer, with the settings'
+    own fingerprint inputs, as `fingerprint.probe` has them for the workflow."""
+    from ..fingerprint import VERSIONS
+
     return Fingerprint({"store": (group.attrs.get("fingerprint") or {}).get("hash"), "layer": key,
-                        **{f"settings.{k}": v for k, v in asdict(settings).items()
-                           if k not in ProbeSettings.MACHINE}})
+                        **settings.fingerprint_inputs(), "version.probe": VERSIONS["probe"]})
 
 
 class ProbeTrainer:
@@ -131,7 +115,7 @@ class ProbeTrainer:
                  fingerprint: Fingerprint | None = None) -> None:
         self.s, self.key, self.checkpoint = settings, key, Path(checkpoint)
         self.fingerprint = fingerprint or default_fingerprint(group, key, settings)
-        self.device = torch.device(settings.device)
+        self.device = torch.device(resolve_device(settings.device))
         self.train_loader = self._loader(group, "training", shuffle=True)
         self.test_loader = self._loader(group, "validation", shuffle=False)
         dims = group.attrs["dims"][key] * (2 if settings.concat_cls else 1)
@@ -149,7 +133,7 @@ class ProbeTrainer:
         return ChunkShuffleLoader(group[f"{split}/{self.key}"], group[f"{split}/labels"], cls=cls,
                                   batch_size=self.s.batch_size, ram_budget_bytes=self.s.ram_budget_bytes,
                                   window_chunks=self.s.shuffle_window_chunks, seed=self.s.seed, shuffle=shuffle,
-                                  device=self.s.device, mode=self.s.loader_mode)
+                                  device=str(self.device), mode=self.s.loader_mode)
 
     # --- checkpointing -------------------------------------------------------------------------
     def state(self) -> dict[str, Any]:
@@ -201,7 +185,8 @@ class ProbeTrainer:
         self.train_loader.set_epoch(self.epoch)
         batches = self.train_loader.iterate(skip=self.batch)
         desc = f"epoch {self.epoch + 1}/{self.s.epochs}"
-        for feats, cls, labels, _ in progress(batches, desc=desc, total=len(self.train_loader) - self.batch, unit="batch"):
+        total = len(self.train_loader) - self.batch
+        for feats, cls, labels, _ in progress(batches, desc=desc, total=total, unit="batch"):
             labels = labels.to(self.device).long()
             logits = self.head(_inputs(feats, cls, self.s.concat_cls), self.label_size)
             loss = F.cross_entropy(logits, labels, ignore_index=IGNORE)
@@ -265,7 +250,7 @@ def _write_csv(path: Path, rows: list[dict[str, float]]) -> None:
 
 
 def train_probe(store_path: str | Path, key: str, settings: ProbeSettings, out_dir: str | Path,
-                checkpoint: str | Path, saved_predictions: int = 8, fingerprint: Fingerprint | None = None,
+                checkpoint: str | Path, fingerprint: Fingerprint | None = None,
                 name: str | None = None, data_store: str | Path | None = None) -> dict[str, Any]:
     """Train (or resume) one probe; write epochs.csv, predictions.npz, per_image.npz (every
     validation image's intersection and union per class) and metrics.json (last, with the
@@ -286,7 +271,7 @@ def train_probe(store_path: str | Path, key: str, settings: ProbeSettings, out_d
     start = time.perf_counter()
     rows = trainer.fit(out_dir / "epochs.csv")
     ids = group.attrs["validation_image_ids"]
-    chosen = sorted(ids)[:saved_predictions]
+    chosen = sorted(ids)[:settings.saved_predictions]
     keep = {ids.index(i) for i in chosen}
     final = trainer.evaluate(keep_rows=keep, per_image=True)
     preds = np.stack([trainer.kept[ids.index(i)] for i in chosen]) if chosen else np.zeros((0, 1, 1), np.uint8)

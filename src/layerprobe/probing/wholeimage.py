@@ -13,8 +13,8 @@ from collections.abc import Iterable
 import numpy as np
 import torch
 
-from ..data.preprocess import OriginalAnnotations
 from ..data.geometry import predict_original
+from ..data.preprocess import OriginalAnnotations
 from .metrics import IGNORE, SegmentationMeter
 
 

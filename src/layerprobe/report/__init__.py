@@ -1,47 +1,9 @@
-"""The results page: `build_report(config, results, out_html)`.
+"""The report stage: one self-contained HTML page from the run's results.
 
-collect (read results/) -> figures/qualitative/tables (draw, summarise) -> sections (one per
-topic) -> html (one self-contained page). PNGs also land in `results/report_files/` for reuse.
+- `inputs`: the report rule's input files, paired with the config's results (no paths are
+  looked up here; torch- and matplotlib-free, the DAG uses its keys);
+- `collect`: those files read into tables (`Results`), fingerprints checked;
+- `deltas`, `tables`: the numbers the page states (paired differences, summaries);
+- `style`, `figures`, `qualitative`, `axis`: what it draws;
+- `sections`, `html`, `page`: the page (`page.build_report`).
 """
-
-from __future__ import annotations
-
-import os
-from pathlib import Path
-from typing import Any
-
-from .. import config as lp_config
-from . import sections
-from .collect import collect
-from .html import page
-
-NAV = [("summary", "Layers"), ("prompts", "Prompts"), ("scan", "Layer scan"), ("per-class", "Per class"),
-       ("qualitative", "Predictions"), ("curves", "Training"), ("resources", "Resources"), ("facts", "Run facts")]
-
-
-def build_report(config: dict[str, Any], results: Path, out_html: Path) -> None:
-    """Write `out_html` (and its PNGs in `<out_html's folder>/report_files/`) from a results tree."""
-    config = lp_config.validate(config)
-    results, out_html = Path(results), Path(out_html)
-    found = collect(config, results)
-    if found.probes.empty:
-        raise RuntimeError(f"{results}: no probe results (results/probes/*/*/*/metrics.json); nothing to report")
-    sink = sections.FigureSink(out_html.parent / "report_files")
-    sections.write_tables(found, out_html.parent / "report_files")
-    parts = [sections.summary_section(found, sink), sections.prompt_section(found, sink),
-             sections.scan_section(found, sink), sections.per_class_section(found, sink),
-             sections.qualitative_section(found, sink), sections.curves_section(found, sink),
-             sections.resources_section(found), sections.facts_section(found)]
-    nav = [(a, t) for a, t in NAV if any(f'<section id="{a}"' in p for p in parts)]
-    images = {s: int(v) for s, v in next(iter(found.data.values()), {}).get("images", {}).items()}
-    subtitle = (f"{len(found.probes)} probes over {len(found.store_list())} (model, prompt) pairs · ADE20K-layout data"
-                + (f" · {images.get('training', '?')} training / {images.get('validation', '?')} validation images"
-                   if images else ""))
-    html = page("layerprobe: segmentation information per layer", subtitle, nav, parts, sections.notices(found))
-    tmp = out_html.with_suffix(".html.tmp")
-    out_html.parent.mkdir(parents=True, exist_ok=True)
-    tmp.write_text(html, encoding="utf-8")
-    os.replace(tmp, out_html)  # a half-written report never looks finished
-
-
-__all__ = ["build_report"]

@@ -12,8 +12,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-from ..models.layers import PROJECTOR, forward_position, parse_key
 from .. import config as lp_config
+from ..models.layers import PROJECTOR, forward_position, parse_key
 from ..models.specs import requested_keys
 
 SEGMENT_LABELS = {"vision": "vision tower", PROJECTOR: "projector", "llm": "LLM layers", "vit": "ViT blocks"}

@@ -1,7 +1,7 @@
-"""Measured vs requested resources per job: Snakemake benchmark TSVs under results/benchmarks/.
+"""Measured vs requested resources per job: the Snakemake benchmark TSVs (`benchmark:` of every
+rule, `<results>/benchmarks/{rule}/{wildcards}.tsv`), read from the folder the report rule names.
 
-Requested values come from `layerprobe.plan.requested`, which computes them exactly as the rules
-do (`layerprobe.resources`, plus the scan's host-RAM statistics as in workflow/rules/scan.smk).
+Requested values come from `layerprobe.resources`, the one source the rules ask from.
 """
 
 from __future__ import annotations
@@ -11,7 +11,7 @@ from typing import Any
 
 import pandas as pd
 
-from ..plan import requested
+from ..plan.estimates import requested
 
 BENCHMARK_COLUMNS = ["s", "h:m:s", "max_rss", "max_vms", "max_uss", "max_pss", "io_in", "io_out", "mean_load",
                      "cpu_time"]
@@ -36,12 +36,12 @@ def read_benchmark(path: Path) -> dict[str, float]:
     return {c: float(pd.to_numeric(row[c], errors="coerce")) for c in table.columns if c != "h:m:s"}
 
 
-def read_benchmarks(results: Path, config: dict[str, Any]) -> pd.DataFrame:
+def read_benchmarks(folder: Path | None, config: dict[str, Any]) -> pd.DataFrame:
     """One row per benchmarked job: rule, job name, requested mem_mb/runtime_min/gpus, measured
     `s` (wall seconds), `max_rss` (MB, Snakemake's unit), `cpu_time` ... (NaN when missing)."""
     rows = []
-    base = Path(results) / "benchmarks"
-    for path in sorted(base.rglob("*.tsv")) if base.is_dir() else []:
+    base = Path(folder) if folder is not None else None
+    for path in sorted(base.rglob("*.tsv")) if base is not None and base.is_dir() else []:
         rel = path.relative_to(base)
         rule, inner = rel.parts[0], Path(*rel.parts[1:]) if len(rel.parts) > 1 else Path(rel.stem)
         model = job_model(rule, inner, config)

@@ -1,4 +1,5 @@
-"""Read a finished (or partial) results/ tree into pandas tables for the report.
+"""Read a finished (or partial) run's results, as the report rule gives them (`ReportInputs`),
+into pandas tables for the report.
 
 Nothing here draws: figures and HTML take a `Results`. Files the config expects but that are
 missing are listed (`Results.missing`) instead of failing, so a partial run still gets a report.
@@ -28,13 +29,14 @@ from ..probing.intervals import Interval, paired_difference
 from ..probing.metrics import ImageCounts
 from .axis import LayerAxis
 from .benchmarks import read_benchmarks
+from .inputs import ReportInputs
 
 Store = tuple[str, str]  # (model, prompt)
 
 
 @dataclass
 class Results:
-    root: Path  # the results/ directory
+    inputs: ReportInputs  # the report rule's input files
     config: dict[str, Any]
     axis: LayerAxis
     probes: pd.DataFrame  # one row per (model, prompt, layer), forward order, with x position
@@ -82,25 +84,25 @@ class Results:
 
     def workdir(self) -> Path:
         """Paths inside manifests are relative to the directory Snakemake ran in."""
-        return self.root.parent
+        return self.inputs.workdir
 
 
-def collect(config: dict[str, Any], results: Path) -> Results:
+def collect(config: dict[str, Any], inputs: ReportInputs) -> Results:
     """Read every result the config expects; raises fingerprint.StaleResultError for one made
     with another config."""
-    results = Path(results)
     axis = LayerAxis.from_config(config)
     missing: list[str] = []
     seen = Seen()
-    data = _read_data_manifests(config, results, seen)
-    stores = _read_store_manifests(config, results, seen)
-    probes, curves, per_class, predictions, names, counts, seed_runs = _read_probes(config, results, axis, missing,
+    data = _read_data_manifests(config, inputs, seen)
+    stores = _read_store_manifests(config, inputs, seen)
+    probes, curves, per_class, predictions, names, counts, seed_runs = _read_probes(config, inputs, axis, missing,
                                                                                     seen)
-    scan = _read_scan(config, results, axis, missing, seen)
-    return Results(root=results, config=config, axis=axis, probes=probes, curves=curves, per_class=per_class,
-                   predictions=predictions, scan=scan, stores=stores, data=data,
-                   benchmarks=read_benchmarks(results, config), class_names=names, missing=missing,
-                   fingerprints=seen.fingerprints, versions=seen.versions, counts_files=counts, seed_runs=seed_runs)
+    scan = _read_scan(config, inputs, axis, missing, seen)
+    benchmarks = read_benchmarks(inputs.benchmarks, config)
+    return Results(inputs=inputs, config=config, axis=axis, probes=probes, curves=curves, per_class=per_class,
+                   predictions=predictions, scan=scan, stores=stores, data=data, benchmarks=benchmarks,
+                   class_names=names, missing=missing, fingerprints=seen.fingerprints, versions=seen.versions,
+                   counts_files=counts, seed_runs=seed_runs)
 
 
 @dataclass
@@ -119,47 +121,40 @@ def _checked(fingerprint: lp_fp.Fingerprint, recorded: dict[str, Any] | None, pa
         seen.versions[f"{path}" + (f" ({i + 1})" if isinstance(versions, list) else "")] = found
 
 
-def expected_probes(config: dict[str, Any]) -> list[tuple[str, str, str]]:
-    """(model, prompt, probe name) of every probe the config defines, every seed's."""
-    return [(m, p, k) for m, cfg in config["models"].items() for p in lp_config.prompt_ids(cfg)
-            for k in lp_config.probe_ids(cfg, config["probe"]["seeds"])]
-
-
 def series_prompt(prompt: str, probe: str) -> str:
     """The prompt a probe's line is drawn under: `<prompt>+cls` for the CLS variant."""
     return prompt + (CLS_SUFFIX if parse_probe_id(probe)[1] else "")
 
 
-def _read_probes(config: dict[str, Any], results: Path, axis: LayerAxis, missing: list[str],  # noqa: ANN202
+def _read_probes(config: dict[str, Any], inputs: ReportInputs, axis: LayerAxis, missing: list[str],  # noqa: ANN202
                  seen: Seen):
     rows, curve_frames, ious, predictions, counts, seed_runs = [], [], {}, {}, {}, []
     names = list(CLASS_NAMES)
-    for model, store_prompt, probe in expected_probes(config):
-        folder = results / "probes" / model / store_prompt / probe
-        if not (folder / "metrics.json").is_file():
-            missing.append(str(folder / "metrics.json"))
+    for (model, store_prompt, probe), files in inputs.probes.items():
+        if not files.metrics.is_file():
+            missing.append(str(files.metrics))
             continue
-        metrics = json.loads((folder / "metrics.json").read_text())
+        metrics = json.loads(files.metrics.read_text())
         _checked(lp_fp.probe(config, model, store_prompt, probe), metrics.get("fingerprint"),
-                 folder / "metrics.json", seen, metrics.get("versions"))
+                 files.metrics, seen, metrics.get("versions"))
         layer, prompt = parse_probe_id(probe)[0], series_prompt(store_prompt, probe)
         seed = probe_seed(probe, config["probe"]["seeds"])
         seed_runs.append({"model": model, "prompt": prompt, "layer": layer, "seed": seed,
                           "miou": _float(metrics.get("miou"))})
         if split_seed(probe)[1] is not None:
-            if (folder / "per_image.npz").is_file():
-                counts[(model, prompt, layer, seed)] = folder / "per_image.npz"
+            if files.per_image.is_file():
+                counts[(model, prompt, layer, seed)] = files.per_image
             continue  # a further seed: its mIoU goes into the mean ± sd columns, not a row of its own
         names = metrics.get("class_names") or names
         rows.append({**_probe_row(metrics, model, prompt, layer, axis), "store_prompt": store_prompt, "probe": probe})
         ious[(model, prompt, layer)] = [np.nan if v is None else v for v in metrics.get("per_class_iou", [])]
-        curve_frames.append(_read_curve(folder / "epochs.csv", model, prompt, layer, missing))
-        if (folder / "per_image.npz").is_file():
-            counts[(model, prompt, layer)] = folder / "per_image.npz"
+        curve_frames.append(_read_curve(files.epochs, model, prompt, layer, missing))
+        if files.per_image.is_file():
+            counts[(model, prompt, layer)] = files.per_image
         else:
-            missing.append(str(folder / "per_image.npz"))
-        if (folder / "predictions.npz").is_file():
-            with np.load(folder / "predictions.npz") as npz:
+            missing.append(str(files.per_image))
+        if files.predictions.is_file():
+            with np.load(files.predictions) as npz:
                 predictions[(model, prompt, layer)] = ([str(i) for i in npz["ids"]], npz["pred"])
     seed_runs = pd.DataFrame(seed_runs, columns=["model", "prompt", "layer", "seed", "miou"])
     probes = _with_seed_spread(pd.DataFrame(rows, columns=PROBE_COLUMNS), seed_runs)
@@ -170,7 +165,8 @@ def _read_probes(config: dict[str, Any], results: Path, axis: LayerAxis, missing
 
 PROBE_COLUMNS = ["model", "prompt", "layer", "x", "segment", "miou", "miou_low", "miou_high", "acc", "best_epoch",
                  "best_test_miou", "epochs", "loader_mode", "store_prompt", "probe", "whole_image_miou"]
-CURVE_COLUMNS = ["model", "prompt", "layer", "epoch", "loss", "running_train_miou", "running_train_acc", "test_miou", "test_acc"]
+CURVE_COLUMNS = ["model", "prompt", "layer", "epoch", "loss", "running_train_miou", "running_train_acc", "test_miou",
+                 "test_acc"]
 
 
 def _with_seed_spread(probes: pd.DataFrame, runs: pd.DataFrame) -> pd.DataFrame:
@@ -213,16 +209,14 @@ def _per_class_tables(ious: dict[tuple[str, str, str], list[float]], names: list
             for store, rows in tables.items()}
 
 
-def _read_scan(config: dict[str, Any], results: Path, axis: LayerAxis, missing: list[str],
+def _read_scan(config: dict[str, Any], inputs: ReportInputs, axis: LayerAxis, missing: list[str],
                seen: Seen) -> pd.DataFrame:
     columns = ["model", "prompt", "layer", "best_lambda", "miou", "acc", "x", "segment"]
     frames = []
-    for model, prompt in lp_config.scan_targets(config):
-        path = results / "scan" / model / f"{prompt}.csv"
+    for (model, prompt), (path, sidecar) in inputs.scans.items():
         if not path.is_file():
             missing.append(str(path))
             continue
-        sidecar = path.with_suffix(".json")
         recorded = json.loads(sidecar.read_text()) if sidecar.is_file() else None
         _checked(lp_fp.scan(config, model, prompt), recorded, path, seen, (recorded or {}).get("versions"))
         frames.append(pd.read_csv(path, dtype={"model": str, "prompt": str, "layer": str}))
@@ -234,30 +228,27 @@ def _read_scan(config: dict[str, Any], results: Path, axis: LayerAxis, missing: 
     return scan[columns]
 
 
-def _read_store_manifests(config: dict[str, Any], results: Path, seen: Seen) -> pd.DataFrame:
+def _read_store_manifests(config: dict[str, Any], inputs: ReportInputs, seen: Seen) -> pd.DataFrame:
     rows = []
-    for model, cfg in config["models"].items():
-        for prompt in lp_config.prompt_ids(cfg):
-            path = results / "features" / model / f"{prompt}.manifest.json"
-            if not path.is_file():
-                continue
-            manifest = json.loads(path.read_text())
-            _checked(lp_fp.store(config, model, prompt), manifest.get("fingerprint"), path, seen,
-                     manifest.get("versions"))
-            images = manifest.get("images", {})
-            rows.append({"model": model, "prompt": prompt, "layers": len(manifest.get("layers", [])),
-                         "training_images": images.get("training"), "validation_images": images.get("validation"),
-                         "bytes": manifest.get("bytes"), "store": manifest.get("store")})
+    for (model, prompt), path in inputs.stores.items():
+        if not path.is_file():
+            continue
+        manifest = json.loads(path.read_text())
+        _checked(lp_fp.store(config, model, prompt), manifest.get("fingerprint"), path, seen, manifest.get("versions"))
+        images = manifest.get("images", {})
+        rows.append({"model": model, "prompt": prompt, "layers": len(manifest.get("layers", [])),
+                     "training_images": images.get("training"), "validation_images": images.get("validation"),
+                     "bytes": manifest.get("bytes"), "store": manifest.get("store")})
     return pd.DataFrame(rows, columns=["model", "prompt", "layers", "training_images", "validation_images", "bytes",
                                        "store"])
 
 
-def _read_data_manifests(config: dict[str, Any], results: Path, seen: Seen) -> dict[str, dict[str, Any]]:
+def _read_data_manifests(config: dict[str, Any], inputs: ReportInputs, seen: Seen) -> dict[str, dict[str, Any]]:
     out = {}
     for res, geometry in lp_config.data_stores(config):
         name = lp_config.data_name(res, geometry)
-        path = results / "data" / f"{name}.json"
-        if path.is_file():
+        path = inputs.data.get(name)
+        if path is not None and path.is_file():
             out[name] = json.loads(path.read_text())
             _checked(lp_fp.data(config, res, geometry), out[name].get("fingerprint"), path, seen,
                      out[name].get("versions"))

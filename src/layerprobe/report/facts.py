@@ -43,9 +43,9 @@ def _stamp(seconds: float) -> str:
     return dt.datetime.fromtimestamp(seconds, dt.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
 
 
-def results_dates(results: Path) -> str:
+def results_dates(metrics: list[Path]) -> str:
     """First and last probe result written (file modification times)."""
-    times = [p.stat().st_mtime for p in results.glob("probes/*/*/*/metrics.json")]
+    times = [p.stat().st_mtime for p in metrics if p.is_file()]
     if not times:
         return "no probe results"
     return f"{_stamp(min(times))} … {_stamp(max(times))}"
@@ -73,11 +73,12 @@ def software_facts(recorded: dict[str, dict[str, str]]) -> tuple[list[tuple[str,
     return facts, warnings
 
 
-def run_facts(results: Path) -> list[tuple[str, str]]:
-    source = Path(__file__).resolve().parents[3]  # the repo root when installed in development mode
+def run_facts(metrics: list[Path], workdir: Path) -> list[tuple[str, str]]:
+    """When, where and with which code: `metrics` are the probes' metrics.json files."""
+    source = Path(__file__).resolve().parents[4]  # the repo root when installed in development mode
     facts = [("report built", _stamp(dt.datetime.now(dt.timezone.utc).timestamp())),
-             ("probe results written", results_dates(results)),
-             ("git commit", git_commit(results.resolve().parent, source)),
+             ("probe results written", results_dates(metrics)),
+             ("git commit", git_commit(workdir, source)),
              ("host", f"{platform.node()} ({platform.system()} {platform.machine()})"),
              ("python", platform.python_version())]
     facts += [(name, version) for name, version in package_versions().items()]

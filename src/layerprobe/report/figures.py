@@ -5,8 +5,9 @@ LLaVA solid, the layer axis of `axis.LayerAxis` with its segment borders, legend
 data area (below or above the axes) so they never cover a curve.
 
 The page embeds each PNG at its natural size, so nothing may reach past the canvas: figure
-legends take as many columns as fit the figure's width (`fit_legend`), and long titles and axis
-labels are broken into lines no wider than their axes once the layout is known (`wrap_to_axes`).
+legends take as many columns as fit the figure's width (`style.fit_legend`), and long titles and
+axis labels are broken into lines no wider than their axes once the layout is known
+(`style.wrap_to_axes`). The numbers drawn come from `deltas`.
 """
 
 from __future__ import annotations
@@ -20,160 +21,33 @@ matplotlib.use("Agg")  # no display on cluster nodes; must precede pyplot
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
-from matplotlib.artist import Artist  # noqa: E402
-from matplotlib.backend_bases import RendererBase  # noqa: E402
 from matplotlib.figure import Figure  # noqa: E402
-from matplotlib.legend import Legend  # noqa: E402
 from matplotlib.lines import Line2D  # noqa: E402
 from matplotlib.patches import Patch  # noqa: E402
-from matplotlib.text import Text  # noqa: E402
-from matplotlib.transforms import blended_transform_factory  # noqa: E402
 
-from .. import config as lp_config  # noqa: E402
-from ..models.layers import CLS_SUFFIX  # noqa: E402
-from .axis import LayerAxis  # noqa: E402
-from ..probing.intervals import Interval  # noqa: E402
 from .collect import Results, Store  # noqa: E402
-
-IDENTICAL = 1e-4  # |delta mIoU| below this is "identical" (fp16 features, same probe seed)
-GREEN, RED, GREY, LIGHT_GREY = "#2e8b57", "#c0392b", "#9e9e9e", "#c8c8c8"
-plt.rcParams.update({"font.size": 10, "axes.titlesize": 11, "axes.labelsize": 10, "legend.fontsize": 9,
-                     "figure.dpi": 100, "axes.spines.top": False, "axes.spines.right": False})
-
-
-# What each `{category}` fill put into the prompt, as the report names it.
-FILL_LABELS = {"dominant": "ground-truth class in the prompt", "shuffled": "control: another image's class",
-               "random": "control: a random class", "none": "control: no class word"}
-
-
-def store_label(store: Store, config: dict[str, Any] | None = None) -> str:
-    """'model', 'model · prompt', and ' +CLS' for a CLS-variant series (prompt '<prompt>+cls');
-    with the config, a `{category}` store says what its fill put in the prompt (the oracle:
-    'ground-truth class in the prompt')."""
-    model, prompt = store
-    base, cls = (prompt[:-len(CLS_SUFFIX)], True) if prompt.endswith(CLS_SUFFIX) else (prompt, False)
-    label = (model if base == "none" else f"{model} · {base}") + (" +CLS" if cls else "")
-    fill = store_fill(config, model, base)
-    return f"{label} ({FILL_LABELS[fill]})" if fill else label
-
-
-def store_fill(config: dict[str, Any] | None, model: str, prompt: str) -> str | None:
-    """The `{category}` fill of a store, None without config, prompt or placeholder."""
-    if not config or model not in config["models"] or prompt == "none":
-        return None
-    try:
-        return lp_config.store_fill(config["models"][model], prompt)
-    except ValueError:
-        return None
-
-
-def colours(stores: list[Store]) -> dict[Store, Any]:
-    cmap = plt.get_cmap("tab10" if len(stores) <= 10 else "tab20")
-    return {s: cmap(i % cmap.N) for i, s in enumerate(stores)}
-
-
-MARKERS = ["o", "s", "^", "D", "v", "P", "X", "<", ">"]
-
-
-def line_style(results: Results, stores: list[Store], store: Store) -> dict[str, Any]:
-    """Marker shape per line and a width that shrinks with drawing order, so a line identical to
-    an earlier one (e.g. vision-tower layers under two prompts) leaves the earlier one visible."""
-    i = stores.index(store)
-    clip = _is_clip(results, store)
-    return {"linestyle": "--" if clip else "-", "marker": MARKERS[i % len(MARKERS)],
-            "markersize": max(7 - 0.6 * i, 3.5), "linewidth": 1.4 if clip else max(3.6 - 0.5 * i, 1.4)}
-
-
-def _is_clip(results: Results, store: Store) -> bool:
-    return results.axis.encoder_only(store[0])
-
-
-def layer_xlabel(axis: LayerAxis) -> str:
-    if axis.segmented:
-        clip = "; image-only models at relative depth" if any(map(axis.encoder_only, axis.kinds)) else ""
-        return f"layer  (v = vision-tower block · proj = projector · then LLM layer{clip})"
-    return "layer (0 = embeddings, i = output of block i)"
-
-
-def decorate_layer_axis(ax: plt.Axes, axis: LayerAxis, rows: list[tuple[str, str]], x_max: float,
-                        label: bool = True) -> None:
-    """Ticks at probed layers, dotted segment borders, segment names along the top."""
-    ticks, labels = axis.ticks(rows)
-    ax.set_xticks(ticks, labels, fontsize=8, rotation=90 if len(ticks) > 16 else 0)
-    for border in axis.boundaries():
-        ax.axvline(border, color="0.6", linestyle=":", linewidth=1, zorder=0)
-    top = blended_transform_factory(ax.transData, ax.transAxes)
-    for name, start, end in axis.segment_spans(x_max):
-        ax.text((start + end) / 2, 1.01, name, transform=top, ha="center", va="bottom", fontsize=8, color="0.35")
-    if label:
-        ax.set_xlabel(layer_xlabel(axis), fontsize=9)
-
+from .deltas import best_row  # noqa: E402
+from .style import (  # noqa: E402
+    GREEN,
+    GREY,
+    IDENTICAL,
+    LIGHT_GREY,
+    RED,
+    colours,
+    decorate_layer_axis,
+    delta_colour,
+    delta_text,
+    fit_legend,
+    is_clip,
+    line_style,
+    store_label,
+    wrap_text,
+    wrap_to_axes,
+)
 
 # --------------------------------------------------------------------------------------------
 # Fitting text into the canvas
 # --------------------------------------------------------------------------------------------
-
-LEGEND_MARGIN = 0.1  # inches kept free between a figure legend and the canvas's left/right edge
-
-
-def fit_legend(fig: Figure, handles: list[Artist], max_ncol: int, **kwargs: Any) -> Legend:
-    """A figure legend with the most columns (up to `max_ncol`) whose width fits the figure, so
-    no entry is cut off at the canvas's edge; the widths are measured, not guessed."""
-    renderer = fig.canvas.get_renderer()
-    room = fig.bbox.width - 2 * LEGEND_MARGIN * fig.dpi
-    for ncol in range(min(max_ncol, len(handles)), 1, -1):
-        legend = fig.legend(handles=handles, ncol=ncol, **kwargs)
-        if legend.get_window_extent(renderer).width <= room:
-            return legend
-        legend.remove()
-    return fig.legend(handles=handles, ncol=1, **kwargs)
-
-
-def wrap_text(text: Text, width: float, renderer: RendererBase) -> None:
-    """Break a horizontal text at spaces into lines at most `width` pixels wide (a single word
-    wider than that stays whole). A line preferably ends after ';', ',' or ')' or before '(' when
-    it is at least 40% full, so "… (ground-truth class in the prompt)" stays one phrase."""
-    if not text.get_text() or text.get_rotation() % 180 or text.get_window_extent(renderer).width <= width:
-        return
-    lines, rest = [], text.get_text()
-    while rest:
-        words = rest.split(" ")
-        fits, preferred = 1, 0  # words on this line
-        for n in range(1, len(words) + 1):
-            text.set_text(" ".join(words[:n]))
-            line_width = text.get_window_extent(renderer).width
-            if line_width > width and n > 1:
-                break
-            fits = n
-            phrase_end = n < len(words) and (words[n - 1].endswith((";", ",", ")")) or words[n].startswith("("))
-            if phrase_end and line_width >= 0.4 * width:
-                preferred = n
-        if fits == len(words):
-            lines.append(rest)
-            break
-        n = preferred or fits
-        lines.append(" ".join(words[:n]).rstrip())
-        rest = " ".join(words[n:]).lstrip()
-    text.set_text("\n".join(lines))
-
-
-def wrap_to_axes(fig: Figure) -> None:
-    """Titles and x-axis labels no wider than their axes (as laid out), so a long store label
-    is not cut at the canvas's edge and neighbouring panels' labels do not run into each other.
-    The layout engine then makes room for the extra lines at the next draw."""
-    fig.draw_without_rendering()  # the layout: where the axes are
-    renderer = fig.canvas.get_renderer()
-    for ax in fig.axes:
-        if ax.get_visible():
-            width = ax.get_window_extent(renderer).width
-            for text in (ax.title, ax._left_title, ax._right_title, ax.xaxis.label):
-                wrap_text(text, width, renderer)
-
-
-def _best_row(frame: pd.DataFrame, column: str = "miou") -> pd.Series | None:
-    valid = frame.dropna(subset=[column])
-    return None if valid.empty else valid.loc[valid[column].idxmax()]
-
 
 # --------------------------------------------------------------------------------------------
 # Headline: mIoU and pixel accuracy vs layer
@@ -200,7 +74,7 @@ def headline(results: Results) -> Figure:
                for s in stores]
     handles.append(Line2D([], [], color="0.3", marker="*", markersize=11, linestyle="none",
                           label="best layer (by mIoU)"))
-    if results.axis.segmented and any(_is_clip(results, s) for s in stores):
+    if results.axis.segmented and any(is_clip(results, s) for s in stores):
         handles.append(Line2D([], [], color="0.3", linestyle=":", label="CLIP best, carried across (reference)"))
     fit_legend(fig, handles, len(handles), loc="outside lower center", frameon=False)
     wrap_to_axes(fig)  # the layer label is as wide as a panel: two lines, not into the other panel
@@ -212,7 +86,7 @@ def _store_probes(results: Results, store: Store) -> pd.DataFrame:
 
 
 def _best_label(results: Results, store: Store) -> str:
-    best = _best_row(_store_probes(results, store))
+    best = best_row(_store_probes(results, store))
     if best is None:
         return store_label(store, results.config)
     return f"{store_label(store, results.config)}  (★ {best['layer']}: mIoU {best['miou']:.3f}, acc {best['acc']:.3f})"
@@ -222,7 +96,7 @@ def _headline_line(ax: plt.Axes, results: Results, store: Store, column: str, co
                    style: dict[str, Any]) -> None:
     frame = results.probes[(results.probes["model"] == store[0]) & (results.probes["prompt"] == store[1])]
     frame = frame.sort_values("x")
-    clip = _is_clip(results, store)
+    clip = is_clip(results, store)
     # LLaVA's segments are drawn as separate runs so no line bridges vision tower -> projector -> LLM.
     for _, part in frame.groupby((frame["segment"] != frame["segment"].shift()).cumsum()):
         ax.plot(part["x"], part[column], color=colour, markeredgecolor="white", markeredgewidth=0.5, **style)
@@ -233,7 +107,7 @@ def _headline_line(ax: plt.Axes, results: Results, store: Store, column: str, co
                         elinewidth=1, capsize=2.5, alpha=0.8)
     if len(frame["segment"].unique()) > 1:
         ax.plot(frame["x"], frame[column], color=colour, linewidth=0.8, alpha=0.35)
-    best = _best_row(frame)  # the best layer is chosen by mIoU on both panels
+    best = best_row(frame)  # the best layer is chosen by mIoU on both panels
     if best is not None:
         ax.plot(best["x"], best[column], marker="*", markersize=15, color=colour, markeredgecolor="black",
                 markeredgewidth=0.6, zorder=5, linestyle="none")
@@ -245,89 +119,6 @@ def _headline_line(ax: plt.Axes, results: Results, store: Store, column: str, co
 # --------------------------------------------------------------------------------------------
 # Prompt comparison
 # --------------------------------------------------------------------------------------------
-
-def prompt_deltas(results: Results) -> pd.DataFrame:
-    """Per model with several prompts: mIoU of each other prompt minus the general prompt, per
-    layer. The general prompt is the first one without a {category} placeholder (else the first)."""
-    rows = []
-    for model, cfg in results.config["models"].items():
-        prompts = lp_config.prompt_ids(cfg) if cfg.get("prompts") else []
-        if len(prompts) < 2:
-            continue
-        base = general_prompt(cfg)
-        for prompt in [p for p in prompts if p != base]:
-            rows += _delta_rows(results, model, base, prompt)
-    return pd.DataFrame(rows, columns=DELTA_COLUMNS)
-
-
-def _delta_rows(results: Results, model: str, base: str, prompt: str) -> list[dict[str, Any]]:
-    """mIoU(prompt) − mIoU(base) per layer both probed, forward order, with the paired interval."""
-    frame = results.probes[(results.probes["model"] == model) & results.probes["prompt"].isin([base, prompt])]
-    wide = frame.pivot(index="layer", columns="prompt", values="miou")
-    if base not in wide or prompt not in wide:
-        return []
-    rows = []
-    for layer in frame.drop_duplicates("layer").sort_values("x")["layer"]:
-        delta = wide.at[layer, prompt] - wide.at[layer, base]
-        if math.isnan(delta):
-            continue
-        interval = results.paired((model, base, layer), (model, prompt, layer))
-        rows.append({"model": model, "prompt": prompt, "base": base, "layer": layer, "delta": delta,
-                     **interval_columns(interval), "seed_deltas": _seed_deltas(results, model, base, prompt, layer),
-                     "segment": results.axis.segment(model, layer), "tick": results.axis.tick_label(model, layer)})
-    return rows
-
-
-DELTA_COLUMNS = ["model", "prompt", "base", "layer", "delta", "low", "high", "significant", "seed_deltas", "segment",
-                 "tick"]
-
-
-def _seed_deltas(results: Results, model: str, base: str, prompt: str, layer: str) -> list[float]:
-    """prompt − base per probe seed (same seed on both sides), for every seed both have."""
-    runs = results.seed_runs
-    if runs.empty:
-        return []
-    here = runs[(runs["model"] == model) & (runs["layer"] == layer)]
-    wide = here.pivot_table(index="seed", columns="prompt", values="miou")
-    if base not in wide or prompt not in wide:
-        return []
-    return [float(v) for v in (wide[prompt] - wide[base]).dropna()]
-
-
-def interval_columns(interval: Interval | None) -> dict[str, Any]:
-    """low/high of a paired difference and whether it excludes 0 (no counts: NaN, not significant)."""
-    if interval is None:
-        return {"low": float("nan"), "high": float("nan"), "significant": False}
-    return {"low": interval.low, "high": interval.high, "significant": interval.significant}
-
-
-def oracle_deltas(results: Results) -> pd.DataFrame:
-    """Per `{category}` prompt listed with both its oracle (`dominant`) and its `shuffled` control:
-    oracle minus control per layer, paired over the same images: what the correct class adds."""
-    rows = []
-    for model, cfg in results.config["models"].items():
-        stores = lp_config.prompt_ids(cfg) if cfg.get("prompts") else []
-        for prompt in stores:
-            control = lp_config.store_id(prompt, "shuffled")
-            if lp_config.store_fill(cfg, prompt) == "dominant" and control in stores:
-                rows += _delta_rows(results, model, control, prompt)
-    return pd.DataFrame(rows, columns=DELTA_COLUMNS)
-
-
-def general_prompt(cfg: dict[str, Any]) -> str:
-    prompts = cfg.get("prompts", [])
-    general = [p["id"] for p in prompts if "{category}" not in p["text"]]
-    return (general or [p["id"] for p in prompts])[0]
-
-
-def delta_colour(delta: float, significant: bool = True) -> str:
-    """Green/red only for a difference whose paired interval excludes 0; grey otherwise."""
-    if abs(delta) < IDENTICAL:
-        return GREY
-    if not significant:
-        return LIGHT_GREY
-    return GREEN if delta > 0 else RED
-
 
 def prompt_comparison(results: Results, deltas: pd.DataFrame, model: str, better: str = "prompt better",
                       worse: str = "prompt worse") -> Figure:
@@ -358,13 +149,6 @@ def prompt_comparison(results: Results, deltas: pd.DataFrame, model: str, better
     fit_legend(fig, handles, 3, loc="outside lower center", frameon=False)
     wrap_to_axes(fig)  # "<store label> minus “<base>”" is often wider than the chart
     return fig
-
-
-def delta_text(delta: float) -> str:
-    """+0.013, or +4e-04 for differences too small for three decimals (never a bare "-0.000")."""
-    if abs(delta) < IDENTICAL:
-        return "identical"
-    return f"{delta:+.3f}" if abs(delta) >= 0.0005 else f"{delta:+.0e}"
 
 
 def _delta_bars(ax: plt.Axes, part: pd.DataFrame, span: float) -> None:
@@ -414,7 +198,8 @@ def training_curves(results: Results, store: Store, ncols: int = 5) -> Figure:
     nrows = math.ceil(len(layers) / ncols)
     width = 2.7 * ncols + 0.8
     fig, axes = plt.subplots(nrows, ncols, figsize=(width, 2.3 * nrows + 0.9), squeeze=False, sharey=True)
-    handles = [Line2D([], [], color="C0", label="test mIoU"), Line2D([], [], color="C0", linestyle="--", label="running train mIoU"),
+    handles = [Line2D([], [], color="C0", label="test mIoU"),
+               Line2D([], [], color="C0", linestyle="--", label="running train mIoU"),
                Line2D([], [], color="0.55", linewidth=1, label="loss (right axis)"),
                Line2D([], [], color="C3", marker="*", linestyle=":", markersize=9, label="best epoch (test mIoU)")]
     legend = fit_legend(fig, handles, 4, loc="upper center", bbox_to_anchor=(0.5, 1.0), frameon=False)
@@ -542,18 +327,6 @@ def _annotate_cells(ax: plt.Axes, values: np.ndarray) -> None:
                     color="black" if value > 0.6 else "white")
 
 
-def best_worst_classes(results: Results, store: Store, classes: list[int], n: int = 5) -> dict[str, Any]:
-    """At the store's best layer: the n best and n worst classes among those present."""
-    probes = results.probes[(results.probes["model"] == store[0]) & (results.probes["prompt"] == store[1])]
-    best = _best_row(probes)
-    if best is None or store not in results.per_class:
-        return {"layer": None, "best": [], "worst": []}
-    row = results.per_class[store].loc[best["layer"]].iloc[classes].dropna().sort_values(ascending=False)
-    pairs = [(str(name), float(v)) for name, v in row.items()]
-    n = min(n, max(1, len(pairs) // 2))  # no class in both lists
-    return {"layer": best["layer"], "best": pairs[:n], "worst": pairs[::-1][:n]}
-
-
 # --------------------------------------------------------------------------------------------
 # Layer scan vs probes
 # --------------------------------------------------------------------------------------------
@@ -586,7 +359,7 @@ def scan_figure(results: Results, stores: list[Store], ncols: int = 2) -> Figure
         _segment_runs(ax, scan, color=c, alpha=0.55, linewidth=1.3, marker=".", markersize=5)
         _segment_runs(ax, probe, color=c, linewidth=2, marker="o", markersize=4)
         for frame, marker in ((scan, "P"), (probe, "*")):
-            best = _best_row(frame)
+            best = best_row(frame)
             if best is not None:
                 ax.plot(best["x"], best["miou"], marker=marker, markersize=12 if marker == "*" else 9, color=c,
                         markeredgecolor="black", markeredgewidth=0.6, linestyle="none", zorder=5)

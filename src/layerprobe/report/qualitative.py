@@ -19,7 +19,7 @@ from matplotlib.patches import Patch
 
 from ..data.ade20k import CLASS_NAMES, IGNORE, NUM_CLASSES
 from .collect import Results, Store, model_data
-from .figures import plt, store_label
+from .style import plt, store_label
 
 IGNORE_COLOUR = np.array([40, 40, 40], np.uint8)
 

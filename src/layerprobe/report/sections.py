@@ -11,11 +11,12 @@ import yaml
 from matplotlib.figure import Figure
 
 from .. import config as lp_config
-from . import figures, qualitative, tables
+from . import figures, qualitative, style, tables
 from .collect import Results, Store, model_data
+from .deltas import best_worst_classes, oracle_deltas, prompt_deltas
 from .facts import run_facts, software_facts
-from .figures import IDENTICAL, plt, store_label
 from .html import EmbeddedFigure, box, details, esc, figure, section, table
+from .style import IDENTICAL, plt, store_label
 
 
 class FigureSink:
@@ -49,7 +50,7 @@ def _best_store(results: Results) -> Store | None:
     return best["model"], best["prompt"]
 
 
-DELTA_CLASSES = {figures.GREEN: "good", figures.RED: "bad", figures.GREY: "flat", figures.LIGHT_GREY: "flat"}
+DELTA_CLASSES = {style.GREEN: "good", style.RED: "bad", style.GREY: "flat", style.LIGHT_GREY: "flat"}
 
 
 def _delta_class(column: str, value: object) -> str:
@@ -65,8 +66,8 @@ def write_tables(results: Results, folder: Path) -> None:
     """The numbers behind the figures, with their intervals, as CSV beside the PNGs."""
     folder.mkdir(parents=True, exist_ok=True)
     tables.probes_csv(results).to_csv(folder / "probes.csv", index=False)
-    figures.prompt_deltas(results).drop(columns=["tick"]).to_csv(folder / "prompt_deltas.csv", index=False)
-    figures.oracle_deltas(results).drop(columns=["tick"]).to_csv(folder / "oracle_deltas.csv", index=False)
+    prompt_deltas(results).drop(columns=["tick"]).to_csv(folder / "prompt_deltas.csv", index=False)
+    oracle_deltas(results).drop(columns=["tick"]).to_csv(folder / "oracle_deltas.csv", index=False)
 
 
 def summary_section(results: Results, sink: FigureSink) -> str:
@@ -120,7 +121,7 @@ def geometry_note(results: Results) -> str:
 
 
 def prompt_section(results: Results, sink: FigureSink) -> str:
-    deltas = figures.prompt_deltas(results)
+    deltas = prompt_deltas(results)
     if deltas.empty:
         return section("prompts", "Which prompt?", '<p class="muted">Only one prompt per model: nothing to '
                                                    "compare.</p>" + oracle_part(results, sink))
@@ -133,7 +134,8 @@ def prompt_section(results: Results, sink: FigureSink) -> str:
                        "scored on the same validation images, with the paired bootstrap 95% interval of each "
                        "difference (the same resampled images for both prompts). Green: the prompt helps and the "
                        "interval excludes 0; red: it hurts and the interval excludes 0; light grey: not significant "
-                       f"(the interval contains 0); grey: identical (|Δ| &lt; {IDENTICAL:g}). Vision-tower and projector layers come before the LLM, so they "
+                       f"(the interval contains 0); grey: identical (|Δ| &lt; {IDENTICAL:g}). Vision-tower and "
+                       "projector layers come before the LLM, so they "
                        "cannot depend on the prompt and are expected to be identical.",
                        f"prompt comparison for {model}")
         parts.append(f"<h3>{esc(model)}</h3>" + figure(fig))
@@ -143,7 +145,7 @@ def prompt_section(results: Results, sink: FigureSink) -> str:
 def oracle_part(results: Results, sink: FigureSink) -> str:
     """The oracle check: a `{category}` prompt filled with each image's ground-truth class
     (dominant) minus the same prompt filled with another image's class (shuffled)."""
-    deltas = figures.oracle_deltas(results)
+    deltas = oracle_deltas(results)
     if deltas.empty:
         return ""
     parts = ['<h3>Oracle check: does the <i>correct</i> class help?</h3><p class="intro">With '
@@ -203,8 +205,10 @@ def per_class_section(results: Results, sink: FigureSink) -> str:
                        f"per_class_{_slug(store)}",
                        "Validation IoU per class (rows: classes present in the validation ground truth, most "
                        "frequent first, with their share of labelled pixels) and layer (columns, forward order). "
-                       "Grey: no IoU (class neither labelled nor predicted).", f"per-class IoU for {store_label(store, results.config)}")
-        parts.append(details(store_label(store, results.config), _best_worst(results, store, classes) + figure(fig, scroll=True),
+                       "Grey: no IoU (class neither labelled nor predicted).",
+                       f"per-class IoU for {store_label(store, results.config)}")
+        parts.append(details(store_label(store, results.config),
+                             _best_worst(results, store, classes) + figure(fig, scroll=True),
                              is_open=store == best_store))
     return section("per-class", "Per-class IoU", "".join(parts),
                    "Which classes each layer separates. The best overall (model, prompt) is expanded.")
@@ -212,7 +216,7 @@ def per_class_section(results: Results, sink: FigureSink) -> str:
 
 def _best_worst(results: Results, store: Store, classes: list[int]) -> str:
     """Best and worst classes at the best layer; at most half the classes each, so no class is in both."""
-    info = figures.best_worst_classes(results, store, classes, n=5)
+    info = best_worst_classes(results, store, classes, n=5)
     if info["layer"] is None:
         return ""
     items = lambda pairs: " · ".join(f"{esc(n)} <b>{v:.3f}</b>" for n, v in pairs)  # noqa: E731
@@ -279,7 +283,8 @@ def resources_section(results: Results) -> str:
 
 def facts_section(results: Results) -> str:
     software, warnings = software_facts(results.versions)
-    facts = "".join(f"<tr><th>{esc(k)}</th><td>{esc(v)}</td></tr>" for k, v in run_facts(results.root) + software)
+    facts = "".join(f"<tr><th>{esc(k)}</th><td>{esc(v)}</td></tr>" for k, v in
+                    run_facts([f.metrics for f in results.inputs.probes.values()], results.workdir()) + software)
     warned = "".join(box(f"<b>Versions differ:</b> {esc(w)}. Results are not rerun for a new version; "
                          "rerun with <code>--forcerun</code> where a change matters.") for w in warnings)
     config = yaml.dump(results.config, Dumper=_ConfigDumper, sort_keys=False, allow_unicode=True,

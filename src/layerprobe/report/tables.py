@@ -10,10 +10,11 @@ import numpy as np
 import pandas as pd
 
 from .. import config as lp_config
+from ..formatting import human_bytes
 from ..scan.agreement import rank_agreement
-from ..features.store import human_bytes
 from .collect import Results, Store
-from .figures import IDENTICAL, delta_colour, interval_columns, prompt_deltas, store_label
+from .deltas import interval_columns, prompt_deltas
+from .style import IDENTICAL, delta_colour, store_label
 
 
 def _store_rows(results: Results, store: Store) -> pd.DataFrame:
@@ -117,8 +118,8 @@ def oracle_summary(results: Results, deltas: pd.DataFrame) -> pd.DataFrame:
         rows.append({"model / prompt": store_label((model, prompt), results.config), "best layer": best["layer"],
                      "oracle mIoU [95% CI]": Estimate(best["miou"], best["miou_low"], best["miou_high"]),
                      "oracle effect at that layer (dominant − shuffled)": effect,
-                     "layers where the oracle is significantly better": f"{int((part['significant'] & (part['delta'] > 0)).sum())}"
-                                                                         f" / {len(part)}"})
+                     "layers where the oracle is significantly better":
+                         f"{int((part['significant'] & (part['delta'] > 0)).sum())} / {len(part)}"})
     return pd.DataFrame(rows)
 
 
@@ -214,7 +215,7 @@ def _seconds(value: float) -> str:
 def store_sizes(results: Results) -> pd.DataFrame:
     """Every store of the run (feature stores, then preprocessed data stores): size on disk now,
     beside what `layerprobe plan` computes for the same number of images."""
-    from ..plan import data_rows, store_rows  # local: plan is only needed for this table
+    from ..plan.estimates import data_rows, store_rows  # local: plan is only needed for this table
 
     rows = []
     config = results.config
@@ -297,10 +298,11 @@ def diagnostics(results: Results) -> list[str]:
         last = curves.sort_values("epoch").groupby(["model", "prompt", "layer"]).tail(1)
         gap = last[last["running_train_miou"] - last["test_miou"] > GAP_MARGIN]
         if not gap.empty:
-            listed = ", ".join(f"{store_label((r.model, r.prompt), results.config)} {r.layer} (running train {r.running_train_miou:.2f}, "
-                               f"test {r.test_miou:.2f})" for r in gap.itertuples())
-            out.append(f"Running train mIoU exceeds test mIoU by more than {GAP_MARGIN:g} at the last epoch on {len(gap)} "
-                       f"probe(s): {listed}. Over-fitting, or train and test see differently scaled features.")
+            listed = ", ".join(f"{store_label((r.model, r.prompt), results.config)} {r.layer} (running train "
+                               f"{r.running_train_miou:.2f}, test {r.test_miou:.2f})" for r in gap.itertuples())
+            out.append(f"Running train mIoU exceeds test mIoU by more than {GAP_MARGIN:g} at the last epoch on "
+                       f"{len(gap)} probe(s): {listed}. Over-fitting, or train and test see differently scaled "
+                       "features.")
     return out
 
 

@@ -31,10 +31,10 @@ import torch
 from ..models.backbones.base import Backbone
 from ..models.layers import sort_keys
 from ..probing.metrics import SegmentationMeter
-from ..progress import progress
-from .ridge import RidgeStats, token_label_distribution
-from .cost import NUM_CLASSES, plan_groups, stats_bytes
 from ..probing.upsample import CellLabels, UpsampleArgmax, count_sparse
+from ..progress import progress
+from .cost import NUM_CLASSES, plan_groups, stats_bytes
+from .ridge import RidgeStats, token_label_distribution
 
 log = logging.getLogger("layerprobe.scan")
 

@@ -23,7 +23,8 @@ from .base import Backbone, capture_blocks
 
 
 class OpenClipBackbone(Backbone):
-    def __init__(self, name: str, arch: str, pretrained: str, device: str = "cpu", cache_dir: str | None = None) -> None:
+    def __init__(self, name: str, arch: str, pretrained: str, device: str = "cpu",
+                 cache_dir: str | None = None) -> None:
         # Same call for "openai" and for a local weights file (demo/tests); "none": random weights
         # (the real-size smoke run).
         model = open_clip.create_model(arch, pretrained=None if pretrained == "none" else pretrained, device=device,

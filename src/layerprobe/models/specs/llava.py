@@ -31,7 +31,8 @@ def llava_spec(name: str, model: dict[str, Any], cache_dir: str | None) -> Model
                                                                                          4 * text_width, gated=True)
         return ModelSpec("llava", text_layers, text_width, tiny["image_size"], tiny["patch_size"], False, layers,
                          width, params=vision + text,
-                         flops=forward_flops(vision, grid * grid + 1) + forward_flops(text, grid * grid + PROMPT_TOKENS))
+                         flops=forward_flops(vision, grid * grid + 1)
+                         + forward_flops(text, grid * grid + PROMPT_TOKENS))
     where = f"models.{name}.hub_id"
     return spec_from_config(where, read_json(where, model["hub_id"], "config.json", cache_dir))
 

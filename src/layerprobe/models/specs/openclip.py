@@ -335,7 +335,6 @@ def _timm_spec(where: str, arch: str, timm_name: str) -> ModelSpec:
     """Build the model with open_clip on the meta device (structure only) and read its timm trunk."""
     import open_clip
     import torch
-
     from torch.overrides import TorchFunctionMode
 
     class SkipInitOnMeta(TorchFunctionMode):

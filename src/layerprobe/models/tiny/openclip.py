@@ -8,7 +8,6 @@ from pathlib import Path
 from typing import Any
 
 
-
 def config_path(weights: str | Path) -> Path:
     """The open_clip model-config JSON stored beside the weights file."""
     weights = Path(weights)
