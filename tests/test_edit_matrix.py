@@ -20,6 +20,7 @@ import copy
 import json
 import re
 import shutil
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
@@ -50,9 +51,9 @@ def run(workdir: Path, *args: str):
     return snakemake(workdir, "--profile", "profiles/local", "--cores", "2", "--configfile", CONFIG, *args)
 
 
-def planned_jobs(workdir: Path) -> Jobs:
+def planned_jobs(workdir: Path, config: str = CONFIG) -> Jobs:
     """{rule: {wildcard values joined by '/'}} of a dry run ('' for a job without wildcards)."""
-    out = snakemake(workdir, "-n", "--configfile", CONFIG).stdout
+    out = snakemake(workdir, "-n", "--configfile", config).stdout
     jobs: Jobs = {}
     for match in re.finditer(r"^(?:local)?rule (\w+):\n((?:    .*\n?)*)", out, re.M):
         wildcards = re.search(r"^    wildcards: (.*)$", match.group(2), re.M)
@@ -311,24 +312,32 @@ def base(sources, tmp_path_factory) -> Path:
 
 
 @pytest.fixture(scope="module")
-def planner(base, tmp_path_factory) -> Path:
-    """A copy of the base run for dry runs (they change nothing, so one copy serves every config
-    edit; a file edit is undone after its dry run)."""
-    workdir = tmp_path_factory.mktemp("matrix_plans") / "w"
-    shutil.copytree(base, workdir, symlinks=True)
-    return workdir
+def plans(base, tmp_path_factory) -> dict[str, Jobs]:
+    """Every edit's dry run on a copy of the base run (.snakemake metadata included), two at a time:
+    each is a Snakemake start-up and a DAG build, mostly one core. Config edits share one copy
+    (a dry run changes nothing; each reads its own config file); a file edit gets a copy of its own."""
+    root = tmp_path_factory.mktemp("matrix_plans")
+    shared = root / "shared"
+    shutil.copytree(base, shared, symlinks=True)
+
+    def plan(item: tuple[int, str]) -> Jobs:
+        index, name = item
+        workdir = shared
+        if EDITS[name].files is not None:
+            workdir = root / f"edit{index}"
+            shutil.copytree(base, workdir, symlinks=True)
+            edit_files(workdir, name)
+        config = f"config/edit_matrix.{index}.yaml"
+        (workdir / config).write_text(yaml.safe_dump(edited(name), sort_keys=False))
+        return planned_jobs(workdir, config)
+
+    with ThreadPoolExecutor(2) as pool:
+        return dict(zip(EDITS, pool.map(plan, enumerate(EDITS))))
 
 
 @pytest.mark.parametrize("edit", list(EDITS))
-def test_dry_run_plans_exactly_the_jobs_an_edit_changes(planner, sources, edit):
-    write_config(planner, edited(edit))
-    edit_files(planner, edit)
-    try:
-        assert planned_jobs(planner) == EDITS[edit].jobs
-    finally:
-        for name in SOURCES:  # the base's weights again
-            shutil.rmtree(planner / name)
-            shutil.copytree(sources / name, planner / name)
+def test_dry_run_plans_exactly_the_jobs_an_edit_changes(plans, edit):
+    assert plans[edit] == EDITS[edit].jobs
 
 
 # A checkpoint left by a killed probe made under other settings, planted in each group at a

@@ -49,7 +49,8 @@ class Job:
 
     def weights_manifest(self) -> str | None:
         """The fetch_weights manifest among the inputs (input `model`), if the model has one."""
-        files = [str(f) for f in getattr(self.snakemake.input, "model", [])]
+        given = getattr(self.snakemake.input, "model", [])
+        files = [given] if isinstance(given, str) else [str(f) for f in given]  # one file comes as a str
         manifests = [f for f in files if f.endswith(".json") and not f.endswith(".built")]
         return manifests[0] if manifests else None
 
