@@ -30,7 +30,8 @@ lint: setup
 	$(BIN)/ruff check src tests workflow/scripts benchmarks
 
 test: lint
-	PATH=$(CURDIR)/$(BIN):$$PATH $(BIN)/python -m pytest -q
+	# Two workers: the SLURM tests wait on the scheduler while the others compute (tests/conftest.py).
+	PATH=$(CURDIR)/$(BIN):$$PATH $(BIN)/python -m pytest -q -n 2 --dist loadgroup
 
 dryrun: setup
 	PATH=$(CURDIR)/$(BIN):$$PATH $(BIN)/snakemake -n --configfile config/config.yaml

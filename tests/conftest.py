@@ -37,6 +37,26 @@ def snakemake(workdir: Path, *args: str, timeout: int = 1200, check: bool = True
     return proc
 
 
+# `make test` runs two pytest-xdist workers (--dist loadgroup): the SLURM tests mostly wait on the
+# scheduler's clock while the demo and the other Snakemake runs keep the cores busy. A session
+# fixture is made once per worker, so the tests sharing one run on one worker, as do the tests of a
+# module (module fixtures); the two long groups start first.
+SHARED_GROUPS = {"slurm": "slurm", "demo_run": "demo", "demo_results": "demo"}  # fixture -> group
+
+
+@pytest.hookimpl(tryfirst=True)  # before xdist reads the groups
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    order = list(dict.fromkeys(SHARED_GROUPS.values()))
+    for item in items:
+        shared = [SHARED_GROUPS[name] for name in item.fixturenames if name in SHARED_GROUPS]
+        item.add_marker(pytest.mark.xdist_group(shared[0] if shared else item.nodeid.split("::")[0]))
+    items.sort(key=lambda item: next((i for i, g in enumerate(order) if group_of(item) == g), len(order)))
+
+
+def group_of(item: pytest.Item) -> str:
+    return next(item.iter_markers("xdist_group")).args[0]
+
+
 @pytest.fixture(scope="session")
 def demo_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """The demo config run end to end once (local profile, 2 cores); many tests read its results."""

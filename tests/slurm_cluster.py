@@ -2,7 +2,8 @@
 
 Import the fixture into a test module with `from tests.slurm_cluster import slurm  # noqa: F401`.
 The fixture runs tests/slurm/start_local_slurm.sh (installs the Debian packages if missing,
-writes /etc/slurm/slurm.conf, starts munged/slurmctld/slurmd). It skips only when SLURM cannot
+writes /etc/slurm/slurm.conf, starts munged/slurmctld/slurmd) and, at the end of the session, stops
+the daemons it started (tests/slurm/stop_local_slurm.sh). It skips only when SLURM cannot
 run here at all (not root, packages not installable, a foreign SLURM owns this host, too little
 RAM); a cluster that is installed but does not come up is a test failure.
 """
@@ -13,6 +14,7 @@ import os
 import re
 import subprocess
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -122,7 +124,7 @@ def minutes(value: str) -> int:
 
 
 @pytest.fixture(scope="session")
-def slurm() -> SlurmCluster:
+def slurm() -> Iterator[SlurmCluster]:
     try:
         proc = subprocess.run(["bash", str(SCRIPT)], capture_output=True, text=True, timeout=600)
     except subprocess.TimeoutExpired:
@@ -136,4 +138,6 @@ def slurm() -> SlurmCluster:
     partition = subprocess.run(["sinfo", "-h", "-o", "%P"], capture_output=True, text=True,
                                check=True).stdout.split()[0].rstrip("*")
     spool = Path(os.environ.get("LP_SLURM_DIR", "/var/lib/layerprobe-slurm"))
-    return SlurmCluster(host=host, partition=partition, log_dir=spool / "log")
+    yield SlurmCluster(host=host, partition=partition, log_dir=spool / "log")
+    if "already running" not in proc.stdout:  # started for this session: stop it (a cluster found running stays)
+        subprocess.run(["bash", str(SCRIPT.with_name("stop_local_slurm.sh"))], capture_output=True, timeout=120)

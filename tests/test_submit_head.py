@@ -101,6 +101,21 @@ def test_slurm_head_runs_as_a_small_long_job_and_submits_rule_jobs(slurm, tmp_pa
     assert (work / target).is_file()
 
 
+def test_the_head_follows_a_limit_changed_while_it_runs(monkeypatch):
+    limits = iter([1000.0, 400.0])  # squeue's answers: the limit is cut while the head runs
+    clock = [0.0]
+    monkeypatch.setattr(submit, "job_deadline", lambda job_id: next(limits))
+    monkeypatch.setattr(submit.time, "monotonic", lambda: clock[0])
+    monkeypatch.setattr(submit.time, "time", lambda: clock[0])
+    deadline = submit.Deadline("7")
+    assert deadline.seconds_left() == 1000
+    clock[0] = submit.DEADLINE_REFRESH_S - 1
+    assert deadline.seconds_left() == 1000 - clock[0]  # not asked again yet
+    clock[0] = submit.DEADLINE_REFRESH_S
+    assert deadline.seconds_left() == 400 - clock[0]
+    assert submit.Deadline(None).seconds_left() is None
+
+
 def test_time_left_parsing():
     assert submit.parse_time_left("1-02:03:04") == ((24 + 2) * 60 + 3) * 60 + 4
     assert submit.parse_time_left("03:04") == 184 and submit.parse_time_left("UNLIMITED") is None
@@ -162,21 +177,33 @@ def _release_requeued(job_id: str, stop: threading.Event) -> None:
             subprocess.run(["scontrol", "update", f"JobId={job_id}", "StartTime=now"], check=False)
 
 
+REQUEUE_EPOCHS = 60  # the probe outlasts the head's next look at its limit (DEADLINE_REFRESH_S) after a checkpoint
+
+
+def _shorten_after_checkpoint(job_id: str, checkpoint: Path, stop: threading.Event) -> None:
+    """Take 3 minutes off the head's limit once the probe has a checkpoint to resume from."""
+    while not stop.wait(0.5):
+        if checkpoint.is_file():
+            subprocess.run(["scontrol", "update", f"JobId={job_id}", "TimeLimit=-3"], check=True)
+            return
+
+
 def test_slurm_head_requeues_itself_before_its_time_limit_and_finishes(slurm, tmp_path):  # noqa: F811
-    """A 3-minute head told to stop 165 s before its limit (read from squeue) stops Snakemake 15 s in,
-    which cancels the probe's SLURM job, and requeues itself; with --max-requeues 1 the next run
-    goes to the end: the probe is submitted again, resumes from its checkpoint, and the head ends
-    COMPLETED with every epoch in epochs.csv. (A real head stops 10 min before a days-long limit.)
-    The limit leaves run 2 room under CI load: it took 40 s here quietly, and a 1-min limit
-    timed out on a loaded CI machine."""
+    """A head with a 10-minute limit, told to stop 7 min before it, runs; once the probe's SLURM job
+    has written its first checkpoint the test takes 3 min off the head's limit (scontrol update,
+    as an admin may), so the head, which re-reads its limit from squeue, is now within 7 min of it:
+    it stops Snakemake, which cancels the probe's job, and requeues itself. With --max-requeues 1
+    the next run goes to the end: the probe is submitted again, resumes from its checkpoint, and the
+    head ends COMPLETED with every epoch in epochs.csv. (A real head stops 10 min before a days-long
+    limit.) Waiting for the checkpoint, not for a fixed time, keeps this true on a loaded machine."""
     work = copy_repo(tmp_path / "repo")
-    (work / "config/requeue.yaml").write_text("probe: {epochs: 30}\nscan: {enabled: false}\n")
+    (work / "config/requeue.yaml").write_text(f"probe: {{epochs: {REQUEUE_EPOCHS}}}\nscan: {{enabled: false}}\n")
     configs = ["--configfile", "config/demo.yaml", "config/requeue.yaml"]
     snakemake(work, "results/demo/features/tiny_vit/none.manifest.json", "--profile", "profiles/local", "--cores", "2",
               *configs)  # the store first, locally: the head's window goes to the probe
     target = "results/demo/probes/tiny_vit/none/layer_02/metrics.json"
-    head = subprocess.Popen([str(BIN / "layerprobe"), "submit-head", "--cluster", "slurm", "--wait", "--time-min", "3",
-                             "--requeue-before-min", "2.75", "--max-requeues", "1", "--profile", "profiles/slurm",
+    head = subprocess.Popen([str(BIN / "layerprobe"), "submit-head", "--cluster", "slurm", "--wait", "--time-min", "10",
+                             "--requeue-before-min", "7", "--max-requeues", "1", "--profile", "profiles/slurm",
                              *configs, "--", target, *QUICK,
                              *portable_profile_args(ROOT / "profiles/slurm/config.yaml")],
                             cwd=work, env={**os.environ, "PATH": f"{BIN}{os.pathsep}{os.environ.get('PATH', '')}",
@@ -185,7 +212,11 @@ def test_slurm_head_requeues_itself_before_its_time_limit_and_finishes(slurm, tm
     first = head.stdout.readline()
     job_id = re.search(r"slurm job (\S+)", first).group(1)
     stop = threading.Event()
+    shortener = threading.Thread(target=_shorten_after_checkpoint,
+                                 args=(job_id, work / "results/demo/checkpoints/tiny_vit/none/layer_02.pt", stop),
+                                 daemon=True)
     releaser = threading.Thread(target=_release_requeued, args=(job_id, stop), daemon=True)
+    shortener.start()
     releaser.start()
     try:
         out, err = head.communicate(timeout=600)
@@ -197,9 +228,10 @@ def test_slurm_head_requeues_itself_before_its_time_limit_and_finishes(slurm, tm
     assert info["JobState"] == "COMPLETED" and info["Restarts"] == "1", f"{info}\n{log[-4000:]}"
     assert log.count("stopping snakemake and requeueing") == 1 and "run 2" in log and "snakemake exited with 0" in log
     epochs = (work / target).with_name("epochs.csv").read_text().splitlines()
-    assert len(epochs) == 31 and epochs[-1].startswith("30,")  # header + every epoch, none lost across runs
+    # header + every epoch, none lost across runs
+    assert len(epochs) == REQUEUE_EPOCHS + 1 and epochs[-1].startswith(f"{REQUEUE_EPOCHS},")
     probe_jobs = re.findall(r"submitted with SLURM jobid (\d+) \(log: \S+/rule_probe/", log)
     assert len(probe_jobs) == 2, probe_jobs  # cancelled with the first run, submitted again by the second
     assert scontrol_job(probe_jobs[0])["JobState"] == "CANCELLED"
-    assert "resumed from results/checkpoints/tiny_vit/none/layer_02.pt" in \
+    assert "resumed from results/demo/checkpoints/tiny_vit/none/layer_02.pt" in \
         (work / "results/demo/logs/probe/tiny_vit/none/layer_02.log").read_text()

@@ -162,7 +162,7 @@ if ! munge_ok; then
         id munge >/dev/null 2>&1 && chown munge:munge /etc/munge/munge.key
     fi
     mkdir -p /run/munge /var/log/munge /var/lib/munge
-    munged --force >/dev/null 2>&1 || true
+    munged --force >/dev/null 2>&1 && : > "$DIR/started-munged"  # stop_local_slurm.sh stops only what we started
     for _ in $(seq 50); do munge_ok && break; sleep 0.1; done
     munge_ok || die "munged does not work (munge -n | unmunge fails); see /var/log/munge/munged.log" 6
 fi

@@ -11,7 +11,8 @@ Everything after `--` goes to snakemake unchanged (targets, --set-resources, ...
 `--folder` (default results/logs/head/<jobid>_0_log.out).
 
 A head that comes back by itself:
-- Time limit: the controller knows when its job ends (squeue's time left). `--requeue-before-min`
+- Time limit: the controller knows when its job ends (squeue's time left, read again every
+  DEADLINE_REFRESH_S, so a limit an admin changes with `scontrol update` is followed). `--requeue-before-min`
   before that it stops Snakemake (SIGINT: Snakemake cancels the jobs it submitted and releases
   its lock) and requeues its own job (`scontrol requeue`, the job is submitted `--requeue`). The
   same job id runs again, submitit reruns the same controller, and Snakemake continues from the
@@ -41,6 +42,7 @@ DEFAULT_TIME_MIN = 3 * 24 * 60  # three days
 DEFAULT_MEM_GB = 2.0
 HEAD_LOGS = "logs/head"  # under the config's results root (pathvars.results)
 DEFAULT_REQUEUE_BEFORE_MIN = 10.0  # stop and requeue this long before the time limit
+DEADLINE_REFRESH_S = 10  # one squeue call: cheap beside the executor plugin's own polling
 STOP_WAIT_S = 120  # how long Snakemake gets to cancel its jobs and release its lock
 PREFIX = "[layerprobe submit-head]"
 
@@ -130,8 +132,7 @@ class Controller:
         print(f"{PREFIX} cwd {self.workdir}\n{PREFIX} {shlex.join(self.command)}"
               + (f"\n{PREFIX} SLURM job {job_id}, run {restarts + 1}" if job_id else ""), flush=True)
         clear_stale_lock(self.workdir, self.job_name, self.command, own_job=job_id)
-        deadline = job_deadline(job_id) if job_id else None
-        stop_at = None if deadline is None else deadline - self.requeue_before_s
+        deadline = Deadline(job_id)
         env = dict(os.environ)
         # Rule scripts and job steps find this interpreter's tools (snakemake, python) first.
         env["PATH"] = os.pathsep.join([str(Path(sys.executable).parent), env.get("PATH", "")])
@@ -141,7 +142,8 @@ class Controller:
                 code = process.wait(timeout=5)
                 break
             except subprocess.TimeoutExpired:
-                if stop_at is not None and time.time() >= stop_at and restarts < self.max_requeues:
+                left = deadline.seconds_left()
+                if left is not None and left <= self.requeue_before_s and restarts < self.max_requeues:
                     self._stop_and_requeue(process, job_id)
         print(f"{PREFIX} snakemake exited with {code}", flush=True)
         if code != 0:
@@ -200,6 +202,20 @@ def clear_stale_lock(workdir: str | Path, job_name: str, command: list[str], own
     print(f"{PREFIX} removing a stale lock in {locks} (no live head job of this directory)", flush=True)
     subprocess.run([*command, "--unlock"], cwd=workdir, check=True, capture_output=True, text=True)
     return True
+
+
+class Deadline:
+    """When SLURM ends this job, re-read from squeue every DEADLINE_REFRESH_S (None: no SLURM job or no limit)."""
+
+    def __init__(self, job_id: str | None) -> None:
+        self.job_id, self.read_at, self.at = job_id, float("-inf"), None
+
+    def seconds_left(self) -> float | None:
+        if self.job_id is None:
+            return None
+        if time.monotonic() - self.read_at >= DEADLINE_REFRESH_S:
+            self.at, self.read_at = job_deadline(self.job_id), time.monotonic()
+        return None if self.at is None else self.at - time.time()
 
 
 def job_deadline(job_id: str) -> float | None:

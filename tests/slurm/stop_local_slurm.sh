@@ -1,0 +1,22 @@
+#!/usr/bin/env bash
+# Stops what tests/slurm/start_local_slurm.sh started: slurmd and slurmctld (their pid files in
+# $LP_SLURM_DIR) and munged if that script started it. Leaves the packages and the configuration,
+# so the next start takes seconds. The test session calls it when it started the cluster itself.
+set -uo pipefail
+DIR="${LP_SLURM_DIR:-/var/lib/layerprobe-slurm}"
+
+stop_pid_file() {
+    local file="$1"
+    [ -s "$file" ] && kill -0 "$(cat "$file")" 2>/dev/null || return 0
+    kill "$(cat "$file")" 2>/dev/null
+    for _ in $(seq 100); do kill -0 "$(cat "$file")" 2>/dev/null || return 0; sleep 0.1; done
+    kill -9 "$(cat "$file")" 2>/dev/null
+}
+
+stop_pid_file "$DIR/slurmd.pid"
+stop_pid_file "$DIR/slurmctld.pid"
+if [ -e "$DIR/started-munged" ]; then
+    stop_pid_file /run/munge/munged.pid
+    rm -f "$DIR/started-munged"
+fi
+echo "stop_local_slurm: stopped"
