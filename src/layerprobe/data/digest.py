@@ -16,12 +16,13 @@ import uuid
 from pathlib import Path
 from typing import Any
 
+from ..state import FILE_DIGESTS
 from . import ade20k
 from .preprocess import select
 
 # Beside Snakemake's own metadata of the working directory: a cache of this directory's runs, shared
 # by every config run here (keyed by absolute path, size, mtime and inode), not a result.
-CACHE = Path(".snakemake/layerprobe/file-digests.json")
+CACHE = FILE_DIGESTS
 
 
 def file_digest(path: Path) -> str:

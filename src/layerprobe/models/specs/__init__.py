@@ -7,7 +7,8 @@ No table of models: each family reads its own library's configuration.
 - hf_vision: a Hugging Face vision encoder's config.json and preprocessor_config.json, see
   `specs.hf_vision`.
 A hub id's JSON files come from a local directory, the weights cache, or the pinned copies shipped
-with the package (`specs.hub`).
+with the package (`specs.hub`). Specs read through transformers are remembered across processes
+(`specs.memo`): importing its config classes costs seconds per Snakemake job.
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ from functools import lru_cache
 from typing import Any
 
 from .core import ModelSpec, UnknownModel, requested_keys
+from .memo import remembered
 
 __all__ = ["ModelSpec", "UnknownModel", "model_spec", "requested_keys", "approx_params"]
 
@@ -40,11 +42,11 @@ def _cached_spec(name: str, model_json: str, cache_dir: str | None) -> ModelSpec
     if kind == "llava":
         from .llava import llava_spec
 
-        return llava_spec(name, model, cache_dir)
+        return remembered(lambda: llava_spec(name, model, cache_dir), kind, model_json, cache_dir)
     if kind == "hf_vision":
         from .hf_vision import hf_vision_spec
 
-        return hf_vision_spec(name, model, cache_dir)
+        return remembered(lambda: hf_vision_spec(name, model, cache_dir), kind, model_json, cache_dir)
     raise UnknownModel(f"models.{name}.kind: unknown kind {kind!r}; one of {list(KINDS)}")
 
 

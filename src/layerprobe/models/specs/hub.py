@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from .core import UnknownModel
+from .memo import note_lookup
 
 PINNED = Path(__file__).with_name("pinned")
 
@@ -29,6 +30,12 @@ def fetch_configs_command() -> str:
 
 
 def find_json(hub_id: str, filename: str, cache_dir: str | None) -> Path | None:
+    path = _find_json(hub_id, filename, cache_dir)
+    note_lookup(hub_id, filename, cache_dir, path)  # a remembered spec holds only while this stays
+    return path
+
+
+def _find_json(hub_id: str, filename: str, cache_dir: str | None) -> Path | None:
     local = Path(hub_id)
     if local.is_dir():
         path = local / filename
