@@ -66,7 +66,7 @@ class MllmBackbone(Backbone):
                                            f"models.{name}.image_size")
         self.image_size, self.grid = self.geometry.image_size, self.geometry.grid
         self.image_token_id = image_token_id(self.config)
-        self.call_kwargs = call_kwargs(self.family, self.image_size, processor_kwargs)
+        self.call_kwargs = call_kwargs(self.family, self.geometry.tower_input, processor_kwargs)
         self.vision_blocks = module_at(self.model, self.family.vision_blocks)
         self.decoder_blocks = module_at(self.model, self.family.llm).layers
         if self.family.token_slice == "base_view":
@@ -116,13 +116,17 @@ class MllmBackbone(Backbone):
 
     def inputs(self, images: torch.Tensor, prompts: list[str],
                boxes: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
-        """Processor outputs (right-padded) for uint8 images (B, S, S, 3) already at image_size;
-        `boxes` (pad geometry): what lies outside them becomes the processor's mean (0)."""
+        """Processor outputs (right-padded) for uint8 images (B, S, S, 3) already at image_size (padded
+        at bottom/right to a larger tower input, pixels it never reads); `boxes` (pad geometry):
+        what lies outside them becomes the processor's mean (0)."""
         if len(prompts) != images.shape[0]:
             raise ValueError(f"{len(prompts)} prompts for {images.shape[0]} images")
         if tuple(images.shape[1:]) != (self.image_size, self.image_size, 3):
             raise ValueError(f"images must be (B, {self.image_size}, {self.image_size}, 3) uint8, got "
                              f"{tuple(images.shape)}: the processor must not resize them")
+        uncovered = self.geometry.tower_input - self.image_size  # pixels the tower never reads
+        if uncovered:
+            images = torch.nn.functional.pad(images, (0, 0, 0, uncovered, 0, uncovered))
         pictures = [[i] for i in images] if self.family.nested_images else list(images)
         batch = dict(self.processor(images=pictures, text=self.texts(prompts), padding=True, return_tensors="pt",
                                     **self.call_kwargs))
@@ -137,8 +141,8 @@ class MllmBackbone(Backbone):
         return batch
 
     def _check_one_view(self, batch: dict[str, torch.Tensor]) -> None:
-        """The processor kept the image whole at image_size (one fixed grid)."""
-        size, layout = self.image_size, self.family.pixel_layout
+        """The processor kept the image whole at the tower's input size (one fixed grid)."""
+        size, layout = self.geometry.tower_input, self.family.pixel_layout
         if layout == "qwen_patches":
             side = size // self.geometry.patch
             ok = bool((batch["image_grid_thw"] == torch.tensor([1, side, side])).all())

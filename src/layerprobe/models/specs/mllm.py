@@ -6,6 +6,11 @@ image token (vision patch x reduction), so `grid` is tokens per side, and stores
 scan and the plan work unchanged. `reduction` is the vision patches per token side (a 2x2 merge,
 a pixel shuffle, an average pool); vision_NN keys are means over each token's r x r patches.
 
+A tower whose input is not a whole number of patches (SigLIP-384 at patch 14: 27 patches cover
+378 px) never reads its last pixels: `image_size` is then the covered square (378), the data
+store's resolution, and the backbone pads it at the bottom and right to the tower's input size
+(384), so the processor resizes nothing and every token's cell is exact.
+
 A setting that cannot give one fixed token grid is refused here, at DAG build, naming the key.
 """
 
@@ -27,10 +32,15 @@ SIZED_FAMILIES = ("qwen2_vl", "qwen2_5_vl")  # the resolution is free: models.<n
 class Geometry:
     """How one square image becomes the LLM's grid of image tokens."""
 
-    image_size: int  # square input side in pixels (the data store's resolution)
+    image_size: int  # the square the patches cover, in pixels (the data store's resolution)
     patch: int  # vision patch side in pixels
     reduction: int  # vision patches per LLM token side
     prefix: int  # tokens before the patches in a vision block's output (CLS), dropped
+    input_size: int = 0  # the tower's input side (image_size padded at bottom/right); 0: image_size
+
+    @property
+    def tower_input(self) -> int:
+        return self.input_size or self.image_size
 
     @property
     def patches_per_side(self) -> int:
@@ -90,13 +100,12 @@ def geometry(where: str, config: Any, processor: dict[str, Any], image_size: int
         raise UnknownModel(f"config key {key}: only for {list(SIZED_FAMILIES)}; the tower of this {model_type} "
                            f"checkpoint takes one input size, {_side(vision.image_size)} px")
     side, patch = _side(vision.image_size), _side(vision.patch_size)
-    if side % patch:
-        raise UnknownModel(f"{where}: image_size {side} is not a multiple of patch_size {patch}")
-    reduction, prefix = _reduction(where, config, side // patch)
-    if (side // patch) % reduction:
-        raise UnknownModel(f"{where}: {side // patch} patches per side do not split into {reduction}x{reduction} "
+    patches = side // patch  # a stride-`patch` convolution: the last side % patch pixels are never read
+    reduction, prefix = _reduction(where, config, patches)
+    if patches % reduction:
+        raise UnknownModel(f"{where}: {patches} patches per side do not split into {reduction}x{reduction} "
                            "blocks, so the image tokens are not a whole grid")
-    return Geometry(side, patch, reduction, prefix)
+    return Geometry(patches * patch, patch, reduction, prefix, side)
 
 
 def _reduction(where: str, config: Any, patches: int) -> tuple[int, int]:
@@ -164,7 +173,8 @@ def mllm_spec(name: str, model: dict[str, Any], cache_dir: str | None) -> ModelS
     raw = read_json(where, model["hub_id"], "config.json", cache_dir)
     config = config_object(where, raw)
     family = FAMILIES[config.model_type]
-    if image_token_id(config) is None:
+    # The checkpoint's own file must name it: a library default need not match its tokenizer.
+    if all(raw.get(attr) is None for attr in family.image_token_attrs) or image_token_id(config) is None:
         raise UnknownModel(f"{where}: config.json of {model['hub_id']} ({config.model_type}) has no image token id "
                            f"({' / '.join(family.image_token_attrs)}): its image positions cannot be found")
     check_processor_kwargs(f"models.{name}.processor_kwargs", family, model.get("processor_kwargs") or {})
@@ -221,6 +231,7 @@ def _views_and_llm_tokens(config: Any, processor: dict[str, Any], grid: Geometry
     if pinpoints:
         from transformers.image_processing_utils import select_best_resolution
 
-        height, width = select_best_resolution((grid.image_size, grid.image_size), pinpoints)
-        tiles = max(1, (height // grid.image_size) * (width // grid.image_size))
+        side = grid.tower_input
+        height, width = select_best_resolution((side, side), pinpoints)
+        tiles = max(1, (height // side) * (width // side))
     return 1 + tiles, g * g + g * (g + 1)

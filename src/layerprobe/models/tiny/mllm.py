@@ -2,8 +2,10 @@
 config, model and processor classes and saved with `save_pretrained`, so `MllmBackbone` loads
 them by path exactly as it loads a hub snapshot (tests and the end-to-end overlay).
 
-Each keeps its family's geometry at a small size: patch 8 (Qwen: 14, its processor's), a few
-4 x 4 token grids, 2 vision blocks, 2-3 LLM layers of width 32. Parameters the libraries
+Each keeps its family's geometry at a small size: 4 x 4 token grids, 2 vision blocks (LLaVA-NeXT:
+3), 2 LLM layers of width 32. PaliGemma, Qwen and InternVL share 112 px (one data store in the
+end-to-end test): SigLIP at patch 28, Qwen at its processor's 14 (2x2 merge), InternVL at 14
+(pixel shuffle); the others are smaller. Parameters the libraries
 initialise to zero (Gemma 3's projection, InternVL's position embeddings and CLS) are drawn at
 random, so every input pixel reaches the features.
 """
@@ -22,7 +24,8 @@ WIDTH = 32
 VISION = dict(hidden_size=WIDTH, intermediate_size=64, num_hidden_layers=2, num_attention_heads=2)
 TEXT = dict(hidden_size=WIDTH, intermediate_size=64, num_hidden_layers=2, num_attention_heads=2, num_key_value_heads=1,
             head_dim=16)
-QWEN_IMAGE_SIZE = 112  # models.<name>.image_size of a tiny Qwen: 8 x 8 patches, 4 x 4 tokens
+TINY_SIZE = 112  # PaliGemma, Qwen, InternVL
+QWEN_IMAGE_SIZE = TINY_SIZE  # models.<name>.image_size of a tiny Qwen: 8 x 8 patches, 4 x 4 tokens
 ROW_COL = [f"<row_{i}_col_{j}>" for i in range(1, 7) for j in range(1, 7)]
 
 
@@ -44,11 +47,11 @@ def paligemma(gemma2: bool = False) -> tuple[Any, Any]:
 
     tokenizer = byte_tokenizer([], {"pad_token": "<pad>", "eos_token": "<eos>", "bos_token": "<bos>",
                                     "unk_token": "<unk>", "image_token": "<image>"})
-    image = SiglipImageProcessor(size={"height": 32, "width": 32}, image_seq_length=16)
+    image = SiglipImageProcessor(size={"height": TINY_SIZE, "width": TINY_SIZE}, image_seq_length=16)
     processor = PaliGemmaProcessor(image_processor=image, tokenizer=tokenizer)  # adds <loc>/<seg> tokens
     text_class = Gemma2Config if gemma2 else GemmaConfig
     text = text_class(**TEXT, **_text_ids(processor.tokenizer), **({"sliding_window": 64} if gemma2 else {}))
-    config = PaliGemmaConfig(vision_config=SiglipVisionConfig(**VISION, image_size=32, patch_size=8,
+    config = PaliGemmaConfig(vision_config=SiglipVisionConfig(**VISION, image_size=TINY_SIZE, patch_size=28,
                                                               vision_use_head=False),
                              text_config=text, image_token_index=processor.image_token_id, projection_dim=WIDTH,
                              hidden_size=WIDTH, vocab_size=len(processor.tokenizer))
@@ -134,12 +137,13 @@ def internvl() -> tuple[Any, Any]:
     tokenizer = byte_tokenizer(["<|im_start|>"], {
         "eos_token": "<|im_end|>", "pad_token": "<|endoftext|>", "start_image_token": "<img>",
         "end_image_token": "</img>", "context_image_token": "<IMG_CONTEXT>", "video_token": "<video>"})
-    image = GotOcr2ImageProcessor(size={"height": 64, "width": 64}, crop_to_patches=False)
+    image = GotOcr2ImageProcessor(size={"height": TINY_SIZE, "width": TINY_SIZE}, crop_to_patches=False)
     processor = InternVLProcessor(image_processor=image, tokenizer=tokenizer, image_seq_length=16,
-                                  video_processor=InternVLVideoProcessor(size={"height": 64, "width": 64}),
+                                  video_processor=InternVLVideoProcessor(size={"height": TINY_SIZE,
+                                                                               "width": TINY_SIZE}),
                                   chat_template=TEMPLATES["internvl"])
     text = Qwen2Config(**TEXT, **{**_text_ids(tokenizer), "bos_token_id": None})
-    config = InternVLConfig(vision_config=InternVLVisionConfig(**VISION, image_size=64, patch_size=8),
+    config = InternVLConfig(vision_config=InternVLVisionConfig(**VISION, image_size=TINY_SIZE, patch_size=14),
                             text_config=text, image_token_id=tokenizer.context_image_token_id, image_seq_length=16,
                             downsample_ratio=0.5)
     model = InternVLForConditionalGeneration(config)
@@ -211,14 +215,15 @@ def llava_onevision() -> tuple[Any, Any]:
 
     tokenizer = byte_tokenizer(["<|im_start|>"], {"eos_token": "<|im_end|>", "pad_token": "<|endoftext|>",
                                                   "image_token": "<image>", "video_token": "<video>"})
-    pinpoints = [[32, 32], [32, 64], [64, 32], [64, 64]]
-    image = LlavaOnevisionImageProcessor(size={"height": 32, "width": 32}, image_grid_pinpoints=pinpoints)
+    # 36 px at patch 8, as SigLIP-384 at patch 14: the tower reads 4 x 4 patches (32 px), never the rest
+    pinpoints = [[36, 36], [36, 72], [72, 36], [72, 72]]
+    image = LlavaOnevisionImageProcessor(size={"height": 36, "width": 36}, image_grid_pinpoints=pinpoints)
     processor = LlavaOnevisionProcessor(image_processor=image, tokenizer=tokenizer,
                                         video_processor=LlavaOnevisionVideoProcessor(), num_image_tokens=16,
                                         vision_feature_select_strategy="full",
                                         chat_template=TEMPLATES["llava_onevision"])
     text = Qwen2Config(**TEXT, **{**_text_ids(tokenizer), "bos_token_id": None})
-    config = LlavaOnevisionConfig(vision_config=SiglipVisionConfig(**VISION, image_size=32, patch_size=8,
+    config = LlavaOnevisionConfig(vision_config=SiglipVisionConfig(**VISION, image_size=36, patch_size=8,
                                                                    vision_use_head=False),
                                   text_config=text, image_token_index=tokenizer.image_token_id,
                                   video_token_index=tokenizer.video_token_id, vision_feature_layer=-1,
