@@ -190,3 +190,11 @@ def test_early_stop_gives_the_same_values_and_runs_nothing_deeper(backbones, fam
     depth = len(bb.decoder_blocks)
     assert calls[:depth] == [1] * llm_ran + [0] * (depth - llm_ran)
     assert calls[-1] == last_vision_ran
+
+
+@pytest.mark.parametrize("family", ["llava_next", "llava_onevision"])
+def test_anyres_families_say_that_their_tiles_are_dropped(paths, family: str, caplog) -> None:
+    with caplog.at_level("INFO", logger="layerprobe.mllm"):
+        bb = load(paths[family], family)
+    assert f"the first {bb.grid ** 2} image tokens" in caplog.text
+    assert "tiles after them are computed by the model but dropped" in caplog.text

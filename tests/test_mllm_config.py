@@ -126,3 +126,17 @@ def test_the_real_config_examples_validate_and_plan_offline() -> None:
     planned = lp_plan.plan(config).stores
     assert set(EXAMPLES) <= set(planned["model"])
     assert set(planned[planned["model"] == "llava_ov_7b"]["tokens"]) == {729}
+
+
+def test_smolvlm_is_read_from_its_config_without_its_processor(tmp_path: Path) -> None:
+    """SmolVLM's processor needs num2words (not installed); its spec needs only the two JSON files."""
+    from transformers import LlamaConfig, SmolVLMConfig, SmolVLMVisionConfig
+
+    vision = SmolVLMVisionConfig(hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=2,
+                                 image_size=512, patch_size=16)
+    text = LlamaConfig(hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=2,
+                       vocab_size=300)
+    SmolVLMConfig(vision_config=vision, text_config=text, image_token_id=299, scale_factor=4).save_pretrained(tmp_path)
+    (tmp_path / "preprocessor_config.json").write_text(json.dumps({"max_image_size": {"longest_edge": 512}}))
+    spec = lp_config.spec(_validate({"kind": "mllm", "hub_id": str(tmp_path)}), "m")
+    assert (spec.image_size, spec.grid, spec.reduction, spec.patch_size) == (512, 8, 4, 64)
