@@ -14,8 +14,8 @@ import jsonschema
 import yaml
 
 from .models.layers import parse_key, probe_id
-from .models.prompts import DOMINANT, FILLS, IMAGE_TOKEN, placeholders, validate_prompt
-from .models.specs import ModelSpec, UnknownModel, model_spec, requested_keys
+from .models.prompts import DEFAULT_FORMAT, DOMINANT, FILLS, IMAGE_TOKEN, placeholders, validate_prompt
+from .models.specs import LLM_KINDS, ModelSpec, UnknownModel, model_spec, requested_keys
 
 SPLITS = ("training", "validation")
 # A control fill's store id is `{prompt id}+{fill}` (like `+cls` probes); `dominant` keeps the
@@ -158,7 +158,7 @@ def _check_scan(config: dict[str, Any]) -> None:
     missing = [k for k in layers if k not in known]
     if missing:  # a key some scanned models lack is fine (vision_NN on a CLIP); one none has is a typo
         raise ConfigError(f"config key scan.layers: no scanned model has {missing} (scanned: {models}; "
-                          "layer_NN counts blocks from 00, vision_NN and projector exist for LLaVA only)")
+                          "layer_NN counts blocks from 00, vision_NN and projector exist for llava and mllm only)")
     for name in models:
         if not any(k in spec(config, name).dims() for k in layers):
             raise ConfigError(f"config key scan.layers: models.{name} has none of {layers}; list one of its layers "
@@ -169,6 +169,8 @@ def _fill_model_defaults(model: dict[str, Any], schema: dict[str, Any]) -> None:
     for key, sub in schema["$defs"]["model"]["properties"].items():
         if "default" in sub and key not in model:
             model[key] = copy.deepcopy(sub["default"])
+    if model.get("kind") != "mllm":  # mllm without one: the family's own chat template
+        model.setdefault("prompt_format", DEFAULT_FORMAT)
     if "tiny" in model:
         for key, sub in schema["$defs"]["tiny"]["properties"].items():
             if "default" in sub:
@@ -183,14 +185,18 @@ def spec(config: dict[str, Any], name: str) -> ModelSpec:
 def _check_models(config: dict[str, Any]) -> None:
     for name, model in config["models"].items():
         where = f"models.{name}"
-        if model["kind"] == "llava":
-            _check_llava(where, model, config["dataset"].get("class_names"))
+        if model["kind"] in LLM_KINDS:
+            _check_prompted(where, model, config["dataset"].get("class_names"))
         else:
             _check_vision_only(where, model)
         try:
             model_spec_ = spec(config, name)
         except UnknownModel as err:
             raise ConfigError(str(err)) from None
+        if model["kind"] == "mllm":
+            from .config_mllm import check_placement
+
+            check_placement(where, model, model_spec_, len(prompt_ids(model)))
         for key in ("layers", "vision_layers"):
             depth = model_spec_.depth if key == "layers" else model_spec_.vision_depth
             too_deep = [i for i in model.get(key, []) if i > depth]
@@ -206,6 +212,7 @@ def _check_models(config: dict[str, Any]) -> None:
 # The keys each kind needs; a key of another kind is an error (a typo'd kind would otherwise
 # silently ignore the model's own keys).
 KIND_KEYS = {"open_clip": ("arch", "pretrained"), "hf_vision": ("hub_id",)}
+MLLM_KEYS = ("image_size", "processor_kwargs")
 
 
 def _check_vision_only(where: str, model: dict[str, Any]) -> None:
@@ -221,25 +228,30 @@ def _check_vision_only(where: str, model: dict[str, Any]) -> None:
         if key not in model:
             raise ConfigError(f"config key {where}.{key}: required for kind {kind}")
     if kind == "open_clip" and "revision" in model:
-        raise ConfigError(f"config key {where}.revision: only for a hub id (kinds llava, hf_vision); open_clip tags "
-                          "are identified by their download's own commit or URL")
+        raise ConfigError(f"config key {where}.revision: only for a hub id (kinds llava, hf_vision, mllm); open_clip "
+                          "tags are identified by their download's own commit or URL")
     others = {k for other, keys in KIND_KEYS.items() if other != kind for k in keys} - set(KIND_KEYS[kind])
-    for key in sorted(others | {"prompts"}):
+    for key in sorted(others | {"prompts", *MLLM_KEYS}):
         if key in model:
-            owner = "llava" if key == "prompts" else next(o for o, ks in KIND_KEYS.items() if key in ks)
+            owner = ("llava, mllm" if key == "prompts" else "mllm" if key in MLLM_KEYS
+                     else next(o for o, ks in KIND_KEYS.items() if key in ks))
             raise ConfigError(f"config key {where}.{key}: only for kind {owner}" +
-                              (" (and llava)" if key == "hub_id" else ""))
+                              (" (and llava, mllm)" if key == "hub_id" else ""))
     if model["vision_layers"] or model["projector"]:
-        raise ConfigError(f"config key {where}.vision_layers/projector: only for kind llava (use layers)")
+        raise ConfigError(f"config key {where}.vision_layers/projector: only for kinds llava, mllm (use layers)")
 
 
-def _check_llava(where: str, model: dict[str, Any], class_names: str | None) -> None:
-    if "hub_id" not in model:
-        raise ConfigError(f"config key {where}.hub_id: required for kind llava")
-    if "prompts" not in model:
-        raise ConfigError(f"config key {where}.prompts: required for kind llava")
-    fmt = model["prompt_format"]
-    for token in (IMAGE_TOKEN, "{prompt}"):
+def _check_prompted(where: str, model: dict[str, Any], class_names: str | None) -> None:
+    """llava and mllm: a hub id and prompts (mllm: its placement is checked against its spec)."""
+    kind = model["kind"]
+    for key in ("hub_id", "prompts"):
+        if key not in model:
+            raise ConfigError(f"config key {where}.{key}: required for kind {kind}")
+    from .config_mllm import check_kind_keys
+
+    check_kind_keys(where, model)
+    fmt = model.get("prompt_format")
+    for token in (IMAGE_TOKEN, "{prompt}") if fmt is not None else ():
         if token not in fmt:
             raise ConfigError(f"config key {where}.prompt_format: must contain {token}")
     ids = [p["id"] for p in model["prompts"]]
@@ -251,7 +263,7 @@ def _check_llava(where: str, model: dict[str, Any], class_names: str | None) -> 
     for i, prompt in enumerate(model["prompts"]):
         _check_prompt(f"{where}.prompts[{i}]", prompt, class_names)
     stores = prompt_ids(model)
-    if len(stores) > 1 and fmt.index(IMAGE_TOKEN) < fmt.index("{prompt}"):
+    if kind == "llava" and len(stores) > 1 and fmt.index(IMAGE_TOKEN) < fmt.index("{prompt}"):
         # Causal attention: image tokens placed before the prompt cannot see it, so every
         # prompt (and every fill of one) would give byte-identical image-token states.
         raise ConfigError(f"config key {where}.prompt_format: the image comes before the prompt, so image-token "
@@ -291,10 +303,10 @@ def load(path: str | Path) -> dict[str, Any]:
 
 
 def prompt_ids(model: dict[str, Any]) -> list[str]:
-    """Store ids per model: 'none' for CLIP; for LLaVA one per prompt and category fill, in config
-    order: the plain prompt id for `dominant` (and for a prompt without `{category}`),
+    """Store ids per model: 'none' for CLIP; for LLaVA and mllm one per prompt and category fill, in
+    config order: the plain prompt id for `dominant` (and for a prompt without `{category}`),
     `{prompt id}+{fill}` for a control (e.g. `describe_category+shuffled`)."""
-    if model["kind"] != "llava":
+    if model["kind"] not in LLM_KINDS:
         return ["none"]
     return [store_id(p["id"], fill) for p in model["prompts"] for fill in category_fills(model, p)]
 

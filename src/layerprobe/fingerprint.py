@@ -32,6 +32,7 @@ from typing import Any
 from . import config as lp_config
 from .models.layers import parse_probe_id
 from .models.prompts import SEEDED_FILLS
+from .models.specs import LLM_KINDS
 
 # Bump a stage's number when a code change alters what that stage writes.
 # data 2: images read with their EXIF orientation applied, as mmseg does.
@@ -42,7 +43,9 @@ from .models.prompts import SEEDED_FILLS
 VERSIONS = {"data": 2, "features": 1, "probe": 4, "scan": 2, "synthetic": 1}
 # Model-entry keys that decide the weights and the forward of a model (not which layers are kept).
 # Not `revision`: the commit it resolves to is in `weights` (pinning the commit in use reruns nothing).
-MODEL_KEYS = ("kind", "arch", "pretrained", "hub_id", "dtype", "attn_implementation", "prompt_format")
+# `image_size`, `processor_kwargs`: mllm only (absent elsewhere, so other models' fingerprints stay as they were).
+MODEL_KEYS = ("kind", "arch", "pretrained", "hub_id", "dtype", "attn_implementation", "prompt_format", "image_size",
+              "processor_kwargs")
 
 
 class StaleResultError(RuntimeError):
@@ -197,7 +200,7 @@ def _model(config: dict[str, Any], name: str) -> dict[str, Any]:
     """Weights and forward: loading keys, the tiny block, the weights' identity, the extraction device."""
     model = config["models"][name]
     inputs = {f"models.{name}.{k}": model[k] for k in MODEL_KEYS if k in model}
-    if model["kind"] != "llava":
+    if model["kind"] not in LLM_KINDS:
         inputs.pop(f"models.{name}.prompt_format", None)
     inputs.update({f"models.{name}.tiny.{k}": v for k, v in (model.get("tiny") or {}).items()})
     inputs.update(weights(config, name))

@@ -27,7 +27,8 @@ OVERHEAD_MB = 1536  # python + torch + CUDA context beside the loader buffers
 CPU_MODEL_BASE_MB = 2048
 CPU_WEIGHT_FACTOR = 1.75
 # On a GPU the weights load to the device; host RAM stages batches and chunks (not measured here).
-GPU_HOST_MB = {"llava": 8192, "open_clip": 4096, "hf_vision": 4096}
+# mllm as llava: a processor, tokenizer and batch staging of a 7-9 B multimodal LLM (not measured here).
+GPU_HOST_MB = {"llava": 8192, "open_clip": 4096, "hf_vision": 4096, "mllm": 8192}
 
 
 def mem_mb(rule: str, config: dict[str, Any], model: str | None = None, attempt: int = 1) -> int:

@@ -1,5 +1,5 @@
 """`layerprobe fetch-configs --configfile F [F ...]`: cache the JSON files a hub model's spec is
-read from (config.json; preprocessor_config.json for hf_vision) into `weights.cache_dir`.
+read from (config.json; preprocessor_config.json for hf_vision and mllm) into `weights.cache_dir`.
 
 The DAG needs every model's depth, width and resolution before any rule runs, so a hub id whose
 config is neither pinned (layerprobe/specs/pinned) nor already cached fails at DAG build and names
@@ -17,7 +17,8 @@ from ..config import merged_raw, schema_default
 from ..models.specs.hub import find_json
 from ..models.weights import HUB_KINDS
 
-SPEC_FILES = {"llava": ["config.json"], "hf_vision": ["config.json", "preprocessor_config.json"]}
+SPEC_FILES = {"llava": ["config.json"], "hf_vision": ["config.json", "preprocessor_config.json"],
+              "mllm": ["config.json", "preprocessor_config.json"]}
 
 
 def hub_models(paths: list[str]) -> tuple[dict[str, dict[str, Any]], str]:

@@ -15,7 +15,7 @@ name must never leave old features standing.
 `fetch` runs in the `fetch_weights` localrule (the login node or the head job): open_clip's own
 download into its cache directory (`open_clip.pretrained.download_pretrained`, the code
 `create_model(arch, pretrained=tag, cache_dir=...)` calls), and `huggingface_hub.snapshot_download`
-for a hub id (kinds llava and hf_vision). It records the files and their sizes in a manifest (the rule's output).
+for a hub id (kinds llava, hf_vision and mllm). It records the files and their sizes in a manifest (the rule's output).
 
 Extraction and scan jobs call `go_offline` (HF_HUB_OFFLINE=1: nothing is downloaded, never 14 GB
 per job) and `check_cached`, which fails at once, naming the model and the fetch command, when the
@@ -34,7 +34,7 @@ from pathlib import Path
 from typing import Any
 
 HUB_FILES = ["*.json", "*.safetensors", "*.model", "*.txt", "*.jinja"]  # weights, configs, tokenizer
-HUB_KINDS = ("llava", "hf_vision")  # loaded from a Hugging Face hub id (or a local directory)
+HUB_KINDS = ("llava", "hf_vision", "mllm")  # loaded from a Hugging Face hub id (or a local directory)
 
 
 COMMIT = re.compile(r"^[0-9a-f]{40}$")

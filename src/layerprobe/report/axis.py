@@ -1,10 +1,12 @@
 """One shared layer axis for every per-layer figure.
 
-LLaVA's forward path runs vision tower -> projector -> LLM, so its keys sit at
-`layers.forward_position` (vision blocks, then the projector, then the LLM layers). CLIP models
-are vision towers: when LLaVA is in the report, a CLIP block i of depth D is drawn at relative
-depth i / D of the vision segment, so CLIP ViT-L/14@336 lines up with LLaVA's own tower; without
-LLaVA the x axis is simply the block index.
+A multimodal LLM's forward path (kinds llava, mllm) runs vision tower -> projector or connector
+(a merger, pixel shuffle or pooling before the projection) -> LLM, so its keys sit at
+`layers.forward_position` (vision blocks, then the connector, then the LLM layers). Towers of
+different depths share the vision segment at relative depth: block i of a D-block tower is drawn
+at i / D of it (the deepest tower's blocks at their index). CLIP models are vision towers alone,
+drawn the same way, so CLIP ViT-L/14@336 lines up with LLaVA's own tower; without an LLM the x
+axis is simply the block index.
 """
 
 from __future__ import annotations
@@ -14,47 +16,48 @@ from typing import Any
 
 from .. import config as lp_config
 from ..models.layers import PROJECTOR, forward_position, parse_key
-from ..models.specs import requested_keys
+from ..models.specs import LLM_KINDS, requested_keys
 
 SEGMENT_LABELS = {"vision": "vision tower", PROJECTOR: "projector", "llm": "LLM layers", "vit": "ViT blocks"}
-
-
-LLAVA = "llava"  # the one kind with an LLM after its image encoder
+CONNECTOR = "connector"  # the segment's name when an mllm (merger, pixel shuffle, pooling) is drawn
 
 @dataclass
 class LayerAxis:
     vision_depth: int  # width of the vision segment; 0 = no segments (plain block index)
-    kinds: dict[str, str]  # model -> open_clip | hf_vision | llava
+    kinds: dict[str, str]  # model -> open_clip | hf_vision | llava | mllm
     depths: dict[str, int]  # image-encoder model (CLIP, DINOv2, ...) -> number of blocks
     llm_depth: int = 0  # deepest LLM layer (sizes the gap around the projector)
+    vision_depths: dict[str, int] | None = None  # LLM-kind model -> blocks of its own vision tower
+    connector: str = SEGMENT_LABELS[PROJECTOR]  # the middle segment's name
 
     @classmethod
     def from_config(cls, config: dict[str, Any]) -> "LayerAxis":
         specs = {name: lp_config.spec(config, name) for name in config["models"]}
-        llava = [s for s in specs.values() if s.kind == LLAVA]
+        llms = {n: s for n, s in specs.items() if s.kind in LLM_KINDS}
         pre_llm = any(k.startswith("vision_") or k == PROJECTOR
-                      for name, m in config["models"].items() if specs[name].kind == LLAVA
-                      for k in requested_keys(m))
-        clip = any(s.kind != LLAVA for s in specs.values())
+                      for name, m in config["models"].items() if name in llms for k in requested_keys(m))
+        clip = len(llms) < len(specs)
         # Segments only when something lives before the LLM; else LLM layers start at 0.
-        depth = max((s.vision_depth for s in llava), default=0) if llava and (pre_llm or clip) else 0
+        depth = max((s.vision_depth for s in llms.values()), default=0) if llms and (pre_llm or clip) else 0
         return cls(depth, {n: s.kind for n, s in specs.items()},
-                   {n: s.depth for n, s in specs.items() if s.kind != LLAVA},
-                   max((s.depth for s in llava), default=0))
+                   {n: s.depth for n, s in specs.items() if n not in llms},
+                   max((s.depth for s in llms.values()), default=0), {n: s.vision_depth for n, s in llms.items()},
+                   _connector(specs.values()))
 
     @classmethod
     def single(cls, config: dict[str, Any], model: str, keys: list[str]) -> "LayerAxis":
         """The axis of one model's own panel: CLIP by block index, LLaVA segmented when `keys`
         reach before the LLM."""
         spec = lp_config.spec(config, model)
+        llm = spec.kind in LLM_KINDS
         pre_llm = any(k.startswith("vision_") or k == PROJECTOR for k in keys)
-        depth = spec.vision_depth if spec.kind == LLAVA and pre_llm else 0
-        return cls(depth, {model: spec.kind}, {model: spec.depth} if spec.kind != LLAVA else {},
-                   spec.depth if spec.kind == LLAVA else 0)
+        depth = spec.vision_depth if llm and pre_llm else 0
+        return cls(depth, {model: spec.kind}, {} if llm else {model: spec.depth}, spec.depth if llm else 0,
+                   {model: spec.vision_depth} if llm else {}, _connector([spec]))
 
     def encoder_only(self, model: str) -> bool:
-        """An image encoder alone (open_clip, hf_vision): drawn at relative depth beside a LLaVA."""
-        return model in self.kinds and self.kinds[model] != LLAVA
+        """An image encoder alone (open_clip, hf_vision): drawn at relative depth beside an LLM."""
+        return model in self.kinds and self.kinds[model] not in LLM_KINDS
 
     @property
     def segmented(self) -> bool:
@@ -75,7 +78,8 @@ class LayerAxis:
         if not self.segmented:
             return float(forward_position(key, 0))
         if kind == "vision":
-            return float(index)
+            own = (self.vision_depths or {}).get(model) or self.vision_depth
+            return index * self.vision_depth / own
         if kind == PROJECTOR:
             return self.vision_depth + self.gap
         return self.vision_depth + 2 * self.gap + index
@@ -108,7 +112,7 @@ class LayerAxis:
         if not self.segmented:
             return []
         left, right = self.boundaries()
-        return [(SEGMENT_LABELS["vision"], -0.5, left), (SEGMENT_LABELS[PROJECTOR], left, right),
+        return [(SEGMENT_LABELS["vision"], -0.5, left), (self.connector, left, right),
                 (SEGMENT_LABELS["llm"], right, max(x_max + 0.5, right + 1))]
 
     def ticks(self, rows: list[tuple[str, str]], max_ticks: int = 28) -> tuple[list[float], list[str]]:
@@ -124,14 +128,19 @@ class LayerAxis:
             return keep, [str(int(x)) if float(x).is_integer() else f"{x:g}" for x in keep]
         step = next(s for s in (1, 2, 4, 6, 8, 12, 16, 32) if self.vision_depth / s <= 7)
         ticks = [(float(i), f"v{i}") for i in range(0, self.vision_depth + 1, step)]
-        if any(k == PROJECTOR or self.kinds.get(m) == LLAVA for m, k in rows):
+        if any(k == PROJECTOR or self.kinds.get(m) in LLM_KINDS for m, k in rows):
             ticks.append((self.vision_depth + self.gap, "proj"))
         llm = sorted({self.position(m, k): k for m, k in rows
-                      if self.kinds.get(m) == LLAVA and parse_key(k)[0] == "layer"}.items())
+                      if self.kinds.get(m) in LLM_KINDS and parse_key(k)[0] == "layer"}.items())
         width = self.vision_depth + 2 * self.gap + self.llm_depth
         kept = _spaced(_thin([x for x, _ in llm], 14), width / 45)
         ticks += [(x, str(parse_key(k)[1])) for x, k in llm if x in kept]
         return [t[0] for t in ticks], [t[1] for t in ticks]
+
+
+def _connector(specs: Any) -> str:
+    """"connector" when a kind-mllm model is drawn (its middle stage may merge or pool tokens)."""
+    return CONNECTOR if any(s.kind == "mllm" for s in specs) else SEGMENT_LABELS[PROJECTOR]
 
 
 def _thin(xs: list[float], max_ticks: int) -> list[float]:

@@ -1,4 +1,5 @@
-"""Run facts for reproducibility: package versions, the git commit, dates, host."""
+"""Run facts for reproducibility: package versions, the git commit, dates, host, and what each
+multimodal LLM's image tokens could attend to."""
 
 from __future__ import annotations
 
@@ -7,6 +8,7 @@ import platform
 import subprocess
 from importlib import metadata
 from pathlib import Path
+from typing import Any
 
 PACKAGES = ["layerprobe", "torch", "transformers", "open_clip_torch", "zarr", "snakemake", "numpy", "pandas",
             "matplotlib"]
@@ -83,3 +85,27 @@ def run_facts(metrics: list[Path], workdir: Path) -> list[tuple[str, str]]:
              ("python", platform.python_version())]
     facts += [(name, version) for name, version in package_versions().items()]
     return facts
+
+
+ATTENTION = {"causal": "causal: image tokens see only what comes before them",
+             "prefix_lm": "prefix-LM: image tokens and the prompt see each other both ways (token_type_ids)",
+             "image_block_bidirectional": "causal text; each image block sees itself both ways (token_type_ids)"}
+
+
+def attention_facts(config: dict[str, Any]) -> list[tuple[str, str]]:
+    """One row per LLM-kind model: its image tokens' attention and where its prompt sits."""
+    from .. import config as lp_config
+    from ..config_mllm import prompt_after_image
+    from ..models.specs import LLM_KINDS
+
+    rows = []
+    for name, model in config["models"].items():
+        spec = lp_config.spec(config, name)
+        if spec.kind not in LLM_KINDS:
+            continue
+        where = "the family's chat template" if model.get("prompt_format") is None else "prompt_format"
+        place = "after" if prompt_after_image(model) else "before"
+        family = f" ({spec.family})" if spec.family else ""
+        rows.append((f"attention, {name}{family}",
+                     f"{ATTENTION[spec.image_attention]}; prompt {place} the image ({where})"))
+    return rows

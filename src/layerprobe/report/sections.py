@@ -14,7 +14,7 @@ from .. import config as lp_config
 from . import figures, qualitative, style, tables
 from .collect import Results, Store, model_data
 from .deltas import best_worst_classes, oracle_deltas, prompt_deltas
-from .facts import run_facts, software_facts
+from .facts import attention_facts, run_facts, software_facts
 from .html import EmbeddedFigure, box, details, esc, figure, section, table
 from .style import IDENTICAL, plt, store_label
 
@@ -284,7 +284,8 @@ def resources_section(results: Results) -> str:
 def facts_section(results: Results) -> str:
     software, warnings = software_facts(results.versions)
     facts = "".join(f"<tr><th>{esc(k)}</th><td>{esc(v)}</td></tr>" for k, v in
-                    run_facts([f.metrics for f in results.inputs.probes.values()], results.workdir()) + software)
+                    run_facts([f.metrics for f in results.inputs.probes.values()], results.workdir())
+                    + attention_facts(results.config) + software)
     warned = "".join(box(f"<b>Versions differ:</b> {esc(w)}. Results are not rerun for a new version; "
                          "rerun with <code>--forcerun</code> where a change matters.") for w in warnings)
     config = yaml.dump(results.config, Dumper=_ConfigDumper, sort_keys=False, allow_unicode=True,

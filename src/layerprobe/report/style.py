@@ -79,7 +79,7 @@ def is_clip(results: Results, store: Store) -> bool:
 def layer_xlabel(axis: LayerAxis) -> str:
     if axis.segmented:
         clip = "; image-only models at relative depth" if any(map(axis.encoder_only, axis.kinds)) else ""
-        return f"layer  (v = vision-tower block · proj = projector · then LLM layer{clip})"
+        return f"layer  (v = vision-tower block · proj = {axis.connector} · then LLM layer{clip})"
     return "layer (0 = embeddings, i = output of block i)"
 
 

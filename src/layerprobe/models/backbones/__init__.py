@@ -15,11 +15,14 @@ def resolve_device(device: str = "auto") -> str:
     return device
 
 
-def dtype_name(dtype: str, device_type: str) -> str:
+def dtype_name(dtype: str, device_type: str, kind: str | None = None) -> str:
     """The dtype a forward runs in: 'auto' is fp16 on CUDA and fp32 on CPU (fp16 matmuls on CPU
-    are slow or unsupported). Features are stored as float16 either way."""
+    are slow or unsupported). Features are stored as float16 either way. Multimodal LLMs (kind
+    mllm) run bf16 on CUDA: they are released in bf16, and Gemma-family activations overflow fp16."""
     if dtype == "auto":
-        return "float16" if device_type == "cuda" else "float32"
+        if device_type != "cuda":
+            return "float32"
+        return "bfloat16" if kind == "mllm" else "float16"
     return dtype
 
 
@@ -27,7 +30,8 @@ def compute_precision(model: dict[str, Any], device: str) -> dict[str, str]:
     """{"dtype", "device"} a model's forward runs with on `device` (a resolved device): what a
     store records, so that a part on another kind of node never mixes precisions into it."""
     device_type = device.split(":")[0]
-    dtype = "float32" if model["kind"] == "open_clip" else dtype_name(model.get("dtype", "auto"), device_type)
+    dtype = "float32" if model["kind"] == "open_clip" else dtype_name(model.get("dtype", "auto"), device_type,
+                                                                       model["kind"])
     return {"dtype": dtype, "device": device_type}
 
 
@@ -53,6 +57,14 @@ def load_backbone(name: str, model: dict[str, Any], device: str = "auto", cache_
         return HfVisionBackbone(name, model["hub_id"], dtype=model.get("dtype", "auto"),
                                 attn_implementation=model.get("attn_implementation", "sdpa"), device=device,
                                 cache_dir=cache_dir, local_files_only=offline, revision=revision)
+    if model["kind"] == "mllm":
+        from .mllm import MllmBackbone
+
+        return MllmBackbone(name, model["hub_id"], dtype=model.get("dtype", "auto"),
+                            attn_implementation=model.get("attn_implementation", "sdpa"), device=device,
+                            prompt_format=model.get("prompt_format"), image_size=model.get("image_size"),
+                            processor_kwargs=model.get("processor_kwargs"), cache_dir=cache_dir,
+                            local_files_only=offline, revision=revision)
     from .llava import LlavaBackbone
 
     return LlavaBackbone(name, model["hub_id"], dtype=model["dtype"], attn_implementation=model["attn_implementation"],

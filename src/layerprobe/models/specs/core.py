@@ -7,6 +7,9 @@ from typing import Any
 
 from ..layers import PROJECTOR, layer_key, sort_keys, vision_key
 
+# Kinds with an LLM after the image encoder: prompts, vision_NN and projector keys.
+LLM_KINDS = ("llava", "mllm")
+
 
 class UnknownModel(KeyError):
     """A model the config names that its library does not know, or whose config is not at hand.
@@ -19,16 +22,24 @@ class UnknownModel(KeyError):
 
 @dataclass(frozen=True)
 class ModelSpec:
-    kind: str  # open_clip | llava | hf_vision
-    depth: int  # ViT blocks (open_clip, hf_vision) or LLM decoder layers (LLaVA)
+    kind: str  # open_clip | llava | hf_vision | mllm
+    depth: int  # ViT blocks (open_clip, hf_vision) or LLM decoder layers (llava, mllm)
     dim: int
     image_size: int
-    patch_size: int
+    patch_size: int  # pixels per token side; mllm: vision patch x reduction (one LLM image token)
     has_cls: bool
-    vision_depth: int = 0  # LLaVA vision tower
+    vision_depth: int = 0  # vision tower (llava, mllm)
     vision_dim: int = 0
     params: float = 0.0  # parameters the loading code builds (RAM requests)
     flops: float = 0.0  # forward FLOPs per image to the deepest layer (the plan's throughput)
+    attention: str = ""  # what image tokens attend to (llava, mllm): causal | prefix_lm | image_block_bidirectional
+    reduction: int = 1  # mllm: vision patches per LLM token side (merge, pixel shuffle, pooling)
+    family: str = ""  # mllm: the checkpoint's model_type
+
+    @property
+    def image_attention(self) -> str:
+        """What image tokens attend to; LLaVA-1.5 is causal (its spec leaves the field empty)."""
+        return self.attention or ("causal" if self.kind == "llava" else "")
 
     @property
     def grid(self) -> int:
@@ -40,7 +51,7 @@ class ModelSpec:
 
     def dims(self) -> dict[str, int]:
         out = {layer_key(i): self.dim for i in range(self.depth + 1)}
-        if self.kind == "llava":
+        if self.kind in LLM_KINDS:
             out.update({vision_key(i): self.vision_dim for i in range(self.vision_depth + 1)})
             out[PROJECTOR] = self.dim
         return out
