@@ -1,8 +1,7 @@
 """Rule probe: train one linear probe (resuming from its own checkpoint) and write its metrics."""
 from pathlib import Path
 
-import torch
-
+from layerprobe import devices
 from layerprobe import fingerprint as lp_fp
 from layerprobe.features.store import check_layer, open_store
 from layerprobe.job import job
@@ -10,9 +9,8 @@ from layerprobe.models.layers import parse_probe_id
 from layerprobe.probing.probe import train_probe
 from layerprobe.probing.settings import ProbeSettings
 
-torch.set_num_threads(snakemake.threads)  # see the rule: same reductions under every executor
-
 with job(snakemake, "probe") as run:
+    devices.use(run.config, "probe")  # CUDA checked; torch pinned to probe.threads: same sums under every executor
     prompt, probe_id = snakemake.wildcards.prompt, snakemake.wildcards.probe
     key, _ = parse_probe_id(probe_id)
     check_layer(open_store(snakemake.params.store), key, lp_fp.layer(run.config, run.model_name, prompt, key),

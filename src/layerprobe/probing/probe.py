@@ -27,6 +27,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..data.ade20k import CLASS_NAMES, IGNORE, NUM_CLASSES
+from ..devices import require
 from ..features.loader import ChunkShuffleLoader
 from ..fingerprint import Fingerprint
 from ..models.backbones import resolve_device
@@ -116,6 +117,7 @@ class ProbeTrainer:
         self.s, self.key, self.checkpoint = settings, key, Path(checkpoint)
         self.fingerprint = fingerprint or default_fingerprint(group, key, settings)
         self.device = torch.device(resolve_device(settings.device))
+        require(self.device.type, "probe.device", settings.device)  # exactly the resolved device, or a clear stop
         self.train_loader = self._loader(group, "training", shuffle=True)
         self.test_loader = self._loader(group, "validation", shuffle=False)
         dims = group.attrs["dims"][key] * (2 if settings.concat_cls else 1)
