@@ -3,10 +3,11 @@ from layerprobe import config as lp_config
 from layerprobe import devices
 from layerprobe import fingerprint as lp_fp
 from layerprobe.job import job
+from layerprobe.malloc import tune_malloc
 from layerprobe.models import weights
 from layerprobe.models.backbones import load_backbone
 from layerprobe.scan.cost import scan_keys
-from layerprobe.scan.run import prompts_filler, run_scan, tune_malloc
+from layerprobe.scan.run import prompts_filler, run_scan
 from layerprobe.scan.settings import ScanSettings
 
 with job(snakemake, "scan") as run:
