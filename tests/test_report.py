@@ -228,7 +228,9 @@ def test_read_benchmarks(fake_run: tuple[dict, Path]) -> None:
     assert {"synthetic_dataset", "preprocess", "extract", "probe", "scan", "finalize_store"} <= set(bench["rule"])
     probe = bench[bench["rule"] == "probe"]
     assert (probe["model"].isin(["tiny_vit", "tiny_llava"])).all()
-    assert (probe["mem_mb"] == config["probe"]["ram_budget_mb"] + resources.OVERHEAD_MB).all()
+    # On the CPU a probe also asks for its step's logits (resources.probe_step_mb), per model.
+    assert (probe["mem_mb"] == [config["probe"]["ram_budget_mb"] + resources.OVERHEAD_MB
+                                + resources.probe_step_mb(config, m) for m in probe["model"]]).all()
     assert set(bench.loc[bench["rule"] == "extract", "job"]) >= {"tiny_vit/none.part0", "tiny_llava/describe.part1"}
     too_short = (bench["rule"] == "scan") & (bench["job"] == "tiny_vit/none")
     assert bench.loc[too_short, "max_rss"].isna().all()  # "NA": too short to sample

@@ -36,13 +36,26 @@ GPU_HOST_MB = {"llava": 8192, "open_clip": 4096, "hf_vision": 4096}
 def mem_mb(rule: str, config: dict[str, Any], model: str | None = None, attempt: int = 1) -> int:
     """RAM (MiB) one job of `rule` asks for; `model` names the config entry for the model jobs."""
     if rule == "probe":
-        return int(config["probe"]["ram_budget_mb"]) + OVERHEAD_MB
+        base = int(config["probe"]["ram_budget_mb"]) + OVERHEAD_MB
+        return base + (probe_step_mb(config, model) if gpus("probe", config) == 0 and model is not None else 0)
     base = _model_job_mb(rule, config, model)
     if rule == "scan" and model in config["models"]:  # the ridge statistics, when they live in host RAM
         from .scan.cost import host_stats_mb
 
         base += host_stats_mb(config, model, gpus("scan", config) > 0)
     return base
+
+
+def probe_step_mb(config: dict[str, Any], model: str) -> int:
+    """A CPU probe step's tensors beyond the loader: about STEP_LOGIT_TENSORS float32 tensors of
+    batch x classes x label size^2 (`probing.throughput`); on a GPU they live in device memory.
+    `model` may carry the `+cls` suffix of the plan's rows."""
+    from .data.ade20k import NUM_CLASSES
+    from .probing.throughput import STEP_LOGIT_TENSORS
+
+    size = lp_config.spec(config, model.split("+")[0]).image_size
+    tensor = config["probe"]["batch_size"] * NUM_CLASSES * size * size * 4
+    return _round_up(STEP_LOGIT_TENSORS * tensor / 2**20)
 
 
 def _model_job_mb(rule: str, config: dict[str, Any], name: str | None) -> int:
