@@ -27,8 +27,8 @@ LOADER_STEP_OVERLAP = 1.01
 # head, logits upsampled to the label size, cross-entropy ignoring 255, backward, AdamW) measured
 # per core by benchmarks/probe_step.py. FILLED FROM docs/BENCHMARKS.md's "Probe step per CPU core"
 # table, column "cores for 1 GB/s" (its largest value): replace this number when the table is
-# measured again. The value here is PROVISIONAL: from a `--quick` run (batch 8, 2 shared vCPUs),
-# see that section.
+# measured again. The value here is PROVISIONAL and NOT backed by that table yet (not measured):
+# quick runs on a loaded 2-vCPU VM gave ~100 (LLaVA-7B) to ~550 (ViT-B/16) cores per GB/s.
 PROBE_CPU_CORES_PER_GB_S = 16.0
 
 # CPU probe step memory, beyond the loader's budget: the upsampled logits dominate. Per batch the
