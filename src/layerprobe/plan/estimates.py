@@ -55,8 +55,9 @@ ASSUMPTIONS = [
     ("scan statistics", f"{ASSUMED_GRAM_TFLOPS:g} TFLOP/s for the per-layer Gram matrices; one training pass "
                         "per group of layers (scan.max_stats_mb), plus one validation pass"),
     ("preprocess", f"{ASSUMED_CPU_IMAGES_PER_S:g} images/s (CPU)"),
-    ("probe on the CPU", f"at most probe.threads / {PROBE_CPU_CORES_PER_GB_S:g} GB/s (the probe step per core, "
-                         "layerprobe.probing.throughput), else the read speed"),
+    ("probe on the CPU", f"at most probe.threads / {PROBE_CPU_CORES_PER_GB_S:g} GB/s (cores per GB/s of the probe "
+                         "step, layerprobe.probing.throughput: provisional until docs/BENCHMARKS.md's per-core table "
+                         "is measured), else the read speed"),
 ]
 
 
