@@ -27,10 +27,11 @@ import torch
 
 from layerprobe.data.preprocess import open_data, preprocess
 from layerprobe.data.synthetic import write_dataset
+from layerprobe.malloc import tune_malloc
 from layerprobe.models.backbones import load_backbone
 from layerprobe.models.tiny import openclip as tiny_clip
 from layerprobe.scan.cost import stats_bytes
-from layerprobe.scan.run import _batches, run_scan, score_pass, tune_malloc
+from layerprobe.scan.run import _batches, run_scan, score_pass
 
 LAMBDAS = [0.001, 0.01, 0.1, 1.0, 10.0, 100.0]  # the config default grid
 THRESHOLD = 1.3

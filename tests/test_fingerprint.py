@@ -78,6 +78,14 @@ SCANS = {"scan:tiny_vit/none"} | {f"scan:tiny_llava/{p}" for p in LLAVA_IDS}
     (lambda c: c["probe"].update(loader_mode="chunks"), set()),
     (lambda c: c["probe"].update(shuffle_window_chunks=4), LLAVA_PROBES | VIT_PROBES | {"report"}),
     (lambda c: c["report"].update(qualitative_images=2), {"report"}),
+    # a stage's resolved device type, and its threads on the CPU (they change float sums)
+    (lambda c: c.update(extract={"device": "cpu"}), set()),  # tiny-only: `auto` is cpu already
+    (lambda c: c["probe"].update(threads=2), LLAVA_PROBES | VIT_PROBES | {"report"}),
+    (lambda c: c["probe"].update(device="cuda"), LLAVA_PROBES | VIT_PROBES | {"report"}),
+    (lambda c: c.update(extract={"threads": 2}),
+     {"store:tiny_vit/none", "report"} | LLAVA_STORES | LLAVA_PROBES | VIT_PROBES),
+    (lambda c: c["scan"].update(threads=2), SCANS | {"report"}),
+    (lambda c: c["scan"].update(device="cuda"), SCANS | {"report"}),
     (lambda c: c["dataset"].update(geometry="center_crop"), set()),  # the default, spelled out
     (lambda c: c["models"]["tiny_vit"].update(geometry="pad"),
      {"data:64px_pad", "store:tiny_vit/none", "scan:tiny_vit/none", "report"} | VIT_PROBES),

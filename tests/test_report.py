@@ -228,7 +228,9 @@ def test_read_benchmarks(fake_run: tuple[dict, Path]) -> None:
     assert {"synthetic_dataset", "preprocess", "extract", "probe", "scan", "finalize_store"} <= set(bench["rule"])
     probe = bench[bench["rule"] == "probe"]
     assert (probe["model"].isin(["tiny_vit", "tiny_llava"])).all()
-    assert (probe["mem_mb"] == config["probe"]["ram_budget_mb"] + resources.OVERHEAD_MB).all()
+    # On the CPU a probe also asks for its step's logits (resources.probe_step_mb), per model.
+    assert (probe["mem_mb"] == [config["probe"]["ram_budget_mb"] + resources.OVERHEAD_MB
+                                + resources.probe_step_mb(config, m) for m in probe["model"]]).all()
     assert set(bench.loc[bench["rule"] == "extract", "job"]) >= {"tiny_vit/none.part0", "tiny_llava/describe.part1"}
     too_short = (bench["rule"] == "scan") & (bench["job"] == "tiny_vit/none")
     assert bench.loc[too_short, "max_rss"].isna().all()  # "NA": too short to sample
@@ -238,6 +240,8 @@ def test_read_benchmarks(fake_run: tuple[dict, Path]) -> None:
     usage = tables.resources_table(collect(config, tree_inputs(config, results))).set_index("rule")
     assert usage.loc["probe", "jobs"] == len(probe)
     assert usage.loc["probe", "peak / requested"] == pytest.approx(probe["max_rss"].max() / probe["mem_mb"].max())
+    assert usage.loc["probe", "billing/job requested"] == probe["cpus"].max()  # no weights: the CPUs
+    assert usage.loc["probe", "billing-hours requested"] == pytest.approx((probe["cpus"] * probe["s"]).sum() / 3600)
 
 
 def test_store_sizes_measured_and_planned(fake_run: tuple[dict, Path]) -> None:
@@ -416,3 +420,17 @@ def test_run_facts_list_the_versions_results_were_made_with_and_warn_when_they_d
     assert len(warnings) == 1 and "torch 2.13.0 (1, e.g. results/probes/b/metrics.json)" in warnings[0]
     facts, warnings = software_facts({"results/probes/a/metrics.json": {**now, "zarr": "3.0.0"}})
     assert warnings == [f"results were made with zarr 3.0.0, this report with {now['zarr']}"]
+
+
+def test_resources_bill_requested_vs_used(fake_run: tuple[dict, Path]) -> None:
+    """Billing units per job as requested, and with the peak RSS as the memory (layerprobe.billing)."""
+    config, results = fake_run
+    config = {**config, "cluster": {"billing_weights": "CPU=3,Mem=1G", "max_tres": False}}
+    bench = read_benchmarks(results / "benchmarks", config)
+    asked, used = tables.billed(bench, config), tables.billed(bench, config, at_peak=True)
+    assert (bench["cpus"] >= 1).all() and asked.notna().all()
+    for row, a, u in zip(bench.itertuples(), asked, used):
+        assert a == int(3 * row.cpus + row.mem_mb / 1024)
+        assert np.isnan(u) if np.isnan(row.max_rss) else u == int(3 * row.cpus + np.ceil(row.max_rss) / 1024)
+    config["cluster"] = {"billing_weights": None, "max_tres": False}  # SLURM's default: the CPUs
+    assert (tables.billed(bench, config) == bench["cpus"]).all()

@@ -154,8 +154,7 @@ def test_jobs_run_on_slurm_with_the_requested_resources(slurm_run, slurm):  # no
     prof = profile()
     expected_cpus, observed_cpus = {}, {}
     for rule, found in slurm_run.jobs.items():
-        cpus = expected_cpus[rule] = profile_value(prof, rule, "cpus_per_task", 1,
-                                                   (prof.get("default-resources") or {}).get("cpus_per_task", 1))
+        cpus = expected_cpus[rule] = profile_value(prof, rule, "cpus_per_task", 1, lp_resources.threads(rule, cfg))
         wildcards = SimpleNamespace(model=MODEL if rule not in ("synthetic_dataset", "preprocess") else None)
         attempts: dict[str, int] = {}
         for wc_dir, job_id in found:
@@ -178,7 +177,7 @@ def test_jobs_run_on_slurm_with_the_requested_resources(slurm_run, slurm):  # no
             if not (rule == "probe" and attempt == 1):
                 assert info["JobState"] == "COMPLETED", where
             observed_cpus[rule] = int(info["NumCPUs"])
-    # Per rule: the profile's set-resources CPUs (today extract 4, probe 2) or its default (1).
+    # Per rule: the rule's threads (the config's extract/scan/probe.threads; 1 for the small rules).
     assert observed_cpus == expected_cpus, (observed_cpus, expected_cpus)
 
 

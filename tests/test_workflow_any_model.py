@@ -28,7 +28,9 @@ def run(tmp_path_factory: pytest.TempPathFactory) -> Path:
     overlay = {"models": {
         "dino": {"kind": "hf_vision", "hub_id": str(dino), "layers": [2, 3], "concat_cls": [False, True],
                  "batch_size": 8},
-        "siglip": {"kind": "hf_vision", "hub_id": str(siglip), "layers": [1], "batch_size": 8}}}
+        "siglip": {"kind": "hf_vision", "hub_id": str(siglip), "layers": [1], "batch_size": 8}},
+        # Not `tiny` blocks: `auto` would resolve to cuda. On the CPU, one thread per job, explicitly.
+        **{stage: {"device": "cpu", "threads": 1} for stage in ("extract", "scan", "probe")}}
     (workdir / "overlay.yaml").write_text(yaml.safe_dump(overlay))
     snakemake(workdir, *TARGETS, "--profile", "profiles/local", "--cores", "2", "--configfile", "config/demo.yaml",
               "overlay.yaml")

@@ -114,7 +114,17 @@ def validate(raw: dict[str, Any]) -> dict[str, Any]:
     _check_models(config)
     _check_scan(config)
     _check_probe_memory(config)
+    _check_billing(config)
     return config
+
+
+def _check_billing(config: dict[str, Any]) -> None:
+    from .billing import KEY, BillingWeightsError, parse
+
+    try:
+        parse(config["cluster"]["billing_weights"])
+    except BillingWeightsError as err:
+        raise ConfigError(f"config key {KEY}: {err}") from None
 
 
 def _check_probe_memory(config: dict[str, Any]) -> None:

@@ -15,7 +15,10 @@ Rules pass ``hash`` as ``params`` (Snakemake reruns a job whose params changed);
 
 Left out on purpose, because they change no result: ``store.parts``, ``probe.checkpoint_every_batches``,
 ``probe.ram_budget_mb``, ``probe.loader_mode`` (the order is ``epoch_order``'s), ``scan.max_stats_mb``,
-``scan.enabled``/``scan.models``, resources and report settings (for all but the report). A model's
+``scan.enabled``/``scan.models``, resources and report settings (for all but the report). A stage's
+device is in as its resolved type (``extract.device`` in stores, ``scan.device``, ``probe.device``:
+``auto`` never reaches a fingerprint), with the stage's threads when it runs on the CPU (thread
+counts change float sums there; ``layerprobe.devices``). A model's
 other layers and prompts are not in a layer's fingerprint: adding one changes nothing that exists.
 ``VERSIONS`` are bumped by hand when code changes a stage's bytes (tests/test_stage_sources.py checks).
 """
@@ -30,6 +33,7 @@ from pathlib import Path
 from typing import Any
 
 from . import config as lp_config
+from . import devices
 from .models.layers import parse_probe_id
 from .models.prompts import SEEDED_FILLS
 from .models.specs import LLM_KINDS
@@ -197,14 +201,13 @@ def tiny_model(config: dict[str, Any], name: str) -> Fingerprint:
 
 
 def _model(config: dict[str, Any], name: str) -> dict[str, Any]:
-    """Weights and forward: loading keys, the tiny block, the weights' identity, the extraction device."""
+    """Weights and forward: loading keys, the tiny block, the weights' identity (the device is the stage's)."""
     model = config["models"][name]
     inputs = {f"models.{name}.{k}": model[k] for k in MODEL_KEYS if k in model}
     if model["kind"] not in LLM_KINDS:
         inputs.pop(f"models.{name}.prompt_format", None)
     inputs.update({f"models.{name}.tiny.{k}": v for k, v in (model.get("tiny") or {}).items()})
     inputs.update(weights(config, name))
-    inputs["probe.device"] = config["probe"]["device"]
     return inputs
 
 
@@ -241,6 +244,7 @@ def store(config: dict[str, Any], name: str, prompt: str) -> Fingerprint:
     model = config["models"][name]
     resolution, geometry = lp_config.spec(config, name).image_size, lp_config.geometry(config, name)
     return data(config, resolution, geometry) | {**_model(config, name), **_prompt(config, name, prompt),
+                                       **devices.fingerprint_inputs(config, "extract"),
                                        f"models.{name}.batch_size": model["batch_size"],
                                        "store.chunk_images": config["store"]["chunk_images"],
                                        "store.shuffle_seed": config["store"]["shuffle_seed"],
@@ -269,6 +273,7 @@ def scan(config: dict[str, Any], name: str, prompt: str) -> Fingerprint:
     resolution, geometry = lp_config.spec(config, name).image_size, lp_config.geometry(config, name)
     return data(config, resolution, geometry) | {**_model(config, name), **_prompt(config, name, prompt),
                                                  **ScanSettings.from_config(config).fingerprint_inputs(),
+                                                 **devices.fingerprint_inputs(config, "scan"),
                                                  "version.scan": VERSIONS["scan"]}
 
 

@@ -1,4 +1,6 @@
-"""Requested resources per rule: the single source for the rules, the profile and the report.
+"""Requested resources per rule: the single source for the rules, the profile, the plan and the report.
+
+CPUs (`threads`), GPUs, RAM and runtime; the partition is the profile's (per-rule `set-resources`).
 
 RAM is kept small on purpose (the cluster bills requested RAM heavily): the probe asks for its
 loader budget plus a fixed overhead, never for the size of the layer. Runtime grows with the
@@ -10,6 +12,7 @@ from __future__ import annotations
 from typing import Any
 
 from . import config as lp_config
+from . import devices
 
 # Measured peaks of the demo jobs (results/benchmarks) plus headroom; see docs/BENCHMARKS.md.
 BASE_MEM_MB = {"synthetic_dataset": 1024, "preprocess": 2048, "build_tiny_model": 2048,
@@ -34,13 +37,26 @@ GPU_HOST_MB = {"llava": 8192, "open_clip": 4096, "hf_vision": 4096, "mllm": 8192
 def mem_mb(rule: str, config: dict[str, Any], model: str | None = None, attempt: int = 1) -> int:
     """RAM (MiB) one job of `rule` asks for; `model` names the config entry for the model jobs."""
     if rule == "probe":
-        return int(config["probe"]["ram_budget_mb"]) + OVERHEAD_MB
+        base = int(config["probe"]["ram_budget_mb"]) + OVERHEAD_MB
+        return base + (probe_step_mb(config, model) if gpus("probe", config) == 0 and model is not None else 0)
     base = _model_job_mb(rule, config, model)
     if rule == "scan" and model in config["models"]:  # the ridge statistics, when they live in host RAM
         from .scan.cost import host_stats_mb
 
         base += host_stats_mb(config, model, gpus("scan", config) > 0)
     return base
+
+
+def probe_step_mb(config: dict[str, Any], model: str) -> int:
+    """A CPU probe step's tensors beyond the loader: about STEP_LOGIT_TENSORS float32 tensors of
+    batch x classes x label size^2 (`probing.throughput`); on a GPU they live in device memory.
+    `model` may carry the `+cls` suffix of the plan's rows."""
+    from .data.ade20k import NUM_CLASSES
+    from .probing.throughput import STEP_LOGIT_TENSORS
+
+    size = lp_config.spec(config, model.split("+")[0]).image_size
+    tensor = config["probe"]["batch_size"] * NUM_CLASSES * size * size * 4
+    return _round_up(STEP_LOGIT_TENSORS * tensor / 2**20)
 
 
 def _model_job_mb(rule: str, config: dict[str, Any], name: str | None) -> int:
@@ -66,11 +82,15 @@ def runtime_min(rule: str, config: dict[str, Any], attempt: int = 1) -> int:
 
 
 def gpus(rule: str, config: dict[str, Any]) -> int:
-    """GPU jobs only when the config can use one (demo/CPU configs request none)."""
-    if rule not in ("extract", "probe", "scan"):
-        return 0
-    tiny_only = all(m.get("tiny") is not None for m in config["models"].values())
-    return 0 if tiny_only or config["probe"]["device"] == "cpu" else 1
+    """One GPU for a job of a stage resolved to cuda (`extract.device`, `scan.device`,
+    `probe.device`; `layerprobe.devices`), none otherwise: a GPU only where it computes."""
+    return 1 if rule in devices.STAGES and devices.resolved(config, rule) == "cuda" else 0
+
+
+def threads(rule: str, config: dict[str, Any]) -> int:
+    """CPUs one job asks for (the rule's `threads:`, SLURM's --cpus-per-task): the stage's
+    `threads` for extract, scan and probe (`layerprobe.devices`), 1 for the small rules."""
+    return devices.threads(config, rule) if rule in devices.STAGES else 1
 
 
 def image_count(config: dict[str, Any], split_sizes: dict[str, int]) -> int:

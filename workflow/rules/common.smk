@@ -157,3 +157,9 @@ def runtime(rule_name):
 
 def gpus(rule_name):
     return lambda wildcards: lp_resources.gpus(rule_name, CFG)
+
+
+def threads(rule_name):
+    """The CPUs a job asks for: its stage's `threads` (layerprobe.devices). Its script pins torch
+    to this same number from the config, also where Snakemake grants fewer (local --cores)."""
+    return lp_resources.threads(rule_name, CFG)

@@ -63,6 +63,7 @@ rule extract:
         "<results>/benchmarks/extract/{model}/{prompt}.part{part}.tsv"
     conda:
         "../../envs/layerprobe.yaml"
+    threads: threads("extract")  # extract.threads: pinned by the script (layerprobe.devices)
     resources:
         mem_mb=mem_mb("extract"),
         runtime=runtime("extract"),

@@ -48,9 +48,9 @@ rule probe:
         "<results>/benchmarks/probe/{model}/{prompt}/{probe}.tsv"
     conda:
         "../../envs/layerprobe.yaml"
-    # The script pins torch to this many threads, so float reductions (and so the metrics) are
-    # the same under every executor; a resumed SLURM job must match an uninterrupted local run.
-    threads: 1
+    # probe.threads; the script pins torch to it (from the config), so float reductions (and so
+    # the metrics) are the same under every executor: a resumed SLURM job matches a local run.
+    threads: threads("probe")
     resources:
         mem_mb=mem_mb("probe"),
         runtime=runtime("probe"),

@@ -18,6 +18,7 @@ rule scan:
         "<results>/benchmarks/scan/{model}/{prompt}.tsv"
     conda:
         "../../envs/layerprobe.yaml"
+    threads: threads("scan")  # scan.threads: pinned by the script (layerprobe.devices)
     resources:
         mem_mb=mem_mb("scan"),  # the model, plus the ridge statistics when they live in host RAM
         runtime=runtime("scan"),

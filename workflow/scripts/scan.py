@@ -1,18 +1,20 @@
 """Rule scan: streaming closed-form ridge probes for every layer of one (model, prompt) -> CSV."""
 from layerprobe import config as lp_config
+from layerprobe import devices
 from layerprobe import fingerprint as lp_fp
 from layerprobe.job import job
+from layerprobe.malloc import tune_malloc
 from layerprobe.models import weights
-from layerprobe.models.backbones import load_backbone, resolve_device
+from layerprobe.models.backbones import load_backbone
 from layerprobe.scan.cost import scan_keys
-from layerprobe.scan.run import prompts_filler, run_scan, tune_malloc
+from layerprobe.scan.run import prompts_filler, run_scan
 from layerprobe.scan.settings import ScanSettings
 
 with job(snakemake, "scan") as run:
     tune_malloc()  # reuse freed memory instead of page-faulting it back every batch (see docstring)
     name, prompt, model, cfg = run.model_name, snakemake.wildcards.prompt, run.model, run.config
     settings, data = ScanSettings.from_config(cfg), run.data_store()
-    device = resolve_device(cfg["probe"]["device"])
+    device = devices.use(cfg, "scan")  # scan.device, checked here; torch pinned to scan.threads
     backbone = load_backbone(name, model, device, **weights.loader_options(name, model, cfg, run.weights_manifest()))
     prompts_fn = prompts_filler(lp_config.prompt_text(model, prompt), data.attrs.get("class_names"),
                                 lp_config.store_fill(model, prompt), model["category_seed"], data)

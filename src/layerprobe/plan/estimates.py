@@ -20,13 +20,15 @@ from typing import Any
 
 import pandas as pd
 
+from .. import billing as lp_billing
 from .. import config as lp_config
-from .. import resources
+from .. import devices, resources
 from ..features.store import SPLITS, Layout
 from ..fingerprint import Fingerprint
 from ..formatting import human_bytes
 from ..models.layers import CLS_SUFFIX
 from ..models.specs import ModelSpec, requested_keys
+from ..probing.throughput import PROBE_CPU_CORES_PER_GB_S
 from ..scan.cost import plan_groups, select_keys
 
 # ADE20K SceneParsing (ADEChallengeData2016) split sizes, used when the data is not on this machine.
@@ -53,6 +55,9 @@ ASSUMPTIONS = [
     ("scan statistics", f"{ASSUMED_GRAM_TFLOPS:g} TFLOP/s for the per-layer Gram matrices; one training pass "
                         "per group of layers (scan.max_stats_mb), plus one validation pass"),
     ("preprocess", f"{ASSUMED_CPU_IMAGES_PER_S:g} images/s (CPU)"),
+    ("probe on the CPU", f"at most probe.threads / {PROBE_CPU_CORES_PER_GB_S:g} GB/s (cores per GB/s of the probe "
+                         "step, layerprobe.probing.throughput: provisional until docs/BENCHMARKS.md's per-core table "
+                         "is measured), else the read speed"),
 ]
 
 
@@ -67,6 +72,9 @@ class Plan:
     totals: dict[str, float]
     quota_gb: float | None = None
     warnings: list[str] = field(default_factory=list)
+    billing: lp_billing.Billing = field(default_factory=lambda: lp_billing.Billing(None))
+    devices: pd.DataFrame | None = None  # probes on cuda vs cpu: totals each way (plan.billed)
+    seed: pd.DataFrame | None = None  # the seed's way: the whole layer resident in RAM (plan.billed)
 
 
 # --------------------------------------------------------------------------------------------
@@ -166,7 +174,8 @@ def data_store_bytes(config: dict[str, Any], sizes: dict[str, int]) -> int:
 def requested(rule: str, config: dict[str, Any], model: str | None = None, attempt: int = 1) -> dict[str, int]:
     """What one job of `rule` asks the scheduler for: `layerprobe.resources`, as the rules ask it."""
     return {"mem_mb": int(resources.mem_mb(rule, config, model, attempt)),
-            "runtime_min": int(resources.runtime_min(rule, config, attempt)), "gpus": int(resources.gpus(rule, config))}
+            "runtime_min": int(resources.runtime_min(rule, config, attempt)), "gpus": int(resources.gpus(rule, config)),
+            "cpus": int(resources.threads(rule, config))}
 
 
 def images_per_s(spec: ModelSpec, model: dict[str, Any]) -> float:
@@ -181,10 +190,12 @@ def _rule_row(rule: str, config: dict[str, Any], model: str | None, jobs: int, h
     """`total_hours` when jobs differ in length (probes of narrow and wide layers)."""
     want = requested(rule, config, model)
     total = jobs * hours_per_job if total_hours is None else total_hours
+    bill = lp_billing.from_config(config).job(want["cpus"], want["mem_mb"], want["gpus"])
     return {"rule": rule, "model": model or "", "jobs": jobs, "mem_mb_per_job": want["mem_mb"],
-            "gpus_per_job": want["gpus"], "hours_per_job": hours_per_job,
-            "requested_runtime_h": want["runtime_min"] / 60, "hours": total, "gpu_hours": total * want["gpus"],
-            "ram_gb_hours": total * want["mem_mb"] / 1024}
+            "gpus_per_job": want["gpus"], "cpus_per_job": want["cpus"], "billing_per_job": bill,
+            "hours_per_job": hours_per_job, "requested_runtime_h": want["runtime_min"] / 60, "hours": total,
+            "gpu_hours": total * want["gpus"], "ram_gb_hours": total * want["mem_mb"] / 1024,
+            "billing_hours": total * bill}
 
 
 def rule_rows(config: dict[str, Any], sizes: dict[str, int], stores: pd.DataFrame,
@@ -200,7 +211,8 @@ def rule_rows(config: dict[str, Any], sizes: dict[str, int], stores: pd.DataFram
         compute_s = images / images_per_s(lp_config.spec(config, store["model"]), model)
         write_s = store["bytes"] / (ASSUMED_WRITE_GB_PER_S * 1e9)
         rows.append(_rule_row("extract", config, store["model"], parts, max(compute_s, write_s) / parts / 3600))
-        longest, total = _probe_hours(lp_config.spec(config, store["model"]), model, sizes, epochs)
+        longest, total = _probe_hours(lp_config.spec(config, store["model"]), model, sizes, epochs,
+                                      probe_read_gb_s(config))
         seeds = len(config["probe"]["seeds"])  # every seed trains every probe again
         for cls in lp_config.cls_variants(model):  # a line per CLS variant; both read the one store
             rows.append(_rule_row("probe", config, store["model"] + (CLS_SUFFIX if cls else ""),
@@ -214,23 +226,38 @@ def rule_rows(config: dict[str, Any], sizes: dict[str, int], stores: pd.DataFram
     return _merge_models(pd.DataFrame(rows))
 
 
-def _probe_hours(spec: ModelSpec, model: dict[str, Any], sizes: dict[str, int], epochs: int) -> tuple[float, float]:
-    """(longest job, all jobs) in hours: every epoch streams the training split of one layer and
-    scores its validation split; the loader is IO-bound, so time follows the layer's bytes."""
+def probe_read_gb_s(config: dict[str, Any]) -> float:
+    """GB/s of features a probe consumes: the read speed, or on the CPU what probe.threads cores
+    keep up with at the measured per-core step (`probing.throughput`), whichever is lower."""
+    if devices.resolved(config, "probe") == "cuda":
+        return ASSUMED_READ_GB_PER_S
+    return min(ASSUMED_READ_GB_PER_S, devices.threads(config, "probe") / PROBE_CPU_CORES_PER_GB_S)
+
+
+def probe_layer_hours(spec: ModelSpec, model: dict[str, Any], sizes: dict[str, int], epochs: int,
+                      gb_s: float = ASSUMED_READ_GB_PER_S) -> dict[str, float]:
+    """Hours of one probe per layer key: every epoch streams the training split of one layer and
+    scores its validation split, so time follows the layer's bytes."""
     images = sum(sizes.values())
-    hours = [epochs * layer_bytes(spec, k, images) / (ASSUMED_READ_GB_PER_S * 1e9) / 3600
-             for k in requested_keys(model)]
+    return {k: epochs * layer_bytes(spec, k, images) / (gb_s * 1e9) / 3600 for k in requested_keys(model)}
+
+
+def _probe_hours(spec: ModelSpec, model: dict[str, Any], sizes: dict[str, int], epochs: int,
+                 gb_s: float = ASSUMED_READ_GB_PER_S) -> tuple[float, float]:
+    """(longest job, all jobs) in hours."""
+    hours = list(probe_layer_hours(spec, model, sizes, epochs, gb_s).values())
     return max(hours), sum(hours)
 
 
 def _merge_models(rows: pd.DataFrame) -> pd.DataFrame:
     """One row per (rule, model): prompts of the same model add jobs, not rows."""
-    keys = ["rule", "model", "mem_mb_per_job", "gpus_per_job", "requested_runtime_h"]
+    keys = ["rule", "model", "mem_mb_per_job", "gpus_per_job", "cpus_per_job", "billing_per_job",
+            "requested_runtime_h"]
     merged = rows.groupby(keys, sort=False, as_index=False).agg(
         jobs=("jobs", "sum"), hours_per_job=("hours_per_job", "max"), hours=("hours", "sum"),
-        gpu_hours=("gpu_hours", "sum"), ram_gb_hours=("ram_gb_hours", "sum"))
-    return merged[["rule", "model", "jobs", "mem_mb_per_job", "gpus_per_job", "requested_runtime_h",
-                   "hours_per_job", "hours", "gpu_hours", "ram_gb_hours"]]
+        gpu_hours=("gpu_hours", "sum"), ram_gb_hours=("ram_gb_hours", "sum"), billing_hours=("billing_hours", "sum"))
+    return merged[["rule", "model", "jobs", "mem_mb_per_job", "gpus_per_job", "cpus_per_job", "billing_per_job",
+                   "requested_runtime_h", "hours_per_job", "hours", "gpu_hours", "ram_gb_hours", "billing_hours"]]
 
 
 # --------------------------------------------------------------------------------------------
@@ -287,11 +314,16 @@ def plan(config: dict[str, Any], dataset_sizes: dict[str, int] | None = None) ->
     totals = {"feature_bytes": float(stores["bytes"].sum()), "data_bytes": float(data["bytes"].sum()),
               "gpu_hours": float(rules["gpu_hours"].sum()), "ram_gb_hours": float(rules["ram_gb_hours"].sum()),
               "job_hours": float(rules["hours"].sum()), "jobs": float(rules["jobs"].sum()),
+              "billing_hours": float(rules["billing_hours"].sum()),
               "scan_full_bytes": float(scan["full_extraction_bytes"].sum()),
               "scan_saved_bytes": float(scan["bytes_saved_beyond_probed"].sum())}
     totals["disk_bytes"] = totals["feature_bytes"] + totals["data_bytes"]
     quota = config["store"]["disk_quota_gb"]
-    return Plan(sizes, source, stores, data, rules, scan, totals, quota, _warnings(quota, totals, rules))
+    from .billed import probe_devices, seed_style
+
+    return Plan(sizes, source, stores, data, rules, scan, totals, quota, _warnings(quota, totals, rules),
+                lp_billing.from_config(config), probe_devices(config, sizes, stores, scan),
+                seed_style(config, sizes, rules))
 
 
 def _warnings(quota: float | None, totals: dict[str, float], rules: pd.DataFrame) -> list[str]:

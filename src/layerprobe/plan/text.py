@@ -86,11 +86,58 @@ def format_plan(result: Plan) -> str:
         lines.append(f"Layer scan: extracting every scanned layer would take {human_bytes(t['scan_full_bytes'])}; "
                      f"the scan stores none of it, saving {human_bytes(t['scan_saved_bytes'])} beyond the layers "
                      "extracted for the probes anyway.")
-    lines += ["", "Assumed throughputs (edit layerprobe/plan.py; not measured):"]
+    lines += billing_lines(result)
+    lines += ["", "Assumed throughputs (edit layerprobe/plan/estimates.py; not measured):"]
     lines += [f"  {name}: {text}" for name, text in ASSUMPTIONS]
     if result.warnings:
         lines += [""] + result.warnings
     return "\n".join(lines)
+
+
+def _units(value: float) -> str:
+    return f"{value:,.0f}"
+
+
+def billing_lines(result: Plan) -> list[str]:
+    """Billing per rule and in total, probes on GPU vs CPU, and the seed's way, in billing units."""
+    t, bill = result.totals, result.billing
+    lines = ["", f"Billing (layerprobe.billing, SLURM's arithmetic): {bill.describe()}."]
+    if bill.weights is None:
+        lines.append("  Set cluster.billing_weights to your partition's TRESBillingWeights (scontrol show partition) "
+                     "and cluster.max_tres if PriorityFlags has MAX_TRES; until then CPU=1, as SLURM's default.")
+    lines.append("  billing/job is the job's billing= (scontrol, sacct); billing-hours = billing x expected hours, "
+                 "what fairshare usage adds")
+    rows = [[r.rule, r.model, str(r.jobs), str(r.cpus_per_job), _gb(r.mem_mb_per_job), str(r.gpus_per_job),
+             _units(r.billing_per_job), _units(r.billing_hours)] for r in result.rules.itertuples()]
+    rows += [[], ["total", "", str(int(t["jobs"])), "", "", "", "", _units(t["billing_hours"])]]
+    lines += _text_table(["rule", "model", "jobs", "CPUs/job", "RAM/job", "GPUs/job", "billing/job",
+                          "billing-hours"], rows, {2, 3, 4, 5, 6, 7})
+    if result.devices is not None and len(result.devices):
+        lines += ["", "Probes on a GPU vs on CPU nodes (probe.device; everything else as configured):"]
+        rows = [[d.device, str(d.probe_threads), _gb(d.probe_mem_mb), _hours(d.probe_hours), _hours(d.probe_gpu_hours),
+                 _units(d.probe_billing_hours), _hours(d.gpu_hours), _units(d.billing_hours)]
+                for d in result.devices.itertuples()]
+        lines += _text_table(["probes on", "CPUs/probe", "RAM/probe (max)", "probe job-hours", "probe GPU-hours",
+                              "probe billing-hours", "total GPU-hours", "total billing-hours"], rows,
+                             {1, 2, 3, 4, 5, 6, 7})
+        by = result.devices.set_index("device")["billing_hours"]
+        cheap, dear = ("cpu", "cuda") if by["cpu"] < by["cuda"] else ("cuda", "cpu")
+        lines.append(f"  Cheaper: probes on {'CPU nodes' if cheap == 'cpu' else 'GPUs'} (probe.device: {cheap}), "
+                     f"{_units(by[cheap])} against {_units(by[dear])} billing-hours"
+                     + (f" ({by[dear] / by[cheap]:.2f}x)." if by[cheap] > 0 else "."))
+    if result.seed is not None and len(result.seed):
+        lines += ["", "The seed's way, for comparison: each GPU probe holding its whole layer (training + validation, "
+                  "fp16) in RAM, for the same hours"]
+        rows = [[r.model, str(r.jobs), _gb(r.mem_mb_per_job), _units(r.billing_per_job), _units(r.billing_hours)]
+                for r in result.seed.itertuples()]
+        seed_total = result.seed["billing_hours"].sum()
+        planned = result.rules.loc[result.rules["rule"] == "probe", "billing_hours"].sum()
+        rows += [[], ["total", str(int(result.seed["jobs"].sum())), "", "", _units(seed_total)]]
+        lines += _text_table(["model", "jobs", "RAM/job (max)", "billing/job (max)", "billing-hours"], rows,
+                             {1, 2, 3, 4})
+        lines.append(f"  The seed's way: {_units(seed_total)} billing-hours; this plan's probes: {_units(planned)}"
+                     + (f" (the seed's way costs {seed_total / planned:.1f}x)." if planned > 0 else "."))
+    return lines
 
 
 def summary(config: dict[str, Any]) -> str:

@@ -1,7 +1,7 @@
 """Linear segmentation probe on frozen patch tokens, resumable at any batch.
 
-Head: optional BatchNorm, then a 1x1 linear map to 150 classes (DINOv2's linear protocol);
-logits are bilinearly upsampled to the label size; cross-entropy ignores 255; AdamW.
+Head and step: `layerprobe.probing.step` (optional BatchNorm, a 1x1 linear map to 150 classes,
+logits bilinearly upsampled to the label size, cross-entropy ignoring 255, AdamW).
 A checkpoint (head, optimizer, RNG, running metrics, epoch rows, and the probe's fingerprint) is
 written atomically every epoch, every `checkpoint_every_batches` batches and on SIGTERM/SIGUSR1,
 to a path that is not a declared Snakemake output, so a restarted job continues exactly where it
@@ -23,10 +23,9 @@ from typing import Any
 
 import numpy as np
 import torch
-import torch.nn.functional as F
-from torch import nn
 
-from ..data.ade20k import CLASS_NAMES, IGNORE, NUM_CLASSES
+from ..data.ade20k import CLASS_NAMES
+from ..devices import require
 from ..features.loader import ChunkShuffleLoader
 from ..fingerprint import Fingerprint
 from ..models.backbones import resolve_device
@@ -35,34 +34,12 @@ from ..provenance import versions
 from .intervals import LEVEL, RESAMPLES, miou_interval
 from .metrics import SegmentationMeter
 from .settings import ProbeSettings
+from .step import LinearHead, ProbeStep, probe_inputs
 
 log = logging.getLogger("layerprobe.probe")
 # running_train_*: accumulated over the epoch's batches in train mode while the head changes: a
 # trend, not the trained head's training score (that would need an eval pass over the split).
 CSV_COLUMNS = ["epoch", "loss", "running_train_miou", "running_train_acc", "test_miou", "test_acc"]
-
-
-class LinearHead(nn.Module):
-    def __init__(self, dim: int, grid: int, num_classes: int = NUM_CLASSES, batchnorm: bool = True) -> None:
-        super().__init__()
-        self.grid = grid
-        # momentum=None: a cumulative average of batch statistics. The inputs are frozen features,
-        # so their statistics never drift; an exponential average (momentum 0.1) still carries
-        # 0.9^n of its initial variance 1.0 after n batches, which swamps features of small
-        # variance (LLaVA projector outputs, var ~1e-4) in short runs and breaks eval-mode scores.
-        self.norm = nn.BatchNorm1d(dim, momentum=None) if batchnorm else nn.Identity()
-        self.linear = nn.Linear(dim, num_classes)
-
-    def forward(self, tokens: torch.Tensor, out_size: int) -> torch.Tensor:
-        """tokens (B, T, D) -> logits (B, C, out_size, out_size)."""
-        logits = self.grid_logits(tokens)
-        return F.interpolate(logits, size=(out_size, out_size), mode="bilinear", align_corners=False)
-
-    def grid_logits(self, tokens: torch.Tensor) -> torch.Tensor:
-        """tokens (B, T, D) -> logits on the token grid (B, C, grid, grid)."""
-        b, t, d = tokens.shape
-        x = self.norm(tokens.reshape(b * t, d))
-        return self.linear(x).reshape(b, self.grid, self.grid, -1).permute(0, 3, 1, 2)
 
 
 class Interrupted(Exception):
@@ -87,13 +64,6 @@ class _SignalFlag:
             signal.signal(sig, handler)
 
 
-def _inputs(feats: torch.Tensor, cls: torch.Tensor | None, concat_cls: bool) -> torch.Tensor:
-    feats = feats.float()
-    if concat_cls:
-        feats = torch.cat([feats, cls.float()[:, None, :].expand(-1, feats.shape[1], -1)], dim=-1)
-    return feats
-
-
 def _save_atomic(obj: Any, path: Path) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_suffix(".tmp")
@@ -116,6 +86,7 @@ class ProbeTrainer:
         self.s, self.key, self.checkpoint = settings, key, Path(checkpoint)
         self.fingerprint = fingerprint or default_fingerprint(group, key, settings)
         self.device = torch.device(resolve_device(settings.device))
+        require(self.device.type, "probe.device", settings.device)  # exactly the resolved device, or a clear stop
         self.train_loader = self._loader(group, "training", shuffle=True)
         self.test_loader = self._loader(group, "validation", shuffle=False)
         dims = group.attrs["dims"][key] * (2 if settings.concat_cls else 1)
@@ -123,6 +94,7 @@ class ProbeTrainer:
         self.head = LinearHead(dims, group.attrs["grid"], batchnorm=settings.batchnorm).to(self.device)
         self.opt = torch.optim.AdamW(self.head.parameters(), lr=settings.lr, weight_decay=settings.weight_decay)
         self.label_size = group["training/labels"].shape[-1]
+        self.step = ProbeStep(self.head, self.opt, self.label_size, self.device, settings.concat_cls)
         self.rows: list[dict[str, float]] = []
         self.epoch, self.batch = 0, 0  # next batch to run
         self.loss_sum, self.loss_count = 0.0, 0
@@ -187,15 +159,10 @@ class ProbeTrainer:
         desc = f"epoch {self.epoch + 1}/{self.s.epochs}"
         total = len(self.train_loader) - self.batch
         for feats, cls, labels, _ in progress(batches, desc=desc, total=total, unit="batch"):
-            labels = labels.to(self.device).long()
-            logits = self.head(_inputs(feats, cls, self.s.concat_cls), self.label_size)
-            loss = F.cross_entropy(logits, labels, ignore_index=IGNORE)
-            self.opt.zero_grad(set_to_none=True)
-            loss.backward()
-            self.opt.step()
+            loss, pred, labels = self.step(feats, cls, labels)
             self.loss_sum += loss.item() * len(labels)
             self.loss_count += len(labels)
-            self.train_meter.update(logits.detach().argmax(1), labels)
+            self.train_meter.update(pred, labels)
             self.batch += 1
             if flag.signum is not None or self.batch % self.s.checkpoint_every_batches == 0:
                 self.save()
@@ -204,6 +171,7 @@ class ProbeTrainer:
                                       f"batch {self.batch}")
 
     def _finish_epoch(self) -> dict[str, float]:
+        self.step.release()  # the evaluation's tensors, not both at once
         test = self.evaluate()
         row = {"epoch": self.epoch + 1, "loss": self.loss_sum / max(self.loss_count, 1),
                "running_train_miou": self.train_meter.miou(), "running_train_acc": self.train_meter.accuracy(),
@@ -221,7 +189,7 @@ class ProbeTrainer:
         self.head.eval()
         meter, self.kept, self.evaluated_rows = SegmentationMeter(per_image=per_image), {}, []
         for feats, cls, labels, rows in self.test_loader.iterate():
-            pred = self.head(_inputs(feats, cls, self.s.concat_cls), self.label_size).argmax(1)
+            pred = self.head(probe_inputs(feats, cls, self.s.concat_cls), self.label_size).argmax(1)
             meter.update(pred, labels)
             if per_image:
                 self.evaluated_rows += rows.tolist()
@@ -235,7 +203,7 @@ class ProbeTrainer:
         self.head.eval()
         for feats, cls, _, rows in self.test_loader.iterate():
             with torch.inference_mode():  # not around the yield: the caller's code would run inside it
-                logits = self.head.grid_logits(_inputs(feats, cls, self.s.concat_cls))
+                logits = self.head.grid_logits(probe_inputs(feats, cls, self.s.concat_cls))
             yield logits, rows
 
 

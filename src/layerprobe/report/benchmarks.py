@@ -16,7 +16,8 @@ from ..plan.estimates import requested
 BENCHMARK_COLUMNS = ["s", "h:m:s", "max_rss", "max_vms", "max_uss", "max_pss", "io_in", "io_out", "mean_load",
                      "cpu_time"]
 MODEL_RULES = ("build_tiny_model", "prepare_store", "extract", "finalize_store", "probe", "scan")
-COLUMNS = ["rule", "job", "model", "mem_mb", "runtime_min", "gpus"] + [c for c in BENCHMARK_COLUMNS if c != "h:m:s"]
+COLUMNS = (["rule", "job", "model", "mem_mb", "runtime_min", "gpus", "cpus"]
+           + [c for c in BENCHMARK_COLUMNS if c != "h:m:s"])
 
 
 def job_model(rule: str, relative: Path, config: dict[str, Any]) -> str | None:

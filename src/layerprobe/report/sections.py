@@ -268,10 +268,15 @@ def resources_section(results: Results) -> str:
         return ""
 
     body = ("<h3>Requested vs measured, per rule</h3>"
-            + table(usage, digits={"peak / requested": 2, "wall / requested": 3}, cell_class=flag)
+            + table(usage, digits={"peak / requested": 2, "wall / requested": 3, "billing/job requested": 0,
+                                   "billing/job at peak RSS": 0, "billing-hours requested": 2,
+                                   "billing-hours at peak RSS": 2}, cell_class=flag)
             + '<p class="muted">Requested: <code>layerprobe.resources</code> (what the rules ask the scheduler for; '
               "RAM is billed, so keep <i>peak / requested</i> close to 1 — highlighted below 0.25, red above 1). "
-              "Measured: Snakemake benchmark files (peak resident memory, wall-clock seconds) of the worst job.</p>"
+              "Measured: Snakemake benchmark files (peak resident memory, wall-clock seconds) of the worst job. "
+              "Billing: SLURM's billing units (<code>layerprobe.billing</code>, <code>cluster.billing_weights</code>; "
+              "without weights SLURM bills CPUs only) of the job as requested, and as it would have been with its "
+              "peak RSS as the memory request; billing-hours multiply by each job's wall time.</p>"
             + details("Every job", table(tables.jobs_table(results), digits={"peak / requested": 2}, cell_class=flag))
             + "<h3>Stores on disk</h3>" + table(tables.store_sizes(results))
             + '<p class="muted">Measured: the bytes of every file under the store now (the manifest\'s number when '

@@ -5,10 +5,12 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pandas as pd
 
+from .. import billing as lp_billing
 from .. import config as lp_config
 from ..formatting import human_bytes
 from ..scan.agreement import rank_agreement
@@ -159,11 +161,28 @@ RULE_ORDER = ["synthetic_dataset", "preprocess", "build_tiny_model", "prepare_st
               "scan", "probe", "report"]
 
 
+def billed(bench: pd.DataFrame, config: dict[str, Any], at_peak: bool = False) -> pd.Series:
+    """SLURM billing per benchmarked job (`layerprobe.billing`): as requested, or with its peak RSS
+    in place of the requested memory (`at_peak`: what the job would have billed had it asked for
+    what it used). NaN where a number is missing."""
+    bill = lp_billing.from_config(config)
+
+    def one(row: pd.Series) -> float:
+        mem = row["max_rss"] if at_peak else row["mem_mb"]
+        if any(pd.isna(v) for v in (row["cpus"], row["gpus"], mem)):
+            return float("nan")
+        return float(bill.job(int(row["cpus"]), math.ceil(mem), int(row["gpus"])))
+
+    return bench.apply(one, axis=1) if len(bench) else pd.Series(dtype=float)
+
+
 def resources_table(results: Results) -> pd.DataFrame:
-    """Per rule: what was requested per job vs the measured peak RSS and wall time (worst job)."""
+    """Per rule: what was requested per job vs the measured peak RSS and wall time (worst job), and
+    SLURM billing units requested vs used (peak RSS for the memory), per job and x wall hours."""
     bench = results.benchmarks
     if bench.empty:
         return pd.DataFrame()
+    bench = bench.assign(billed=billed(bench, results.config), billed_peak=billed(bench, results.config, True))
     rows = []
     for rule, jobs in bench.groupby("rule", sort=False):
         peak = jobs["max_rss"].max()
@@ -174,7 +193,11 @@ def resources_table(results: Results) -> pd.DataFrame:
                      "requested mem": _mb(requested), "peak RSS (max job)": _mb(peak),
                      "peak / requested": _ratio(peak, requested), "requested runtime": _minutes(runtime),
                      "wall time (max job)": _seconds(wall), "wall time (all jobs)": _seconds(jobs["s"].sum()),
-                     "wall / requested": _ratio(wall / 60, runtime)})
+                     "wall / requested": _ratio(wall / 60, runtime),
+                     "billing/job requested": jobs["billed"].max(),
+                     "billing/job at peak RSS": jobs["billed_peak"].max(),
+                     "billing-hours requested": (jobs["billed"] * jobs["s"]).sum(min_count=1) / 3600,
+                     "billing-hours at peak RSS": (jobs["billed_peak"] * jobs["s"]).sum(min_count=1) / 3600})
     order = {r: i for i, r in enumerate(RULE_ORDER)}
     return pd.DataFrame(rows).sort_values("rule", key=lambda s: s.map(lambda r: order.get(r, 99)), kind="stable")
 

@@ -17,7 +17,6 @@ Nothing but the result table is written. The scan fits patch tokens only (no CLS
 
 from __future__ import annotations
 
-import ctypes
 import logging
 import math
 import time
@@ -293,26 +292,6 @@ def _log_plan(backbone: Backbone, keys: list[str], dims: dict[str, int], groups:
                  ", ".join(f"{g[0]}..{g[-1]}" for g in groups))
     if rows:
         log.info("rows used: %s", {s: len(r) for s, r in rows.items()})
-
-
-def tune_malloc(mmap_threshold: int = 32 << 20, trim_threshold: int = 512 << 20) -> bool:
-    """Let glibc keep freed memory for reuse instead of returning it to the OS at once.
-
-    Why: every batch allocates and frees MB-sized tensors per layer (captured activations,
-    logits, prediction maps). With glibc's defaults they go back to the OS and come back as
-    fresh pages, and the page faults cost more than the arithmetic: measured ~600k faults and
-    +25% wall time on the fit pass of the tiny benchmark ViT, none with these settings. The
-    price is up to `trim_threshold` of freed memory kept by the process. Process-wide, so it is
-    called from entry points (the rule script, the benchmark), not from library code.
-    Returns False where mallopt is unavailable (not glibc).
-    """
-    try:
-        libc = ctypes.CDLL("libc.so.6")
-    except OSError:
-        return False
-    m_trim_threshold, m_mmap_threshold = -1, -3  # <malloc.h>
-    return bool(libc.mallopt(m_mmap_threshold, mmap_threshold) == 1
-                and libc.mallopt(m_trim_threshold, trim_threshold) == 1)
 
 
 # --------------------------------------------------------------------------------------------
