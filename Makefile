@@ -31,7 +31,7 @@ lint: setup
 
 test: lint
 	# Two workers: the SLURM tests wait on the scheduler while the others compute (tests/conftest.py).
-	PATH=$(CURDIR)/$(BIN):$$PATH $(BIN)/python -m pytest -q -n 2 --dist loadgroup
+	PATH=$(CURDIR)/$(BIN):$$PATH $(BIN)/python -m pytest -q -n 2 --dist loadscope --no-loadscope-reorder
 
 dryrun: setup
 	PATH=$(CURDIR)/$(BIN):$$PATH $(BIN)/snakemake -n --configfile config/config.yaml

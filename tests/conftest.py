@@ -7,6 +7,7 @@ import shutil
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -37,24 +38,52 @@ def snakemake(workdir: Path, *args: str, timeout: int = 1200, check: bool = True
     return proc
 
 
-# `make test` runs two pytest-xdist workers (--dist loadgroup): the SLURM tests mostly wait on the
-# scheduler's clock while the demo and the other Snakemake runs keep the cores busy. A session
-# fixture is made once per worker, so the tests sharing one run on one worker, as do the tests of a
-# module (module fixtures); the two long groups start first.
-SHARED_GROUPS = {"slurm": "slurm", "demo_run": "demo", "demo_results": "demo"}  # fixture -> group
+# `make test` runs two pytest-xdist workers (--dist loadscope with the scheduler below): the SLURM
+# tests mostly wait on the scheduler's clock while the demo and the other Snakemake runs keep the
+# cores busy. A session fixture is made once per worker, so the modules sharing one form one
+# scope (WORKER_GROUPS); every other module is its own scope (module fixtures). Scopes go out in
+# the order sorted here, longest first: LONGEST (minutes of end-to-end runs each), then modules
+# with end-to-end runs (`slow`), then the quick ones, so that no long scope starts last. (xdist's
+# own --dist loadgroup renames node ids, which pytest 9 no longer lets it do: its groups were ignored.)
+WORKER_GROUPS = {
+    "slurm": ("tests/test_slurm.py", "tests/test_submit_head.py", "tests/test_slurm_billing.py"),
+    "demo": ("tests/test_browser.py", "tests/test_plan.py", "tests/test_report.py", "tests/test_smoke.py",
+             "tests/test_workflow_demo.py"),
+}
+SHARED_FIXTURES = {"slurm": "slurm", "demo_run": "demo", "demo_results": "demo"}  # fixture -> its group
+LONGEST = ("tests/test_edit_matrix.py", "slurm", "demo")  # the edit matrix is CPU-bound, SLURM mostly waits
 
 
-@pytest.hookimpl(tryfirst=True)  # before xdist reads the groups
+def scope_of(nodeid: str) -> str:
+    path = nodeid.split("::")[0]
+    return next((group for group, paths in WORKER_GROUPS.items() if path in paths), path)
+
+
+@pytest.hookimpl(optionalhook=True)
+def pytest_xdist_make_scheduler(config: pytest.Config, log: Any) -> Any:
+    if config.getvalue("dist") != "loadscope":
+        return None
+    from xdist.scheduler import LoadScopeScheduling
+
+    class SharedFixtureScopes(LoadScopeScheduling):
+        def _split_scope(self, nodeid: str) -> str:
+            return scope_of(nodeid)
+
+    return SharedFixtureScopes(config, log)
+
+
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
-    order = list(dict.fromkeys(SHARED_GROUPS.values()))
-    for item in items:
-        shared = [SHARED_GROUPS[name] for name in item.fixturenames if name in SHARED_GROUPS]
-        item.add_marker(pytest.mark.xdist_group(shared[0] if shared else item.nodeid.split("::")[0]))
-    items.sort(key=lambda item: next((i for i, g in enumerate(order) if group_of(item) == g), len(order)))
+    misplaced = sorted({f"{item.nodeid.split('::')[0]} (fixture {name})" for item in items
+                        for name in item.fixturenames
+                        if name in SHARED_FIXTURES and scope_of(item.nodeid) != SHARED_FIXTURES[name]})
+    if misplaced:  # it would run its session fixture a second time, on another worker
+        raise pytest.UsageError(f"add to tests/conftest.py WORKER_GROUPS: {', '.join(misplaced)}")
+    slow = {scope_of(item.nodeid) for item in items if item.get_closest_marker("slow")}
+    def rank(item: pytest.Item) -> int:
+        scope = scope_of(item.nodeid)
+        return LONGEST.index(scope) if scope in LONGEST else len(LONGEST) + (scope not in slow)
 
-
-def group_of(item: pytest.Item) -> str:
-    return next(item.iter_markers("xdist_group")).args[0]
+    items.sort(key=rank)  # stable: the order within a rank is pytest's
 
 
 @pytest.fixture(scope="session")

@@ -39,9 +39,10 @@ def _config(models: dict[str, Path]) -> dict:
             "internvl": {"kind": "mllm", "hub_id": str(models["internvl"]), "layers": [2], "batch_size": 8,
                          "prompts": [DESCRIBE]},
         },
-        "probe": {"epochs": 2, "lr": 0.1, "batch_size": 8, "ram_budget_mb": 256, "device": "cpu",
+        "probe": {"epochs": 2, "lr": 0.1, "batch_size": 8, "ram_budget_mb": 256, "device": "cpu", "threads": 1,
                   "checkpoint_every_batches": 2},
-        "scan": {"enabled": False},
+        "scan": {"enabled": False, "device": "cpu", "threads": 1},
+        "extract": {"device": "cpu", "threads": 1},  # real (tiny) checkpoints, not tiny blocks: auto would be cuda
         "report": {"qualitative_images": 2},
     }
 

@@ -5,12 +5,15 @@
 set -uo pipefail
 DIR="${LP_SLURM_DIR:-/var/lib/layerprobe-slurm}"
 
+# Alive and not a zombie (a daemon's exit is reaped by PID 1, which in a container may never do it).
+alive() { kill -0 "$1" 2>/dev/null && [ "$(awk '{print $3}' "/proc/$1/stat" 2>/dev/null)" != Z ]; }
+
 stop_pid_file() {
-    local file="$1"
-    [ -s "$file" ] && kill -0 "$(cat "$file")" 2>/dev/null || return 0
-    kill "$(cat "$file")" 2>/dev/null
-    for _ in $(seq 100); do kill -0 "$(cat "$file")" 2>/dev/null || return 0; sleep 0.1; done
-    kill -9 "$(cat "$file")" 2>/dev/null
+    local pid
+    pid="$(cat "$1" 2>/dev/null)" && [ -n "$pid" ] && alive "$pid" || return 0
+    kill "$pid" 2>/dev/null
+    for _ in $(seq 100); do alive "$pid" || return 0; sleep 0.1; done
+    kill -9 "$pid" 2>/dev/null
 }
 
 stop_pid_file "$DIR/slurmd.pid"
