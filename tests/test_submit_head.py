@@ -14,6 +14,7 @@ import subprocess
 import threading
 import time
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 
@@ -116,6 +117,17 @@ def test_the_head_follows_a_limit_changed_while_it_runs(monkeypatch):
     assert submit.Deadline(None).seconds_left() is None
 
 
+def test_waiting_on_a_head_that_ended_without_a_result_fails_instead_of_hanging(monkeypatch, tmp_path):
+    """A requeued head killed before its controller ran leaves no result pickle; submitit's
+    job.result() would then poll sacct, absent without accounting, forever."""
+    paths = SimpleNamespace(result_pickle=tmp_path / "133_result.pkl", stdout=tmp_path / "out", stderr=tmp_path / "err")
+    job = SimpleNamespace(job_id="133", paths=paths, result=lambda: pytest.fail("submitit's result() was called"))
+    monkeypatch.setattr(submit, "slurm_state", lambda job_id: "FAILED")
+    monkeypatch.setattr(submit.time, "sleep", lambda s: None)
+    with pytest.raises(RuntimeError, match="head job 133 ended \\(FAILED\\) without a result"):
+        submit.wait_for(job, "slurm")
+
+
 def test_time_left_parsing():
     assert submit.parse_time_left("1-02:03:04") == ((24 + 2) * 60 + 3) * 60 + 4
     assert submit.parse_time_left("03:04") == 184 and submit.parse_time_left("UNLIMITED") is None
@@ -174,6 +186,9 @@ def _release_requeued(job_id: str, stop: threading.Event) -> None:
     while not stop.wait(1):
         info = scontrol_job(job_id)
         if info.get("JobState") == "PENDING" and info.get("Reason") == "BeginTime":
+            # Not at once: slurmd revokes the first run's credential at the requeue, and a launch of
+            # the same job id within that second is killed ("Job credential revoked"), as seen here.
+            stop.wait(5)
             subprocess.run(["scontrol", "update", f"JobId={job_id}", "StartTime=now"], check=False)
 
 
@@ -222,6 +237,9 @@ def test_slurm_head_requeues_itself_before_its_time_limit_and_finishes(slurm, tm
         out, err = head.communicate(timeout=600)
     finally:
         stop.set()
+        if head.poll() is None:  # timed out: leave no head polling behind
+            head.kill()
+            subprocess.run(["scancel", job_id], check=False)
     assert head.returncode == 0, f"{first}{out}\n{err}"
     info = slurm.wait_done(job_id, timeout=60)
     log = Path(re.search(r"log:\s+(\S+)", out).group(1)).read_text()

@@ -170,7 +170,10 @@ fi
 # ---------------------------------------------------------------- daemons --------------------
 if ! pid_alive "$DIR/slurmctld.pid"; then
     if scontrol ping 2>/dev/null | grep -q "is UP"; then
-        die "a slurmctld not started by this script answers on this host; stop it first" 5
+        # It reads our slurm.conf (a foreign one was refused above): ours, without its pid file
+        # (two starts at once: the loser removes it). Restart it so its pid file is right.
+        scontrol shutdown slurmctld >/dev/null 2>&1
+        for _ in $(seq 100); do scontrol ping 2>/dev/null | grep -q "is UP" || break; sleep 0.1; done
     fi
     slurmctld || die "slurmctld failed to start; see $DIR/log/slurmctld.log: $(tail -n 3 "$DIR/log/slurmctld.log" 2>/dev/null | tr '\n' ' ')" 7
 fi

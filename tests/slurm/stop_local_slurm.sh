@@ -18,6 +18,13 @@ stop_pid_file() {
 
 stop_pid_file "$DIR/slurmd.pid"
 stop_pid_file "$DIR/slurmctld.pid"
+# slurmctld may lose its pid file (two starts at once: the loser removes it on exit); the
+# configuration is ours (start_local_slurm.sh's marker), so shut the controller down through it.
+if head -n 1 /etc/slurm/slurm.conf 2>/dev/null | grep -qF "written by tests/slurm/start_local_slurm.sh" \
+        && scontrol ping 2>/dev/null | grep -q "is UP"; then
+    scontrol shutdown >/dev/null 2>&1
+    for _ in $(seq 100); do scontrol ping 2>/dev/null | grep -q "is UP" || break; sleep 0.1; done
+fi
 if [ -e "$DIR/started-munged" ]; then
     stop_pid_file /run/munge/munged.pid
     rm -f "$DIR/started-munged"

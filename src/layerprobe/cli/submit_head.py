@@ -252,11 +252,19 @@ def slurm_state(job_id: str) -> str | None:
 def wait_for(job: Any, cluster: str, poll_s: float = 2.0) -> Any:
     """job.result(), but on SLURM polls squeue instead of submitit's sacct (absent without accounting)."""
     if cluster == "slurm":
+        state = None
         while not job.paths.result_pickle.exists():
             state = slurm_state(job.job_id)
             if state is None or state not in ACTIVE_STATES:
                 break  # finished (or gone): the result pickle, if any, is written before the job ends
             time.sleep(poll_s)
+        for _ in range(10):  # a shared file system may show the pickle a moment late
+            if job.paths.result_pickle.exists():
+                break
+            time.sleep(1)
+        else:  # submitit's job.result() would wait on sacct forever
+            raise RuntimeError(f"head job {job.job_id} ended ({state or 'gone from squeue'}) without a result; "
+                               f"see {job.paths.stdout} and {job.paths.stderr}")
     return job.result()
 
 
