@@ -57,9 +57,13 @@ def test_bad_weights_fail_at_dag_build_naming_the_key(real_config: dict, text: s
         lp_config.validate(config)
 
 
-def test_no_weights_bill_the_cpus_and_defaults_are_filled(real_config: dict) -> None:
-    assert real_config["cluster"] == {"billing_weights": None, "max_tres": False}
-    bill = billing.from_config(real_config)
+def test_the_real_config_names_the_seed_fit_and_no_weights_bill_the_cpus(real_config: dict) -> None:
+    assert real_config["cluster"] == {"billing_weights": SEED_WEIGHTS, "max_tres": False}
+    config = copy.deepcopy(real_config)
+    del config["cluster"]
+    config = lp_config.validate(config)
+    assert config["cluster"] == {"billing_weights": None, "max_tres": False}  # the defaults
+    bill = billing.from_config(config)
     assert bill.weights is None and bill.job(cpus=3, mem_mb=10**6, gpus=8) == 3
     assert billing.parse("") is None and billing.parse(" ") is None
 
@@ -94,6 +98,8 @@ def test_the_plan_bills_every_rule_from_the_requested_resources(real_config: dic
 
 
 def test_probes_on_cpu_leave_gpu_hours_to_extraction_and_scans(real_config: dict) -> None:
+    real_config = copy.deepcopy(real_config)
+    real_config["cluster"] = {"billing_weights": None, "max_tres": False}  # the plan says it has none
     result = lp_plan.plan(real_config)
     devices = result.devices.set_index("device")
     rules = result.rules
